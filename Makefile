@@ -1,0 +1,39 @@
+GO      ?= go
+BIN     ?= bin
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: all build run test bench lint fuzz clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/sekisho ./cmd/sekisho
+	$(GO) build -o $(BIN)/sekisho-echo ./cmd/sekisho-echo
+
+# The demo: sekisho-echo backends behind config.example.yaml.
+run: build
+	BIN=$(BIN) bash scripts/demo.sh
+
+# Every test, with the race detector (Go, and gcc for -race's cgo).
+test:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 8m ./...
+
+# End-to-end load against nginx, haproxy and caddy (installs them from Debian if missing).
+bench: build
+	bash bench/run.sh
+
+lint:
+	@test -z "$$(gofmt -l .)" || (gofmt -l . && exit 1)
+	$(GO) vet ./...
+
+# Each fuzz target for FUZZTIME (default 20s).
+FUZZTIME ?= 20s
+fuzz:
+	$(GO) test ./proxy/proxyproto -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
+	$(GO) test ./router -run '^$$' -fuzz FuzzClientIP -fuzztime $(FUZZTIME)
+	$(GO) test ./scatter -run '^$$' -fuzz FuzzMerge -fuzztime $(FUZZTIME)
+	$(GO) test ./proxy -run '^$$' -fuzz FuzzParseConfig -fuzztime $(FUZZTIME)
+
+clean:
+	rm -rf $(BIN) .demo

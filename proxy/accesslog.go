@@ -1,0 +1,137 @@
+package proxy
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"sekisho/router"
+)
+
+// accessLog writes one JSON line per request. Lines go through a buffered
+// writer flushed every 250ms, so that a busy proxy does not pay a system
+// call per request.
+type accessLog struct {
+	refs   atomic.Int64
+	target string
+	log    *zap.Logger
+	sync   *zapcore.BufferedWriteSyncer
+	file   *os.File
+}
+
+// accessFor returns the access log for target with a reference taken for
+// one Runtime: the one in force when the target is unchanged, a new one
+// otherwise; nil means off. Each Runtime releases its reference when it
+// closes, and the last one closes the log, so no request writes to a
+// closed log.
+func (s *Server) accessFor(target string) (*accessLog, error) {
+	if cur := s.rt.Load(); cur != nil && cur.access != nil && cur.access.target == target {
+		cur.access.refs.Add(1)
+		return cur.access, nil
+	}
+	return openAccessLog(target)
+}
+
+func openAccessLog(target string) (*accessLog, error) {
+	a := &accessLog{target: target}
+	a.refs.Store(1)
+	var ws zapcore.WriteSyncer
+	switch target {
+	case "off", "":
+		return nil, nil
+	case "stdout":
+		ws = zapcore.Lock(os.Stdout)
+	case "stderr":
+		ws = zapcore.Lock(os.Stderr)
+	default:
+		f, err := os.OpenFile(target, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return nil, fmt.Errorf("opening access log: %w", err)
+		}
+		a.file = f
+		ws = f
+	}
+	a.sync = &zapcore.BufferedWriteSyncer{WS: ws, Size: 64 << 10, FlushInterval: 250 * time.Millisecond}
+	enc := zapcore.NewJSONEncoder(zapcore.EncoderConfig{
+		TimeKey:        "ts",
+		MessageKey:     zapcore.OmitKey,
+		LevelKey:       zapcore.OmitKey,
+		LineEnding:     zapcore.DefaultLineEnding,
+		EncodeTime:     zapcore.RFC3339NanoTimeEncoder,
+		EncodeDuration: zapcore.MillisDurationEncoder,
+	})
+	a.log = zap.New(zapcore.NewCore(enc, a.sync, zapcore.InfoLevel))
+	return a, nil
+}
+
+func (a *accessLog) write(info *router.Info, r *http.Request, status int, bytes int64, elapsed time.Duration, note string) {
+	var buf [20]zap.Field
+	f := append(buf[:0],
+		zap.String("listener", info.Listener),
+		zap.String("route", info.Route),
+		zap.String("method", r.Method),
+		zap.String("host", r.Host),
+		zap.String("path", r.URL.Path),
+		zap.Int("status", status),
+		zap.Int64("bytes", bytes),
+		zap.Float64("duration_ms", float64(elapsed.Microseconds())/1000),
+		zap.String("client_ip", info.ClientIP),
+		zap.String("upstream", info.Upstream),
+		zap.String("pool", info.Pool),
+		zap.String("request_id", info.RequestID),
+	)
+	if info.Shard != "" {
+		f = append(f, zap.String("shard", info.Shard), zap.Bool("overflow", info.Overflow))
+	}
+	if info.Arm != "" {
+		f = append(f, zap.String("arm", info.Arm))
+	}
+	if info.Leaves != "" {
+		f = append(f, zap.String("leaves", info.Leaves))
+	}
+	if info.ClientCert != "" {
+		f = append(f, zap.String("client_cert", info.ClientCert))
+	}
+	if note != "" {
+		f = append(f, zap.String("error", note))
+	}
+	a.log.Info("", f...)
+}
+
+// release drops one Runtime's reference; the last closes the log.
+func (a *accessLog) release() {
+	if a.refs.Add(-1) == 0 {
+		a.close()
+	}
+}
+
+// close flushes and closes the log.
+func (a *accessLog) close() {
+	a.sync.Stop()
+	if a.file != nil {
+		a.file.Close()
+	}
+}
+
+// NewLogger builds the process logger from the log section.
+func NewLogger(lc LogConfig) (*zap.Logger, error) {
+	var level zapcore.Level
+	if err := level.UnmarshalText([]byte(lc.Level)); err != nil {
+		return nil, fmt.Errorf("log.level: %w", err)
+	}
+	zc := zap.NewProductionConfig()
+	zc.Level = zap.NewAtomicLevelAt(level)
+	zc.Encoding = lc.Format
+	zc.Sampling = nil
+	zc.DisableStacktrace = true
+	zc.EncoderConfig.EncodeTime = zapcore.RFC3339NanoTimeEncoder
+	if lc.Format == "console" {
+		zc.EncoderConfig = zap.NewDevelopmentEncoderConfig()
+	}
+	return zc.Build()
+}

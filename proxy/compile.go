@@ -1,0 +1,398 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"sekisho/health"
+	"sekisho/proxy/balance"
+	"sekisho/router"
+)
+
+// Env is what consecutive Runtimes share: endpoint health, metrics, logs
+// and the caches that let a reload keep what did not change. One Env lives
+// as long as the process. It is safe for concurrent use.
+type Env struct {
+	Registry *health.Registry
+	Metrics  *Metrics
+	Log      *zap.Logger
+
+	transports transportCache
+	rings      ringCache
+	buffers    *bufferPool
+}
+
+// NewEnv returns an Env with a fresh registry and metrics; log may be nil.
+func NewEnv(log *zap.Logger) *Env {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	env := &Env{Registry: health.NewRegistry(log), Metrics: NewMetrics(), Log: log, buffers: newBufferPool()}
+	env.Registry.SetNotify(env.endpointEvent)
+	return env
+}
+
+// endpointEvent keeps sekisho_endpoint_ready in step with the registry and
+// logs every change of an endpoint's state.
+func (env *Env) endpointEvent(ev health.Event) {
+	if ev.Removed {
+		env.Metrics.EndpointReady.DeleteLabelValues(ev.Pool, ev.Endpoint)
+		return
+	}
+	v := 0.0
+	if ev.Ready && !ev.Ejected {
+		v = 1
+	}
+	env.Metrics.EndpointReady.WithLabelValues(ev.Pool, ev.Endpoint).Set(v)
+	if ev.Reason == "added" {
+		return
+	}
+	env.Log.Info("endpoint state changed", zap.String("pool", ev.Pool), zap.String("endpoint", ev.Endpoint),
+		zap.Bool("ready", ev.Ready), zap.Bool("ejected", ev.Ejected), zap.String("reason", ev.Reason))
+}
+
+// Runtime is one compiled config: route tables per listener address, pools
+// and stages. It is immutable once compiled; Start starts its probes and
+// Close stops them and whatever else it owns (mirror copies) and waits.
+type Runtime struct {
+	cfg       *Config
+	listeners map[string]*listenerRuntime // by listen address
+	pools     map[string]*Pool
+	closers   []io.Closer
+	shards    []hotKeyReporter
+	loadedAt  time.Time
+	access    *accessLog // nil when off; set by Server.Apply
+
+	refs      atomic.Int64 // the Server's own reference plus one per request
+	startOnce sync.Once
+	closeOnce sync.Once
+	cancel    context.CancelFunc
+}
+
+// hotKeyReporter is a shard stage, as seen by GET /shards.
+type hotKeyReporter interface {
+	HotKeysReport() any
+}
+
+// listenerRuntime is what a listener needs per request.
+type listenerRuntime struct {
+	name     string
+	table    *router.Table
+	clientIP *router.ClientIPResolver
+	notFound *routeEntry
+	cfg      *ListenerConfig
+}
+
+// routeEntry is a route's compiled pipeline with its metric children.
+type routeEntry struct {
+	name     string
+	handler  http.Handler
+	requests *codeCounters
+	duration prometheus.Observer
+}
+
+func (e *routeEntry) ServeHTTP(w http.ResponseWriter, r *http.Request) { e.handler.ServeHTTP(w, r) }
+
+// unmatchedRoute is the route label of requests no route matched.
+const unmatchedRoute = "_unmatched"
+
+// Config returns the config the Runtime was compiled from.
+func (rt *Runtime) Config() *Config { return rt.cfg }
+
+// Compile builds pools, stages and routes from cfg. It starts nothing: no
+// probe runs and no socket opens until Start. Endpoint health is looked up
+// in env.Registry, so an endpoint that a previous Runtime knew keeps its
+// state.
+func Compile(cfg *Config, env *Env) (rt *Runtime, err error) {
+	c := &compiler{cfg: cfg, env: env, rt: &Runtime{cfg: cfg, listeners: map[string]*listenerRuntime{}, pools: map[string]*Pool{}, loadedAt: time.Now()}}
+	defer func() {
+		if err != nil {
+			c.rt.Close()
+		}
+	}()
+	for _, name := range sortedKeys(cfg.Pools) {
+		p, err := c.pool(name, cfg.Pools[name])
+		if err != nil {
+			return nil, fmt.Errorf("pool %q: %w", name, err)
+		}
+		c.rt.pools[name] = p
+	}
+	for i := range cfg.Listeners {
+		lc := &cfg.Listeners[i]
+		lr, err := c.listener(lc)
+		if err != nil {
+			return nil, fmt.Errorf("listener %q: %w", lc.Name, err)
+		}
+		c.rt.listeners[lc.Listen] = lr
+	}
+	c.rt.refs.Store(1)
+	return c.rt, nil
+}
+
+type compiler struct {
+	cfg *Config
+	env *Env
+	rt  *Runtime
+}
+
+func (c *compiler) listener(lc *ListenerConfig) (*listenerRuntime, error) {
+	m := c.env.Metrics
+	lr := &listenerRuntime{name: lc.Name, cfg: lc, clientIP: &router.ClientIPResolver{}}
+	for _, s := range lc.ClientIP.TrustedProxies {
+		p, err := parsePrefix(s)
+		if err != nil {
+			return nil, err
+		}
+		lr.clientIP.Trusted = append(lr.clientIP.Trusted, p)
+	}
+	routes := make([]router.Route, 0, len(lc.Routes))
+	for i := range lc.Routes {
+		rc := &lc.Routes[i]
+		h, err := c.pipeline(rc.Pipeline, rc.Name)
+		if err != nil {
+			return nil, fmt.Errorf("route %q: %w", rc.Name, err)
+		}
+		entry := &routeEntry{
+			name:     rc.Name,
+			handler:  h,
+			requests: newCodeCounters(m.Requests.MustCurryWith(prometheus.Labels{"listener": lc.Name, "route": rc.Name})),
+			duration: m.RequestDuration.WithLabelValues(lc.Name, rc.Name),
+		}
+		routes = append(routes, router.Route{Name: rc.Name, Handler: entry, Match: router.Match{
+			Host: rc.Match.Host, PathPrefix: rc.Match.PathPrefix, Methods: rc.Match.Methods, Headers: rc.Match.Headers,
+		}})
+	}
+	lr.table = router.NewTable(routes)
+	lr.notFound = &routeEntry{
+		name:     unmatchedRoute,
+		handler:  http.HandlerFunc(notFound),
+		requests: newCodeCounters(m.Requests.MustCurryWith(prometheus.Labels{"listener": lc.Name, "route": unmatchedRoute})),
+		duration: m.RequestDuration.WithLabelValues(lc.Name, unmatchedRoute),
+	}
+	return lr, nil
+}
+
+func notFound(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusNotFound)
+	io.WriteString(w, "no route matches this request\n")
+}
+
+// pipeline compiles a stage list into its handler chain.
+func (c *compiler) pipeline(stages []StageConfig, route string) (http.Handler, error) {
+	built := make([]router.Stage, 0, len(stages))
+	for i := range stages {
+		s, err := c.stage(&stages[i], route)
+		if err != nil {
+			return nil, fmt.Errorf("%s stage: %w", stages[i].kind(), err)
+		}
+		built = append(built, s)
+	}
+	return router.Compose(built)
+}
+
+// proxyStage is the terminal stage that hands the request to a pool.
+type proxyStage struct{ pool *Pool }
+
+func (s proxyStage) Wrap(next http.Handler) (http.Handler, error) {
+	if next != nil {
+		return nil, fmt.Errorf("proxy is terminal")
+	}
+	return s.pool, nil
+}
+
+func (proxyStage) Terminal() {}
+
+func (c *compiler) stage(s *StageConfig, route string) (router.Stage, error) {
+	switch {
+	case s.Proxy != nil:
+		return proxyStage{pool: c.rt.pools[s.Proxy.Pool]}, nil
+	case s.Headers != nil:
+		h := s.Headers
+		st := router.Headers{
+			Request:  router.HeaderOps{Set: h.Request.Set, Add: h.Request.Add, Remove: h.Request.Remove},
+			Response: router.HeaderOps{Set: h.Response.Set, Add: h.Response.Add, Remove: h.Response.Remove},
+		}
+		return st, st.Validate()
+	case s.Respond != nil:
+		st := router.Respond{Status: s.Respond.Status, Body: s.Respond.Body, Headers: s.Respond.Headers}
+		return st, st.Validate()
+	case s.Redirect != nil:
+		r := s.Redirect
+		st := router.Redirect{Scheme: r.Scheme, Host: r.Host, Port: r.Port, Path: r.Path, Status: r.Status, DropQuery: r.DropQuery}
+		return st, st.Validate()
+	}
+	return c.stageMore(s, route)
+}
+
+func (c *compiler) pool(name string, pc *PoolConfig) (*Pool, error) {
+	env, m := c.env, c.env.Metrics
+	group := env.Registry.Group(name)
+	group.SetProbed(pc.Readiness != nil)
+	if o := pc.Outlier; o != nil {
+		pct := *o.MaxEjectedPercent
+		if pct == 0 {
+			pct = -1 // health reads 0 as "the default"; the config means "never eject"
+		}
+		group.SetOutlier(health.Outlier{ConsecutiveFailures: o.ConsecutiveFailures, Eject: o.Eject.D(), MaxEject: o.MaxEject.D(),
+			MaxEjectedPercent: pct, Count5xx: o.Count5xx})
+	} else {
+		group.SetOutlier(health.Outlier{})
+	}
+	key := router.Key{}
+	if len(pc.HashKey) > 0 {
+		k, err := router.ParseKey(pc.HashKey...)
+		if err != nil {
+			return nil, err
+		}
+		key = k
+	}
+	policy, err := balance.New(pc.Balance, key, pc.SlowStart.D())
+	if err != nil {
+		return nil, err
+	}
+	p := &Pool{name: name, policy: policy, group: group, retries: *pc.Retries, panicMode: pc.PanicMode,
+		log: env.Log, duration: m.UpstreamDuration.WithLabelValues(name)}
+	eps := make([]*health.Endpoint, 0, len(pc.Endpoints))
+	for _, e := range pc.Endpoints {
+		u, err := parseEndpoint(e.Address)
+		if err != nil {
+			return nil, err
+		}
+		ep := env.Registry.Endpoint(name, u.Host)
+		eps = append(eps, ep)
+		p.targets = append(p.targets, balance.Target{Addr: u.Host, Weight: e.Weight, EP: ep})
+		p.schemes = append(p.schemes, u.Scheme)
+		p.attempts = append(p.attempts, newCodeCounters(m.Upstream.MustCurryWith(prometheus.Labels{"pool": name, "endpoint": u.Host})))
+	}
+	t, err := env.transports.get(name, pc, func() (*http.Transport, error) {
+		tc, err := upstreamTLSConfig(pc)
+		if err != nil {
+			return nil, err
+		}
+		return newTransport(pc, tc), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	p.transport = t
+	p.proxy = &httputil.ReverseProxy{
+		Rewrite:      p.rewrite,
+		Transport:    p,
+		BufferPool:   env.buffers,
+		ErrorHandler: p.errorHandler,
+		ErrorLog:     log.New(zapWriter{env.Log}, "", 0),
+	}
+	if r := pc.Readiness; r != nil {
+		expect, err := health.ParseStatusRanges(r.ExpectStatus)
+		if err != nil {
+			return nil, err
+		}
+		scheme := "http"
+		if len(p.schemes) > 0 {
+			scheme = p.schemes[0]
+		}
+		p.checker = health.NewChecker(group, eps, health.Probe{Path: r.Path, Interval: r.Interval.D(), Timeout: r.Timeout.D(),
+			Rise: r.Rise, Fall: r.Fall, Expect: expect, Host: r.Host, Scheme: scheme}, t, env.Log)
+	}
+	return p, nil
+}
+
+// zapWriter carries ReverseProxy's own log lines (rare: a failed body copy)
+// into the process log at debug level.
+type zapWriter struct{ l *zap.Logger }
+
+func (w zapWriter) Write(b []byte) (int, error) {
+	w.l.Debug(string(b))
+	return len(b), nil
+}
+
+// upstreamTLSConfig builds the client TLS config of a pool with https
+// endpoints, or nil to use the Transport's defaults.
+func upstreamTLSConfig(pc *PoolConfig) (*tls.Config, error) {
+	if pc.TLS == nil {
+		return nil, nil
+	}
+	return buildUpstreamTLS(pc.TLS)
+}
+
+// Start starts the Runtime's probes. Stopping them is Close's job.
+func (rt *Runtime) Start(ctx context.Context) {
+	rt.startOnce.Do(func() {
+		ctx, rt.cancel = context.WithCancel(ctx)
+		for _, p := range rt.pools {
+			if p.checker != nil {
+				p.checker.Start(ctx)
+			}
+		}
+	})
+}
+
+// Ready reports whether every pool with probes has finished its first round.
+func (rt *Runtime) Ready() bool {
+	for _, p := range rt.pools {
+		if p.checker != nil && !p.checker.FirstRoundDone() {
+			return false
+		}
+	}
+	return true
+}
+
+// Close stops the Runtime's probes and closes the stages that own
+// goroutines, waiting for all of them. It is idempotent.
+func (rt *Runtime) Close() {
+	rt.closeOnce.Do(func() {
+		if rt.cancel != nil {
+			rt.cancel()
+		}
+		for _, p := range rt.pools {
+			if p.checker != nil {
+				p.checker.Close()
+			}
+		}
+		for _, c := range rt.closers {
+			c.Close()
+		}
+	})
+}
+
+// acquire takes a reference for one request; it fails once the Runtime has
+// been released by the Server and its last request has ended.
+func (rt *Runtime) acquire() bool {
+	for {
+		n := rt.refs.Load()
+		if n <= 0 {
+			return false
+		}
+		if rt.refs.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// release drops a reference and reports whether it was the last.
+func (rt *Runtime) release() bool { return rt.refs.Add(-1) == 0 }
+
+// trustedPrefixes parses CIDRs already validated.
+func trustedPrefixes(ss []string) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(ss))
+	for _, s := range ss {
+		if p, err := parsePrefix(s); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}

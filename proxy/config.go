@@ -1,0 +1,356 @@
+package proxy
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Config is the root of a sekisho config file (version 1). Load fills it,
+// applies defaults and validates it; Compile turns it into a Runtime.
+type Config struct {
+	Version       int                    `yaml:"version,omitempty"`
+	Admin         AdminConfig            `yaml:"admin,omitempty"`
+	Log           LogConfig              `yaml:"log,omitempty"`
+	ShutdownGrace Duration               `yaml:"shutdown_grace,omitempty"` // default 15s
+	Listeners     []ListenerConfig       `yaml:"listeners,omitempty"`
+	Pools         map[string]*PoolConfig `yaml:"pools,omitempty"`
+
+	file string
+	pos  map[string]Pos
+}
+
+// AdminConfig is the admin server.
+type AdminConfig struct {
+	Listen string `yaml:"listen,omitempty"` // default 127.0.0.1:9901; "off" disables it
+	Pprof  bool   `yaml:"pprof,omitempty"`  // serve /debug/pprof/ (default false)
+}
+
+// LogConfig sets the process log and the access log.
+type LogConfig struct {
+	Level  string `yaml:"level,omitempty"`  // debug | info (default) | warn | error
+	Format string `yaml:"format,omitempty"` // json (default) | console
+	Access string `yaml:"access,omitempty"` // stdout (default) | stderr | off | a file path
+}
+
+// ListenerConfig is one listening socket and its routes.
+type ListenerConfig struct {
+	Name           string           `yaml:"name,omitempty"`
+	Listen         string           `yaml:"listen,omitempty"`
+	TLS            *TLSConfig       `yaml:"tls,omitempty"`
+	ClientIP       ClientIPConfig   `yaml:"client_ip,omitempty"`
+	ProxyProtocol  bool             `yaml:"proxy_protocol,omitempty"`
+	Timeouts       ListenerTimeouts `yaml:"timeouts,omitempty"`
+	MaxHeaderBytes int              `yaml:"max_header_bytes,omitempty"` // default 64 KiB
+	Routes         []RouteConfig    `yaml:"routes,omitempty"`
+}
+
+// TLSConfig makes a listener terminate TLS.
+type TLSConfig struct {
+	Certificates []CertConfig `yaml:"certificates,omitempty"`
+	MinVersion   string       `yaml:"min_version,omitempty"` // 1.0 | 1.1 | 1.2 (default) | 1.3
+	ClientCAFile string       `yaml:"client_ca_file,omitempty"`
+	// ForwardClientCert sends the verified client certificate's subject
+	// upstream as X-Client-Cert-Subject (default false).
+	ForwardClientCert bool `yaml:"forward_client_cert,omitempty"`
+}
+
+// CertConfig is one certificate and its key, both PEM files.
+type CertConfig struct {
+	CertFile string `yaml:"cert_file,omitempty"`
+	KeyFile  string `yaml:"key_file,omitempty"`
+}
+
+// ClientIPConfig says whom to believe about the client's address.
+type ClientIPConfig struct {
+	TrustedProxies []string `yaml:"trusted_proxies,omitempty"` // CIDRs or addresses
+}
+
+// ListenerTimeouts bound the client side of a connection.
+type ListenerTimeouts struct {
+	ReadHeader Duration `yaml:"read_header,omitempty"` // default 10s
+	Read       Duration `yaml:"read,omitempty"`        // whole request; default 0 (none)
+	Write      Duration `yaml:"write,omitempty"`       // whole response; default 0 (none)
+	Idle       Duration `yaml:"idle,omitempty"`        // keep-alive idle; default 120s
+}
+
+// RouteConfig matches requests and runs them through a pipeline.
+type RouteConfig struct {
+	Name     string        `yaml:"name,omitempty"`
+	Match    MatchConfig   `yaml:"match,omitempty"`
+	Pipeline []StageConfig `yaml:"pipeline,omitempty"`
+}
+
+// MatchConfig selects requests for a route. Every field set must match.
+type MatchConfig struct {
+	Host       string            `yaml:"host,omitempty"`        // exact or *.suffix
+	PathPrefix string            `yaml:"path_prefix,omitempty"` // default /
+	Methods    []string          `yaml:"methods,omitempty"`
+	Headers    map[string]string `yaml:"headers,omitempty"` // "" or "*" => present
+}
+
+// StageConfig is one pipeline stage: a one-key map.
+type StageConfig struct {
+	Proxy    *ProxyStageConfig    `yaml:"proxy,omitempty"`
+	Shard    *ShardStageConfig    `yaml:"shard,omitempty"`
+	Scatter  *ScatterStageConfig  `yaml:"scatter,omitempty"`
+	Split    *SplitStageConfig    `yaml:"split,omitempty"`
+	Mirror   *MirrorStageConfig   `yaml:"mirror,omitempty"`
+	Headers  *HeadersStageConfig  `yaml:"headers,omitempty"`
+	Respond  *RespondStageConfig  `yaml:"respond,omitempty"`
+	Redirect *RedirectStageConfig `yaml:"redirect,omitempty"`
+}
+
+func (*StageConfig) oneOf() {}
+
+// kind names the stage's key.
+func (s *StageConfig) kind() string {
+	switch {
+	case s.Proxy != nil:
+		return "proxy"
+	case s.Shard != nil:
+		return "shard"
+	case s.Scatter != nil:
+		return "scatter"
+	case s.Split != nil:
+		return "split"
+	case s.Mirror != nil:
+		return "mirror"
+	case s.Headers != nil:
+		return "headers"
+	case s.Respond != nil:
+		return "respond"
+	case s.Redirect != nil:
+		return "redirect"
+	}
+	return ""
+}
+
+// terminal reports whether the stage answers the request itself.
+func (s *StageConfig) terminal() bool {
+	switch s.kind() {
+	case "proxy", "shard", "scatter", "split", "respond", "redirect":
+		return true
+	}
+	return false
+}
+
+// ProxyStageConfig forwards to a pool; `proxy: NAME` is short for
+// `proxy: {pool: NAME}`.
+type ProxyStageConfig struct {
+	Pool string `yaml:"pool,omitempty"`
+}
+
+func (p *ProxyStageConfig) decodeScalar(s string) error {
+	p.Pool = s
+	return nil
+}
+
+// ShardStageConfig is the shard stage (package sharding).
+type ShardStageConfig struct {
+	Key               KeySpec  `yaml:"key,omitempty"`
+	Shards            []string `yaml:"shards,omitempty"`
+	BalanceFactor     float64  `yaml:"balance_factor,omitempty"`
+	Partitions        int      `yaml:"partitions,omitempty"`
+	ReplicationFactor int      `yaml:"replication_factor,omitempty"`
+	Load              float64  `yaml:"load,omitempty"`
+	OnUnavailable     string   `yaml:"on_unavailable,omitempty"` // fail | next
+	MissingKey        string   `yaml:"missing_key,omitempty"`    // reject | random
+	ExposeHeader      bool     `yaml:"expose_header,omitempty"`
+	HotKeys           int      `yaml:"hot_keys,omitempty"`
+}
+
+// ScatterStageConfig is the scatter stage (package scatter).
+type ScatterStageConfig struct {
+	Leaves             []string    `yaml:"leaves,omitempty"`
+	Timeout            Duration    `yaml:"timeout,omitempty"`
+	HedgeAfter         HedgeAfter  `yaml:"hedge_after,omitempty"`
+	HedgeBudgetPercent *float64    `yaml:"hedge_budget_percent,omitempty"`
+	MinSuccess         int         `yaml:"min_success,omitempty"`
+	Merge              MergeConfig `yaml:"merge,omitempty"`
+	MaxBodyBytes       int64       `yaml:"max_body_bytes,omitempty"`
+	MaxLeafBodyBytes   int64       `yaml:"max_leaf_body_bytes,omitempty"`
+}
+
+// MergeConfig says how scatter combines leaf answers.
+type MergeConfig struct {
+	Array    string `yaml:"array,omitempty"`
+	SortBy   string `yaml:"sort_by,omitempty"`
+	Order    string `yaml:"order,omitempty"`
+	Limit    int    `yaml:"limit,omitempty"`
+	DedupeBy string `yaml:"dedupe_by,omitempty"`
+	Object   string `yaml:"object,omitempty"`
+	Concat   string `yaml:"concat,omitempty"`
+}
+
+// HedgeAfter is a duration or "auto".
+type HedgeAfter struct {
+	Duration time.Duration
+	Auto     bool
+}
+
+func (h *HedgeAfter) decodeScalar(s string) error {
+	if s == "auto" {
+		h.Auto = true
+		return nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("bad duration %q (want a Go duration such as 30ms, or auto)", s)
+	}
+	h.Duration = d
+	return nil
+}
+
+// SplitStageConfig is an experiment split.
+type SplitStageConfig struct {
+	Name           string      `yaml:"name,omitempty"`
+	Key            KeySpec     `yaml:"key,omitempty"`
+	OverrideHeader string      `yaml:"override_header,omitempty"`
+	OverrideCookie string      `yaml:"override_cookie,omitempty"`
+	Arms           []ArmConfig `yaml:"arms,omitempty"`
+}
+
+// ArmConfig is one arm of a split: a weight and a nested pipeline.
+type ArmConfig struct {
+	Name     string        `yaml:"name,omitempty"`
+	Weight   *int          `yaml:"weight,omitempty"`
+	Pipeline []StageConfig `yaml:"pipeline,omitempty"`
+}
+
+// MirrorStageConfig copies a share of requests to a shadow pool.
+type MirrorStageConfig struct {
+	Pool         string   `yaml:"pool,omitempty"`
+	Percent      *float64 `yaml:"percent,omitempty"` // default 100
+	Key          KeySpec  `yaml:"key,omitempty"`
+	MaxBodyBytes int64    `yaml:"max_body_bytes,omitempty"`
+	MaxInFlight  int      `yaml:"max_in_flight,omitempty"`
+	Timeout      Duration `yaml:"timeout,omitempty"`
+}
+
+// HeadersStageConfig edits request and response headers.
+type HeadersStageConfig struct {
+	Request  HeaderOpsConfig `yaml:"request,omitempty"`
+	Response HeaderOpsConfig `yaml:"response,omitempty"`
+}
+
+// HeaderOpsConfig is a set of header edits, applied remove, set, add.
+type HeaderOpsConfig struct {
+	Set    map[string]string `yaml:"set,omitempty"`
+	Add    map[string]string `yaml:"add,omitempty"`
+	Remove []string          `yaml:"remove,omitempty"`
+}
+
+// RespondStageConfig answers directly.
+type RespondStageConfig struct {
+	Status  int               `yaml:"status,omitempty"` // default 200
+	Body    string            `yaml:"body,omitempty"`
+	Headers map[string]string `yaml:"headers,omitempty"`
+}
+
+// RedirectStageConfig answers with a redirect built from the request.
+type RedirectStageConfig struct {
+	Scheme string `yaml:"scheme,omitempty"`
+	Host   string `yaml:"host,omitempty"`
+	Port   string `yaml:"port,omitempty"`
+	Path   string `yaml:"path,omitempty"`
+	Status int    `yaml:"status,omitempty"` // 301 | 302 (default) | 307 | 308
+	// DropQuery leaves the request's query off the location (default false).
+	DropQuery bool `yaml:"drop_query,omitempty"`
+}
+
+// PoolConfig is a set of replicas of one service.
+type PoolConfig struct {
+	Endpoints []EndpointConfig `yaml:"endpoints,omitempty"`
+	Balance   string           `yaml:"balance,omitempty"` // round_robin (default) | least_request | random | ip_hash | hash
+	HashKey   KeySpec          `yaml:"hash_key,omitempty"`
+	Readiness *ReadinessConfig `yaml:"readiness,omitempty"`
+	Outlier   *OutlierConfig   `yaml:"outlier,omitempty"`
+	Retries   *int             `yaml:"retries,omitempty"` // default 1
+	Timeouts  PoolTimeouts     `yaml:"timeouts,omitempty"`
+	PanicMode bool             `yaml:"panic_mode,omitempty"`
+	SlowStart Duration         `yaml:"slow_start,omitempty"`
+	Protocol  string           `yaml:"protocol,omitempty"` // http1 (default) | h2c | h2 (https endpoints)
+	TLS       *UpstreamTLS     `yaml:"tls,omitempty"`
+	// MaxIdlePerEndpoint bounds kept-alive connections per endpoint (default 256).
+	MaxIdlePerEndpoint int `yaml:"max_idle_per_endpoint,omitempty"`
+}
+
+// EndpointConfig is one replica: `host:port`, `http://host:port`,
+// `https://host:port`, or {address, weight}.
+type EndpointConfig struct {
+	Address string `yaml:"address,omitempty"`
+	Weight  int    `yaml:"weight,omitempty"` // default 1
+}
+
+func (e *EndpointConfig) decodeScalar(s string) error {
+	e.Address = s
+	return nil
+}
+
+// ReadinessConfig is the active readiness probe of a pool.
+type ReadinessConfig struct {
+	Path         string   `yaml:"path,omitempty"`          // default /ready
+	Interval     Duration `yaml:"interval,omitempty"`      // default 2s
+	Timeout      Duration `yaml:"timeout,omitempty"`       // default 1s
+	Rise         int      `yaml:"rise,omitempty"`          // default 2
+	Fall         int      `yaml:"fall,omitempty"`          // default 3
+	ExpectStatus []string `yaml:"expect_status,omitempty"` // default 200-299
+	Host         string   `yaml:"host,omitempty"`
+}
+
+// OutlierConfig is passive ejection.
+type OutlierConfig struct {
+	ConsecutiveFailures int      `yaml:"consecutive_failures,omitempty"` // default 5
+	Eject               Duration `yaml:"eject,omitempty"`                // default 30s
+	MaxEject            Duration `yaml:"max_eject,omitempty"`            // default 10 x eject
+	MaxEjectedPercent   *int     `yaml:"max_ejected_percent,omitempty"`  // default 50
+	Count5xx            bool     `yaml:"count_5xx,omitempty"`
+}
+
+// PoolTimeouts bound the upstream side.
+type PoolTimeouts struct {
+	Connect        Duration `yaml:"connect,omitempty"`         // default 2s
+	ResponseHeader Duration `yaml:"response_header,omitempty"` // default 30s
+	Idle           Duration `yaml:"idle,omitempty"`            // idle keep-alive; default 90s
+}
+
+// UpstreamTLS configures https endpoints.
+type UpstreamTLS struct {
+	CAFile             string `yaml:"ca_file,omitempty"`
+	ServerName         string `yaml:"server_name,omitempty"`
+	CertFile           string `yaml:"cert_file,omitempty"`
+	KeyFile            string `yaml:"key_file,omitempty"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify,omitempty"`
+}
+
+// KeySpec is a request key: one source or a list, first present wins.
+type KeySpec []string
+
+func (k *KeySpec) decodeScalar(s string) error {
+	*k = KeySpec{s}
+	return nil
+}
+
+// String joins the sources with commas.
+func (k KeySpec) String() string { return strings.Join(k, ",") }
+
+// Duration is a time.Duration written as a Go duration string.
+type Duration time.Duration
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// MarshalYAML writes d as a duration string.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// MarshalYAML writes auto or a duration string.
+func (h HedgeAfter) MarshalYAML() (any, error) {
+	if h.Auto {
+		return "auto", nil
+	}
+	if h.Duration == 0 {
+		return nil, nil
+	}
+	return h.Duration.String(), nil
+}

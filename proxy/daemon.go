@@ -1,0 +1,158 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Options configure a Daemon beyond its config file.
+type Options struct {
+	// Path is the config file, read again on Reload; "" means the config
+	// came from elsewhere (sidecar flags) and Reload has nothing to do.
+	Path string
+	// Log is the process logger; nil builds one from the config's log section.
+	Log *zap.Logger
+	// Lookup resolves ${VAR} on reload; nil means os.LookupEnv.
+	Lookup func(string) (string, bool)
+}
+
+// Daemon is a running sekisho: the Server with its listeners, the admin
+// server, and the reload machinery. Start returns a running Daemon;
+// Shutdown stops it. Its methods are safe for concurrent use.
+type Daemon struct {
+	opts   Options
+	env    *Env
+	log    *zap.Logger
+	server *Server
+	admin  *Admin
+
+	reloadMu  sync.Mutex // one reload at a time
+	cfg       atomic.Pointer[Config]
+	lastError atomic.Pointer[string]
+	wasReady  atomic.Bool // the first probe rounds are done: reloads no longer gate readiness
+}
+
+// Start applies cfg, opens its listeners and the admin server, and starts
+// its probes. Nothing is left running when it fails.
+func Start(cfg *Config, opts Options) (*Daemon, error) {
+	log := opts.Log
+	if log == nil {
+		l, err := NewLogger(cfg.Log)
+		if err != nil {
+			return nil, err
+		}
+		log = l
+	}
+	d := &Daemon{opts: opts, env: NewEnv(log), log: log}
+	d.server = NewServer(d.env)
+	if err := d.server.Apply(cfg); err != nil {
+		d.server.Shutdown(context.Background())
+		return nil, err
+	}
+	d.cfg.Store(cfg)
+	d.env.Metrics.ReloadOK.Set(1)
+	d.env.Metrics.ReloadTimestamp.Set(float64(time.Now().Unix()))
+	if cfg.Admin.Listen != "off" {
+		a, err := StartAdmin(cfg.Admin.Listen, d, cfg.Admin.Pprof)
+		if err != nil {
+			d.server.Shutdown(context.Background())
+			return nil, fmt.Errorf("admin server: %w", err)
+		}
+		d.admin = a
+	}
+	log.Info("sekisho started", zap.String("config", cfg.file), zap.Int("listeners", len(cfg.Listeners)), zap.Int("pools", len(cfg.Pools)))
+	return d, nil
+}
+
+// Server returns the Daemon's Server.
+func (d *Daemon) Server() *Server { return d.server }
+
+// Env returns the state shared by the Daemon's Runtimes.
+func (d *Daemon) Env() *Env { return d.env }
+
+// AdminAddr returns the admin server's address, or nil when it is off.
+func (d *Daemon) AdminAddr() net.Addr {
+	if d.admin == nil {
+		return nil
+	}
+	return d.admin.Addr()
+}
+
+// Config returns the config in force.
+func (d *Daemon) Config() *Config { return d.cfg.Load() }
+
+// Ready reports whether the Daemon should get traffic: a config in force,
+// its listeners open, every pool's first probe round done, and not draining.
+// Only the first config's probe rounds gate readiness: after a reload, the
+// endpoints the Daemon already knew keep their state and a new endpoint
+// takes no request before it is ready, so there is no reason to turn
+// /readyz 503 while the new Runtime's probes run their first round.
+func (d *Daemon) Ready() (bool, string) {
+	if d.server.Draining() {
+		return false, "draining"
+	}
+	rt := d.server.Runtime()
+	if rt == nil {
+		return false, "no config in force"
+	}
+	if !d.wasReady.Load() {
+		if !rt.Ready() {
+			return false, "waiting for the first readiness probe round"
+		}
+		d.wasReady.Store(true)
+	}
+	return true, ""
+}
+
+// Shutdown drains: /readyz turns 503 at once, listeners stop accepting,
+// in-flight requests have until ctx ends, then everything stops.
+func (d *Daemon) Shutdown(ctx context.Context) error {
+	d.log.Info("draining")
+	err := d.server.Shutdown(ctx)
+	if d.admin != nil {
+		d.admin.Close()
+	}
+	d.log.Info("stopped")
+	d.log.Sync()
+	return err
+}
+
+func (d *Daemon) serveConfig(w http.ResponseWriter, _ *http.Request) {
+	cfg := d.cfg.Load()
+	out, err := cfg.Marshal()
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/yaml")
+	if p := d.lastError.Load(); p != nil {
+		fmt.Fprintf(w, "# last reload failed; this config is still in force:\n")
+		for _, line := range splitLines(*p) {
+			fmt.Fprintf(w, "#   %s\n", line)
+		}
+	}
+	w.Write(out)
+}
+
+func splitLines(s string) []string {
+	var out []string
+	for len(s) > 0 {
+		i := 0
+		for i < len(s) && s[i] != '\n' {
+			i++
+		}
+		out = append(out, s[:i])
+		if i < len(s) {
+			i++
+		}
+		s = s[i:]
+	}
+	return out
+}

@@ -1,0 +1,114 @@
+package proxy
+
+import (
+	"strconv"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics holds every sekisho_ metric. One Metrics lives as long as the
+// process and is shared by consecutive Runtimes, which resolve the label
+// children they need when they compile so that the request path never looks
+// a label set up.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	Requests         *prometheus.CounterVec   // listener, route, code
+	RequestDuration  *prometheus.HistogramVec // listener, route
+	Upstream         *prometheus.CounterVec   // pool, endpoint, code
+	UpstreamDuration *prometheus.HistogramVec // pool
+	EndpointReady    *prometheus.GaugeVec     // pool, endpoint
+	ShardRequests    *prometheus.CounterVec   // route, shard, overflow
+	SplitRequests    *prometheus.CounterVec   // experiment, arm
+	SplitUnknown     *prometheus.CounterVec   // experiment
+	MirrorRequests   *prometheus.CounterVec   // pool, result
+	ScatterLeaves    *prometheus.CounterVec   // route, leaf, result
+	Reloads          *prometheus.CounterVec   // result
+	ReloadOK         prometheus.Gauge
+	ReloadTimestamp  prometheus.Gauge
+	CertExpiry       *prometheus.GaugeVec   // listener, name
+	TLSHandshakeErrs *prometheus.CounterVec // listener
+	CertReloadErrs   *prometheus.CounterVec // listener
+	Panics           prometheus.Counter
+	ProxyProtoErrs   *prometheus.CounterVec // listener
+}
+
+// NewMetrics registers every metric, with the Go runtime and process
+// collectors, on a fresh registry.
+func NewMetrics() *Metrics {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	f := func(c prometheus.Collector) { reg.MustRegister(c) }
+	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
+		v := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "sekisho", Name: name, Help: help}, labels)
+		f(v)
+		return v
+	}
+	buckets := []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+	m := &Metrics{Registry: reg}
+	m.Requests = counter("requests_total", "Requests answered, by listener, route and status code.", "listener", "route", "code")
+	m.RequestDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "sekisho", Name: "request_duration_seconds",
+		Help: "Time from request headers read to response handler done.", Buckets: buckets}, []string{"listener", "route"})
+	f(m.RequestDuration)
+	m.Upstream = counter("upstream_requests_total", "Attempts sent to endpoints, by pool, endpoint and status code (error: no response).", "pool", "endpoint", "code")
+	m.UpstreamDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "sekisho", Name: "upstream_duration_seconds",
+		Help: "Time from sending an attempt to its response headers.", Buckets: buckets}, []string{"pool"})
+	f(m.UpstreamDuration)
+	m.EndpointReady = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "sekisho", Name: "endpoint_ready",
+		Help: "1 when the endpoint gets traffic (ready and not ejected), else 0."}, []string{"pool", "endpoint"})
+	f(m.EndpointReady)
+	m.ShardRequests = counter("shard_requests_total", "Requests by the shard that served them; overflow=true when bounded load moved them off their owner.", "route", "shard", "overflow")
+	m.SplitRequests = counter("split_requests_total", "Requests by experiment arm.", "experiment", "arm")
+	m.SplitUnknown = counter("split_unknown_overrides_total", "Override headers or cookies naming no arm of the experiment (ignored).", "experiment")
+	m.MirrorRequests = counter("mirror_requests_total", "Mirror copies by result (sent, dropped, skipped_body, error).", "pool", "result")
+	m.ScatterLeaves = counter("scatter_leaf_results_total", "Scatter leaf outcomes (ok, error, timeout, hedged_win).", "route", "leaf", "result")
+	m.Reloads = counter("config_reloads_total", "Config reloads by result (success, failure).", "result")
+	m.ReloadOK = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "sekisho", Name: "config_last_reload_successful", Help: "1 if the last reload succeeded."})
+	m.ReloadTimestamp = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "sekisho", Name: "config_last_reload_success_timestamp_seconds", Help: "When the config in force was loaded."})
+	f(m.ReloadOK)
+	f(m.ReloadTimestamp)
+	m.CertExpiry = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "sekisho", Name: "tls_certificate_expiry_timestamp_seconds",
+		Help: "NotAfter of each served certificate, as a Unix timestamp."}, []string{"listener", "name"})
+	f(m.CertExpiry)
+	m.TLSHandshakeErrs = counter("tls_handshake_errors_total", "Failed TLS handshakes.", "listener")
+	m.CertReloadErrs = counter("tls_certificate_reload_errors_total", "Certificate rotations that failed to load (the old pair stays in use).", "listener")
+	m.Panics = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "sekisho", Name: "handler_panics_total", Help: "Panics recovered on the request path (answered 500)."})
+	f(m.Panics)
+	m.ProxyProtoErrs = counter("proxy_protocol_errors_total", "Connections closed for a bad or unexpected PROXY protocol header.", "listener")
+	m.ReloadOK.Set(1)
+	return m
+}
+
+// codeCounters resolves the child of a vector for each status code on first
+// use and keeps it, so that counting an answer is an array load and an atomic
+// add. The vector must have exactly one free label, the code.
+type codeCounters struct {
+	vec   *prometheus.CounterVec
+	codes [600]atomic.Pointer[prometheus.Counter]
+	other atomic.Pointer[prometheus.Counter]
+}
+
+func newCodeCounters(vec *prometheus.CounterVec) *codeCounters {
+	return &codeCounters{vec: vec}
+}
+
+// inc counts one answer with code; code 0 means no answer ("error").
+func (c *codeCounters) inc(code int) {
+	slot := &c.other
+	if code > 0 && code < len(c.codes) {
+		slot = &c.codes[code]
+	}
+	if p := slot.Load(); p != nil {
+		(*p).Inc()
+		return
+	}
+	label := "error"
+	if code > 0 {
+		label = strconv.Itoa(code)
+	}
+	counter := c.vec.WithLabelValues(label)
+	slot.Store(&counter)
+	counter.Inc()
+}

@@ -1,0 +1,401 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"sekisho/health"
+	"sekisho/proxy/balance"
+	"sekisho/router"
+)
+
+// ErrNoReadyEndpoint is returned when a pool has no endpoint that may take a
+// request; it is answered 503.
+var ErrNoReadyEndpoint = errors.New("no ready endpoint")
+
+// Pool is a set of replicas of one service, as an http.Handler: it picks an
+// available endpoint with its balance policy and forwards the request there
+// with httputil.ReverseProxy, retrying on another endpoint a request that
+// never reached the first one. A Pool is immutable once compiled and safe
+// for concurrent use; endpoint state lives in the health.Registry.
+type Pool struct {
+	name      string
+	targets   []balance.Target
+	schemes   []string
+	policy    balance.Policy
+	group     *health.Group
+	retries   int
+	panicMode bool
+	transport http.RoundTripper
+	proxy     *httputil.ReverseProxy
+	log       *zap.Logger
+	attempts  []*codeCounters // per target
+	duration  prometheus.Observer
+	checker   *health.Checker // nil without readiness probes
+}
+
+var (
+	_ http.Handler      = (*Pool)(nil)
+	_ http.RoundTripper = (*Pool)(nil)
+	_ router.Available  = (*Pool)(nil)
+)
+
+// Name returns the pool's name.
+func (p *Pool) Name() string { return p.name }
+
+// ServeHTTP forwards r to one of the pool's endpoints.
+func (p *Pool) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	p.proxy.ServeHTTP(w, r)
+}
+
+// Available reports whether some endpoint may take a request now (any
+// endpoint, in panic mode).
+func (p *Pool) Available() bool {
+	if p.panicMode && len(p.targets) > 0 {
+		return true
+	}
+	now := time.Now()
+	for i := range p.targets {
+		if p.targets[i].EP.Available(now) {
+			return true
+		}
+	}
+	return false
+}
+
+// rewrite prepares the outbound request; the endpoint itself is chosen in
+// RoundTrip, where a failed attempt can be retried.
+func (p *Pool) rewrite(pr *httputil.ProxyRequest) {
+	in, out := pr.In, pr.Out
+	out.URL.Scheme = "http"
+	out.URL.Host = p.name // replaced by RoundTrip with the chosen endpoint
+	setForwarded(in, out)
+	if out.Body != nil && out.Body != http.NoBody {
+		out.Body = &replayGuard{body: out.Body}
+	}
+}
+
+// setForwarded writes X-Forwarded-For, -Host and -Proto. An incoming
+// X-Forwarded-For chain is kept only when the peer is a trusted proxy (the
+// listener resolved a client address other than the peer, or the peer is
+// trusted and sent no chain): from anyone else it could be forged.
+func setForwarded(in, out *http.Request) {
+	peer := in.RemoteAddr
+	if host, _, err := net.SplitHostPort(peer); err == nil {
+		peer = host
+	}
+	info := router.InfoFrom(in)
+	chain := in.Header["X-Forwarded-For"]
+	if info != nil && info.TrustedPeer && len(chain) > 0 {
+		out.Header.Set("X-Forwarded-For", strings.Join(chain, ", ")+", "+peer)
+	} else {
+		out.Header.Set("X-Forwarded-For", peer)
+	}
+	out.Header.Set("X-Forwarded-Host", in.Host)
+	switch {
+	case in.TLS != nil:
+		out.Header.Set("X-Forwarded-Proto", "https")
+	case info != nil && info.TrustedPeer && in.Header.Get("X-Forwarded-Proto") != "":
+		out.Header.Set("X-Forwarded-Proto", in.Header.Get("X-Forwarded-Proto"))
+	default:
+		out.Header.Set("X-Forwarded-Proto", "http")
+	}
+}
+
+// RoundTrip sends out to an endpoint chosen by the balance policy. An
+// attempt that failed before the endpoint saw the request (a refused dial),
+// or that was reset before any response byte on an idempotent request whose
+// body was not read, is retried on another endpoint, up to retries times.
+func (p *Pool) RoundTrip(out *http.Request) (*http.Response, error) {
+	info := router.InfoFrom(out)
+	guard, _ := out.Body.(*replayGuard)
+	pk := p.picker()
+	defer pk.release()
+	var lastErr error
+	for attempt := 0; attempt <= p.retries; attempt++ {
+		i := pk.pick(out, info)
+		if i < 0 {
+			if lastErr != nil {
+				return nil, lastErr
+			}
+			return nil, ErrNoReadyEndpoint
+		}
+		t := &p.targets[i]
+		out.URL.Scheme, out.URL.Host = p.schemes[i], t.Addr
+		if info != nil {
+			info.Pool, info.Upstream = p.name, t.Addr
+			if info.Tried != nil {
+				info.Tried.Add(t.Addr)
+			}
+		}
+		t.EP.Begin()
+		start := time.Now()
+		resp, err := p.transport.RoundTrip(out)
+		p.duration.Observe(time.Since(start).Seconds())
+		if err == nil {
+			p.attempts[i].inc(resp.StatusCode)
+			t.EP.ObserveResult(resp.StatusCode < 500 || !p.group.Counts5xx())
+			resp.Body = wrapBody(resp.Body, t.EP)
+			return resp, nil
+		}
+		t.EP.End()
+		p.attempts[i].inc(0)
+		if out.Context().Err() != nil {
+			// The client left or its deadline passed: not the endpoint's fault.
+			return nil, err
+		}
+		t.EP.ObserveResult(false)
+		lastErr = err
+		if !retryable(out, err, guard) {
+			return nil, err
+		}
+		pk.exclude(i)
+		p.log.Debug("retrying on another endpoint", zap.String("pool", p.name), zap.String("endpoint", t.Addr), zap.Error(err))
+	}
+	return nil, lastErr
+}
+
+// picker is one request's state across its attempts, as the balance
+// policy's usable filter reads it: the endpoints tried so far and the rule
+// of the pick under way. A closure over that state would escape into the
+// Policy interface and cost allocations on every pick, so pickers are
+// pooled with their filter bound once, as a method value. A picker belongs
+// to one request at a time.
+type picker struct {
+	p      *Pool
+	now    time.Time
+	tried  []int  // target indexes this request's attempts used
+	local  [4]int // tried's backing array until a request retries more
+	shared *router.Tried
+	rule   pickRule
+	usable func(int) bool // check, bound once
+}
+
+// pickRule is what a target must be, besides untried, to be usable.
+type pickRule uint8
+
+const (
+	// availableUnshared: available, and not used by another attempt of the
+	// same logical request (scatter's hedges).
+	availableUnshared pickRule = iota
+	availableOnly
+	// anyUntried is panic mode: an unavailable endpoint beats none.
+	anyUntried
+)
+
+var pickers = sync.Pool{New: func() any {
+	pk := &picker{}
+	pk.tried = pk.local[:0]
+	pk.usable = pk.check
+	return pk
+}}
+
+// picker returns a picker for one request to p; release gives it back.
+func (p *Pool) picker() *picker {
+	pk := pickers.Get().(*picker)
+	pk.p = p
+	return pk
+}
+
+func (pk *picker) release() {
+	pk.p, pk.shared = nil, nil
+	pk.tried = pk.tried[:0]
+	pickers.Put(pk)
+}
+
+// exclude keeps target i out of this request's later picks.
+func (pk *picker) exclude(i int) { pk.tried = append(pk.tried, i) }
+
+// pick chooses an endpoint that is available and not yet tried by this
+// request; endpoints another attempt of the same logical request used
+// (scatter's hedges) are avoided while others remain. In panic mode an
+// unavailable endpoint is better than none.
+func (pk *picker) pick(r *http.Request, info *router.Info) int {
+	p := pk.p
+	pk.now = time.Now()
+	if info != nil && info.Tried != nil && info.Tried.Len() > 0 {
+		pk.shared, pk.rule = info.Tried, availableUnshared
+		if i := p.policy.Pick(p.targets, r, pk.now, pk.usable); i >= 0 {
+			return i
+		}
+	}
+	pk.rule = availableOnly
+	if i := p.policy.Pick(p.targets, r, pk.now, pk.usable); i >= 0 || !p.panicMode {
+		return i
+	}
+	pk.rule = anyUntried
+	return p.policy.Pick(p.targets, r, pk.now, pk.usable)
+}
+
+// check is the usable filter of the pick under way.
+func (pk *picker) check(i int) bool {
+	for _, j := range pk.tried {
+		if i == j {
+			return false
+		}
+	}
+	t := &pk.p.targets[i]
+	switch pk.rule {
+	case anyUntried:
+		return true
+	case availableUnshared:
+		if pk.shared.Has(t.Addr) {
+			return false
+		}
+	}
+	return t.EP.Available(pk.now)
+}
+
+// retryable reports whether a failed attempt may be sent again elsewhere.
+func retryable(r *http.Request, err error, guard *replayGuard) bool {
+	if guard != nil && guard.used() {
+		return false // part of the body is gone; it cannot be sent twice
+	}
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodPut, http.MethodDelete:
+	default:
+		return false
+	}
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.EPIPE)
+}
+
+// replayGuard stands between the client's body and the Transport: it
+// remembers whether any byte was read (then the request cannot be retried)
+// and ignores the Transport's Close after a failed attempt so that a retry
+// can still send the untouched body. The server closes the real body.
+type replayGuard struct {
+	body io.ReadCloser
+	mu   sync.Mutex
+	read bool
+}
+
+func (g *replayGuard) Read(b []byte) (int, error) {
+	n, err := g.body.Read(b)
+	if n > 0 {
+		g.mu.Lock()
+		g.read = true
+		g.mu.Unlock()
+	}
+	return n, err
+}
+
+func (g *replayGuard) Close() error { return nil }
+
+func (g *replayGuard) used() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.read
+}
+
+// endBody ends an endpoint's in-flight count when the response body is
+// closed, so that least_request and shard load see streaming responses.
+type endBody struct {
+	io.ReadCloser
+	ep   *health.Endpoint
+	once sync.Once
+}
+
+func (b *endBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(b.ep.End)
+	return err
+}
+
+// endRWC is endBody for a 101 Switching Protocols response, whose body is
+// the upgraded connection and must stay writable.
+type endRWC struct {
+	io.ReadWriteCloser
+	ep   *health.Endpoint
+	once sync.Once
+}
+
+func (b *endRWC) Close() error {
+	err := b.ReadWriteCloser.Close()
+	b.once.Do(b.ep.End)
+	return err
+}
+
+func wrapBody(body io.ReadCloser, ep *health.Endpoint) io.ReadCloser {
+	if rwc, ok := body.(io.ReadWriteCloser); ok {
+		return &endRWC{ReadWriteCloser: rwc, ep: ep}
+	}
+	return &endBody{ReadCloser: body, ep: ep}
+}
+
+// errorHandler answers a request that could not be forwarded: 503 when no
+// endpoint is ready, 504 when the endpoint was too slow, 502 for every other
+// upstream failure, and nothing at all when the client has gone.
+func (p *Pool) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
+	status, msg := classify(r, err)
+	info := router.InfoFrom(r)
+	if info != nil && info.Pool == "" {
+		info.Pool = p.name
+	}
+	if status == statusClientClosed {
+		if sw, ok := w.(*statusWriter); ok {
+			sw.status = statusClientClosed
+		}
+		p.log.Debug("client went away", zap.String("pool", p.name), zap.Error(err))
+		return
+	}
+	fields := []zap.Field{zap.String("pool", p.name), zap.Int("status", status), zap.Error(err)}
+	if info != nil {
+		fields = append(fields, zap.String("upstream", info.Upstream), zap.String("request_id", info.RequestID))
+	}
+	p.log.Warn("upstream request failed", fields...)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	io.WriteString(w, msg)
+}
+
+// statusClientClosed is recorded for a request whose client left before an
+// answer (nginx's 499); it is never sent.
+const statusClientClosed = 499
+
+func classify(r *http.Request, err error) (int, string) {
+	switch {
+	case errors.Is(err, ErrNoReadyEndpoint):
+		return http.StatusServiceUnavailable, "no ready endpoint\n"
+	case r.Context().Err() == context.Canceled || errors.Is(err, context.Canceled):
+		return statusClientClosed, ""
+	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+		return http.StatusGatewayTimeout, "upstream timed out\n"
+	default:
+		return http.StatusBadGateway, "upstream unavailable\n"
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	return strings.Contains(err.Error(), "timeout awaiting response headers")
+}
+
+// bufferPool lends ReverseProxy its copy buffers.
+type bufferPool struct{ p sync.Pool }
+
+func newBufferPool() *bufferPool {
+	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+}
+
+func (b *bufferPool) Get() []byte  { return *b.p.Get().(*[]byte) }
+func (b *bufferPool) Put(x []byte) { b.p.Put(&x) }

@@ -1,0 +1,103 @@
+package proxy
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"os"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// ReloadResult says what a reload did.
+type ReloadResult struct {
+	Changed bool   `json:"changed"`
+	Summary string `json:"summary"`
+}
+
+// Reload reads the config file again and puts it in force: Load, Compile,
+// Start, swap, and the old Runtime closes when its requests end. A config
+// identical to the one in force changes nothing. On any error the config in
+// force keeps serving; the error is logged, counted and shown by /config.
+// Concurrent reloads run one after the other.
+func (d *Daemon) Reload() (ReloadResult, error) {
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+	res, err := d.reload()
+	m := d.env.Metrics
+	if err != nil {
+		m.Reloads.WithLabelValues("failure").Inc()
+		m.ReloadOK.Set(0)
+		msg := err.Error()
+		d.lastError.Store(&msg)
+		d.log.Error("reload failed; the previous config stays in force", zap.Error(err))
+		return res, err
+	}
+	m.Reloads.WithLabelValues("success").Inc()
+	m.ReloadOK.Set(1)
+	d.lastError.Store(nil)
+	if res.Changed {
+		m.ReloadTimestamp.Set(float64(time.Now().Unix()))
+		d.log.Info("config reloaded", zap.String("summary", res.Summary))
+	}
+	return res, nil
+}
+
+func (d *Daemon) reload() (ReloadResult, error) {
+	cur := d.cfg.Load()
+	if d.opts.Path == "" {
+		return ReloadResult{Summary: "no config file to read: nothing to do"}, nil
+	}
+	lookup := d.opts.Lookup
+	if lookup == nil {
+		lookup = os.LookupEnv
+	}
+	data, err := os.ReadFile(d.opts.Path)
+	if err != nil {
+		return ReloadResult{}, fmt.Errorf("loading config: %w", err)
+	}
+	cfg, err := Parse(d.opts.Path, data, lookup)
+	if err != nil {
+		return ReloadResult{}, err
+	}
+	if same, _ := sameConfig(cur, cfg); same {
+		return ReloadResult{Summary: "config unchanged"}, nil
+	}
+	if cfg.Admin != cur.Admin {
+		d.log.Warn("admin settings changed; they take effect on restart", zap.String("admin.listen", cfg.Admin.Listen))
+	}
+	if err := d.server.Apply(cfg); err != nil {
+		return ReloadResult{}, err
+	}
+	d.cfg.Store(cfg)
+	return ReloadResult{Changed: true, Summary: cfg.Summary()}, nil
+}
+
+// sameConfig compares the effective configs, after env expansion and
+// defaults, so that a rewrite of the same content is no reload at all.
+func sameConfig(a, b *Config) (bool, error) {
+	if a == nil || b == nil {
+		return false, nil
+	}
+	x, err := a.Marshal()
+	if err != nil {
+		return false, err
+	}
+	y, err := b.Marshal()
+	if err != nil {
+		return false, err
+	}
+	return bytes.Equal(x, y), nil
+}
+
+func (d *Daemon) serveReload(w http.ResponseWriter, _ *http.Request) {
+	res, err := d.Reload()
+	if err != nil {
+		// errors holds one line per problem, each FILE:LINE:COL: message
+		// when the config itself is at fault.
+		writeJSON(w, http.StatusBadRequest, map[string]any{"ok": false, "error": err.Error(), "errors": splitLines(err.Error())})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true, "changed": res.Changed, "summary": res.Summary})
+}

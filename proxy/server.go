@@ -1,0 +1,623 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"sekisho/router"
+)
+
+// Server serves the listeners of the config in force. It holds the current
+// Runtime behind an atomic pointer, so a request reads it without a lock,
+// and swaps it on Apply without closing a socket that the new config still
+// listens on. Each request holds a reference on the Runtime it started
+// with; a Runtime that is no longer in force closes when its last request
+// ends. Its methods are safe for concurrent use.
+type Server struct {
+	env *Env
+	log *zap.Logger
+	rt  atomic.Pointer[Runtime]
+
+	mu        sync.Mutex // serialises Apply and Shutdown
+	listeners map[string]*boundListener
+	// ctx ends when the Server stops for good. It is the parent of every
+	// Runtime's probes, of the certificate watches and of every request,
+	// so that cancelling it when Shutdown's grace period is over also ends
+	// upgraded connections, which no http.Server keeps track of.
+	ctx      context.Context
+	cancel   context.CancelFunc
+	draining atomic.Bool
+	// retiring counts what Shutdown must wait for: every Runtime from the
+	// moment Apply puts it in force until it has closed, every serve loop,
+	// every replaced server until it has drained, every removed socket.
+	// Only Apply adds to it, under mu, so Shutdown's Wait never races an Add.
+	retiring sync.WaitGroup
+}
+
+// boundListener is a socket with the http.Server currently serving it.
+type boundListener struct {
+	name    string
+	addr    string
+	sock    *socket
+	srv     *http.Server
+	view    *view
+	handler *listenerHandler
+	sig     string
+	tls     *dynamicTLS // nil for a plain listener
+}
+
+// forcedStopWait bounds how long Shutdown waits for requests it cancelled
+// at the end of the grace period.
+const forcedStopWait = 5 * time.Second
+
+// errShuttingDown refuses an Apply once Shutdown has begun.
+var errShuttingDown = errors.New("shutting down")
+
+// NewServer returns a Server that has no config yet; Apply gives it one.
+func NewServer(env *Env) *Server {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{env: env, log: env.Log, listeners: map[string]*boundListener{}, ctx: ctx, cancel: cancel}
+}
+
+// Runtime returns the Runtime in force, or nil before the first Apply and
+// after Shutdown. It holds no reference: use it to inspect, not to serve.
+func (s *Server) Runtime() *Runtime { return s.rt.Load() }
+
+// Addr returns the bound address of the listener named name (useful when
+// the config asks for port 0), or nil.
+func (s *Server) Addr(name string) net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range s.listeners {
+		if l.name == name {
+			return l.sock.ln.Addr()
+		}
+	}
+	return nil
+}
+
+// Draining reports whether Shutdown has begun.
+func (s *Server) Draining() bool { return s.draining.Load() }
+
+// Apply compiles cfg, opens the sockets it adds, starts its probes and puts
+// it in force. Sockets whose address is unchanged keep their connections;
+// removed ones stop accepting and drain. The previous Runtime is closed once
+// its last request ends. On any error nothing changes: the Runtime in force
+// keeps serving and the shared state (endpoint health, transports, shard
+// rings) is left as it was, as far as Compile allows.
+func (s *Server) Apply(cfg *Config) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining.Load() {
+		return errShuttingDown
+	}
+	c, err := s.claim(cfg)
+	if err != nil {
+		return err
+	}
+	cur := s.rt.Load()
+	rt, err := Compile(cfg, s.env)
+	if err != nil {
+		c.release()
+		// Compile registered the endpoints it met before it failed.
+		s.retain(cur)
+		return fmt.Errorf("compiling config: %w", err)
+	}
+	rt.access = c.access
+	s.retiring.Add(1) // done by closeRuntime
+	rt.Start(s.ctx)
+
+	// A listener the new config drops keeps serving the requests that
+	// still arrive on its open connections with the Runtime that had it.
+	removed := map[string]bool{}
+	for addr, bl := range s.listeners {
+		if !listensOn(cfg, addr) {
+			removed[addr] = true
+			if cur != nil && cur.acquire() {
+				bl.handler.pinned.Store(cur)
+			}
+		}
+	}
+	old := s.rt.Swap(rt)
+	for i := range cfg.Listeners {
+		lc := &cfg.Listeners[i]
+		sig := listenerSignature(lc)
+		bl := s.listeners[lc.Listen]
+		switch {
+		case bl == nil:
+			bl = &boundListener{addr: lc.Listen, sock: c.sockets[lc.Listen]}
+			s.listeners[lc.Listen] = bl
+		case bl.sig == sig:
+			s.setTLS(bl, c.tls[lc.Listen], lc.TLS != nil)
+			continue
+		default:
+			// Settings of the http.Server changed: a new server takes the
+			// socket, the old one finishes the connections it has.
+			s.retireServer(bl)
+		}
+		bl.name = lc.Name
+		s.setTLS(bl, c.tls[lc.Listen], lc.TLS != nil)
+		s.serve(bl, lc, sig)
+	}
+	for addr := range removed {
+		bl := s.listeners[addr]
+		delete(s.listeners, addr)
+		bl.sock.ln.Close() // refuse new connections at once
+		s.retireServer(bl)
+		s.setTLS(bl, nil, false)
+		s.retiring.Add(1)
+		go func() {
+			defer s.retiring.Done()
+			bl.sock.close()
+		}()
+	}
+	if old != nil {
+		s.releaseRuntime(old)
+	}
+	s.retain(rt)
+	return nil
+}
+
+func listensOn(cfg *Config, addr string) bool {
+	for i := range cfg.Listeners {
+		if cfg.Listeners[i].Listen == addr {
+			return true
+		}
+	}
+	return false
+}
+
+// claim is what Apply takes before it compiles: everything that can fail
+// on a busy port, a certificate or an access log file, so that such a
+// failure happens before Compile has touched any shared state.
+type claim struct {
+	sockets map[string]*socket   // by address: the ones cfg adds
+	tls     map[string]*tlsState // by address: new or changed tls sections
+	access  *accessLog           // nil when off
+}
+
+func (s *Server) claim(cfg *Config) (*claim, error) {
+	c := &claim{sockets: map[string]*socket{}, tls: map[string]*tlsState{}}
+	for i := range cfg.Listeners {
+		lc := &cfg.Listeners[i]
+		bl := s.listeners[lc.Listen]
+		if bl == nil {
+			sock, err := listenSocket(lc.Listen)
+			if err != nil {
+				c.release()
+				return nil, fmt.Errorf("listener %q: %w", lc.Name, err)
+			}
+			c.sockets[lc.Listen] = sock
+		}
+		// The TLS state carries the listener's name into its metrics, so a
+		// rename rebuilds it too.
+		if lc.TLS == nil || (bl != nil && bl.tls != nil && bl.name == lc.Name && bl.tls.cur.Load().sig == tlsSignature(lc.TLS)) {
+			continue
+		}
+		st, err := s.newTLSState(lc.Name, lc.TLS)
+		if err != nil {
+			c.release()
+			return nil, fmt.Errorf("listener %q: %w", lc.Name, err)
+		}
+		c.tls[lc.Listen] = st
+	}
+	access, err := s.accessFor(cfg.Log.Access)
+	if err != nil {
+		c.release()
+		return nil, err
+	}
+	c.access = access
+	return c, nil
+}
+
+// release gives back what an Apply that failed had claimed.
+func (c *claim) release() {
+	for _, sock := range c.sockets {
+		sock.close()
+	}
+	for _, st := range c.tls {
+		st.stop()
+	}
+	if c.access != nil {
+		c.access.release()
+	}
+}
+
+// retain drops the shared state that rt does not use: the health of
+// endpoints and pools it does not have, the Transports of pools it does not
+// have, the shard rings it does not use. Runtimes still draining hold what
+// they use directly. rt nil keeps nothing.
+func (s *Server) retain(rt *Runtime) {
+	if rt == nil {
+		rt = &Runtime{}
+	}
+	pools := map[string][]string{}
+	for name, p := range rt.pools {
+		addrs := make([]string, 0, len(p.targets))
+		for _, t := range p.targets {
+			addrs = append(addrs, t.Addr)
+		}
+		pools[name] = addrs
+	}
+	s.env.Registry.Retain(pools)
+	var cfgPools map[string]*PoolConfig
+	if rt.cfg != nil {
+		cfgPools = rt.cfg.Pools
+	}
+	s.env.transports.retain(cfgPools)
+	s.env.rings.retain(rt)
+}
+
+// setTLS puts a new TLS state in force for bl's new handshakes (st nil with
+// on keeps the current one) and stops the state it replaces.
+func (s *Server) setTLS(bl *boundListener, st *tlsState, on bool) {
+	if !on {
+		if bl.tls != nil {
+			bl.tls.cur.Load().stop()
+			bl.tls = nil
+		}
+		return
+	}
+	if st == nil {
+		return
+	}
+	if bl.tls == nil {
+		bl.tls = &dynamicTLS{}
+	}
+	if old := bl.tls.cur.Swap(st); old != nil {
+		old.stop()
+	}
+}
+
+// listenerSignature covers the settings that live in the http.Server and
+// its listener wrappers (the name labels their logs and metrics): when they
+// change, a new server takes over the socket.
+func listenerSignature(lc *ListenerConfig) string {
+	return fmt.Sprintf("%s|%v|%d|%v|%v|%v", lc.Name, lc.Timeouts, lc.MaxHeaderBytes, lc.ProxyProtocol, lc.ClientIP.TrustedProxies, lc.TLS != nil)
+}
+
+func (s *Server) serve(bl *boundListener, lc *ListenerConfig, sig string) {
+	h := &listenerHandler{s: s, addr: lc.Listen}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetHTTP2(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: lc.Timeouts.ReadHeader.D(),
+		ReadTimeout:       lc.Timeouts.Read.D(),
+		WriteTimeout:      lc.Timeouts.Write.D(),
+		IdleTimeout:       lc.Timeouts.Idle.D(),
+		MaxHeaderBytes:    lc.MaxHeaderBytes,
+		ErrorLog:          log.New(&serverLogWriter{s: s, listener: lc.Name}, "", 0),
+		Protocols:         &protos,
+		BaseContext:       func(net.Listener) context.Context { return s.ctx },
+	}
+	v := newView(bl.sock)
+	ln := s.wrapListener(v, lc, bl)
+	bl.srv, bl.view, bl.handler, bl.sig = srv, v, h, sig
+	s.retiring.Add(1)
+	go func() {
+		defer s.retiring.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			s.log.Error("listener stopped", zap.String("listener", lc.Name), zap.Error(err))
+		}
+	}()
+}
+
+// retireServer stops bl's current server from accepting and lets its
+// connections finish in the background; upgraded connections run on until
+// they end, or until Shutdown's grace period is over. A Runtime pinned to
+// the server for a removed listener is released once it has drained.
+func (s *Server) retireServer(bl *boundListener) {
+	srv, h := bl.srv, bl.handler
+	bl.view.Close()
+	s.retiring.Add(1)
+	go func() {
+		defer s.retiring.Done()
+		if err := srv.Shutdown(s.ctx); err != nil {
+			srv.Close()
+		}
+		if pin := h.pinned.Load(); pin != nil {
+			s.releaseRuntime(pin)
+		}
+	}()
+}
+
+// releaseRuntime drops one reference on rt; the last one closes it.
+func (s *Server) releaseRuntime(rt *Runtime) {
+	if rt.release() {
+		s.closeRuntime(rt)
+	}
+}
+
+// closeRuntime closes rt off the request path. Its retiring.Done balances
+// the Add that Apply made when it put rt in force.
+func (s *Server) closeRuntime(rt *Runtime) {
+	go func() {
+		defer s.retiring.Done()
+		rt.Close()
+		if rt.access != nil {
+			rt.access.release()
+		}
+	}()
+}
+
+// acquire returns the Runtime in force with a reference held for one
+// request, or nil after Shutdown. A Runtime whose last reference is gone
+// refuses the reference; by then the pointer has moved on, so the loop
+// reads it again.
+func (s *Server) acquire() *Runtime {
+	for {
+		rt := s.rt.Load()
+		if rt == nil || rt.acquire() {
+			return rt
+		}
+	}
+}
+
+// Shutdown stops accepting on every listener (new connections are refused),
+// lets in-flight requests finish until ctx ends, upgraded connections and
+// the connections of replaced or removed listeners included, then cancels
+// and closes what is left, stops every Runtime and waits for all goroutines
+// the Server started. It returns an error when it had to cut requests.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.draining.Store(true)
+	var wg sync.WaitGroup
+	var errs []error
+	var errMu sync.Mutex
+	for addr, bl := range s.listeners {
+		delete(s.listeners, addr)
+		bl.sock.ln.Close()
+		bl.view.Close()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := bl.srv.Shutdown(ctx); err != nil {
+				bl.srv.Close()
+				errMu.Lock()
+				errs = append(errs, fmt.Errorf("listener %q: %w", bl.name, err))
+				errMu.Unlock()
+			}
+			bl.sock.close()
+		}()
+		s.setTLS(bl, nil, false)
+	}
+	wg.Wait()
+	if rt := s.rt.Swap(nil); rt != nil {
+		s.releaseRuntime(rt)
+	}
+	if err := s.waitRetiring(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	s.cancel()
+	s.env.transports.closeAll()
+	return errors.Join(errs...)
+}
+
+// waitRetiring waits until every Runtime has closed and every replaced
+// server has drained, that is until every request has ended. When ctx ends
+// first, it cancels the requests left and waits a little for them.
+func (s *Server) waitRetiring(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		s.retiring.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	s.cancel()
+	t := time.NewTimer(forcedStopWait)
+	defer t.Stop()
+	select {
+	case <-done:
+		return fmt.Errorf("cut the requests still running at the end of the grace period: %w", ctx.Err())
+	case <-t.C:
+		return fmt.Errorf("requests still running %s after they were cancelled: %w", forcedStopWait, ctx.Err())
+	}
+}
+
+// listenerHandler is the http.Handler of one http.Server of a listener
+// address.
+type listenerHandler struct {
+	s    *Server
+	addr string
+	// pinned is the Runtime that serves this handler's requests once a
+	// reload has removed its listener, until its connections have drained.
+	pinned atomic.Pointer[Runtime]
+}
+
+// runtime returns the Runtime for one request, with a reference held.
+func (h *listenerHandler) runtime() *Runtime {
+	if p := h.pinned.Load(); p != nil && p.acquire() {
+		return p
+	}
+	return h.s.acquire()
+}
+
+func (h *listenerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rt := h.runtime()
+	if rt == nil {
+		w.Header().Set("Connection", "close")
+		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	defer h.s.releaseRuntime(rt)
+	lr := rt.listeners[h.addr]
+	if lr == nil {
+		// The listener was removed by a reload and is draining.
+		w.Header().Set("Connection", "close")
+		http.Error(w, "listener removed", http.StatusServiceUnavailable)
+		return
+	}
+	info := &router.Info{Listener: lr.name, Start: start}
+	info.ClientIP, info.TrustedPeer = lr.clientIP.ResolvePeer(r)
+	info.RequestID = requestID(r)
+	// A client may not speak for a certificate it did not present.
+	r.Header.Del("X-Client-Cert-Subject")
+	if r.TLS != nil && lr.cfg.TLS != nil && lr.cfg.TLS.ClientCAFile != "" {
+		info.ClientCert = clientCertSubject(r.TLS)
+		if info.ClientCert != "" && lr.cfg.TLS.ForwardClientCert {
+			r.Header.Set("X-Client-Cert-Subject", info.ClientCert)
+		}
+	}
+	r = router.WithInfo(r, info)
+	sw := &statusWriter{ResponseWriter: w}
+
+	entry := lr.notFound
+	if route := lr.table.Match(r); route != nil {
+		entry = route.Handler.(*routeEntry)
+	}
+	info.Route = entry.name
+	defer func() {
+		if p := recover(); p != nil {
+			if p == http.ErrAbortHandler {
+				// The upstream died mid-response; net/http aborts the
+				// client connection quietly when the panic goes on.
+				if sw.status == 0 {
+					sw.status = http.StatusBadGateway
+				}
+				finish(rt, entry, info, r, sw, start, "upstream aborted the response")
+				panic(p)
+			}
+			h.s.env.Metrics.Panics.Inc()
+			h.s.log.Error("panic serving request", zap.Any("panic", p), zap.String("route", entry.name),
+				zap.String("request_id", info.RequestID), zap.ByteString("stack", debug.Stack()))
+			if !sw.wroteHeader {
+				http.Error(sw, "internal error", http.StatusInternalServerError)
+			}
+			finish(rt, entry, info, r, sw, start, "panic")
+		}
+	}()
+	entry.handler.ServeHTTP(sw, r)
+	finish(rt, entry, info, r, sw, start, "")
+}
+
+// finish counts the request and writes its access log line.
+func finish(rt *Runtime, entry *routeEntry, info *router.Info, r *http.Request, sw *statusWriter, start time.Time, note string) {
+	status := sw.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	elapsed := time.Since(start)
+	entry.requests.inc(status)
+	entry.duration.Observe(elapsed.Seconds())
+	if a := rt.access; a != nil {
+		a.write(info, r, status, sw.bytes, elapsed, note)
+	}
+}
+
+// requestID keeps a sane X-Request-Id from the client or mints one, and
+// puts it on the request so that it travels upstream and back.
+func requestID(r *http.Request) string {
+	if vs := r.Header["X-Request-Id"]; len(vs) > 0 && validRequestID(vs[0]) {
+		return vs[0]
+	}
+	var b [16]byte
+	id := string(strconv.AppendUint(b[:0], rand.Uint64(), 36))
+	r.Header["X-Request-Id"] = []string{id}
+	return id
+}
+
+func validRequestID(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// statusWriter records the status and size of the answer. It passes
+// Flush, Hijack (upgrades) and Unwrap through, so that
+// http.ResponseController and ReverseProxy see the real connection.
+type statusWriter struct {
+	http.ResponseWriter
+	status      int
+	bytes       int64
+	wroteHeader bool
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if !w.wroteHeader {
+		if code >= 200 || code == http.StatusSwitchingProtocols {
+			w.status, w.wroteHeader = code, true
+		}
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if !w.wroteHeader {
+		w.status, w.wroteHeader = http.StatusOK, true
+	}
+	n, err := w.ResponseWriter.Write(b)
+	w.bytes += int64(n)
+	return n, err
+}
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return http.NewResponseController(w.ResponseWriter).Hijack()
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// ReadFrom lets io.Copy reach the connection's own ReadFrom (sendfile).
+func (w *statusWriter) ReadFrom(r io.Reader) (int64, error) {
+	if !w.wroteHeader {
+		w.status, w.wroteHeader = http.StatusOK, true
+	}
+	n, err := io.Copy(w.ResponseWriter, r)
+	w.bytes += n
+	return n, err
+}
+
+// serverLogWriter carries net/http's own log lines (TLS handshake errors,
+// bad requests) into the process log at debug level, and counts handshake
+// failures.
+type serverLogWriter struct {
+	s        *Server
+	listener string
+}
+
+func (w *serverLogWriter) Write(b []byte) (int, error) {
+	msg := string(b)
+	if len(msg) > 0 && msg[len(msg)-1] == '\n' {
+		msg = msg[:len(msg)-1]
+	}
+	if strings.Contains(msg, "TLS handshake error") {
+		w.s.env.Metrics.TLSHandshakeErrs.WithLabelValues(w.listener).Inc()
+	}
+	w.s.log.Debug(msg, zap.String("listener", w.listener))
+	return len(b), nil
+}

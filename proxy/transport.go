@@ -1,0 +1,122 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// newTransport builds the one Transport a pool shares between its endpoints:
+// keep-alive with a generous idle pool, bounded dial and header waits, and
+// the pool's upstream protocol.
+func newTransport(pc *PoolConfig, tlsConf *tls.Config) *http.Transport {
+	dialer := &net.Dialer{Timeout: pc.Timeouts.Connect.D(), KeepAlive: 30 * time.Second}
+	t := &http.Transport{
+		Proxy:                  nil, // never an environment proxy: endpoints are addressed directly
+		DialContext:            dialer.DialContext,
+		MaxIdleConns:           0,
+		MaxIdleConnsPerHost:    pc.MaxIdlePerEndpoint,
+		IdleConnTimeout:        pc.Timeouts.Idle.D(),
+		ResponseHeaderTimeout:  pc.Timeouts.ResponseHeader.D(),
+		TLSHandshakeTimeout:    pc.Timeouts.Connect.D() + 5*time.Second,
+		ExpectContinueTimeout:  time.Second,
+		MaxResponseHeaderBytes: 1 << 20,
+		WriteBufferSize:        16 << 10,
+		ReadBufferSize:         16 << 10,
+		TLSClientConfig:        tlsConf,
+		DisableCompression:     true, // pass Accept-Encoding and bodies through untouched
+	}
+	var protos http.Protocols
+	switch pc.Protocol {
+	case "h2c":
+		protos.SetUnencryptedHTTP2(true)
+	case "h2":
+		protos.SetHTTP2(true)
+	default:
+		protos.SetHTTP1(true)
+	}
+	t.Protocols = &protos
+	return t
+}
+
+// transportSignature is what decides whether a pool's Transport (and so its
+// open connections) can be kept across a reload.
+func transportSignature(pc *PoolConfig) string {
+	tlsSig := ""
+	if pc.TLS != nil {
+		tlsSig = fmt.Sprintf("%+v", *pc.TLS)
+	}
+	return fmt.Sprintf("%s|%v|%s|%d|%s", pc.Protocol, pc.Timeouts, tlsSig, pc.MaxIdlePerEndpoint, endpointSchemes(pc))
+}
+
+func endpointSchemes(pc *PoolConfig) string {
+	s := ""
+	for _, e := range pc.Endpoints {
+		if u, err := parseEndpoint(e.Address); err == nil {
+			s += u.Scheme[:1]
+		}
+	}
+	return s
+}
+
+// transportCache keeps pools' Transports across Runtimes, keyed by pool name,
+// so that a reload which leaves a pool's transport settings alone keeps its
+// kept-alive connections. It is safe for concurrent use.
+type transportCache struct {
+	mu      sync.Mutex
+	entries map[string]transportEntry
+}
+
+type transportEntry struct {
+	sig string
+	t   *http.Transport
+}
+
+// get returns the cached Transport for pool when its signature matches, or
+// builds and caches a new one.
+func (c *transportCache) get(pool string, pc *PoolConfig, build func() (*http.Transport, error)) (*http.Transport, error) {
+	sig := transportSignature(pc)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.entries[pool]; ok && e.sig == sig {
+		return e.t, nil
+	}
+	t, err := build()
+	if err != nil {
+		return nil, err
+	}
+	if c.entries == nil {
+		c.entries = map[string]transportEntry{}
+	}
+	if old, ok := c.entries[pool]; ok {
+		// In-flight requests of the old Runtime may still use it; idle
+		// connections are all it gives up now.
+		old.t.CloseIdleConnections()
+	}
+	c.entries[pool] = transportEntry{sig: sig, t: t}
+	return t, nil
+}
+
+// retain drops the Transports of pools no longer configured.
+func (c *transportCache) retain(pools map[string]*PoolConfig) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for name, e := range c.entries {
+		if _, ok := pools[name]; !ok {
+			e.t.CloseIdleConnections()
+			delete(c.entries, name)
+		}
+	}
+}
+
+// closeAll closes every idle connection (shutdown).
+func (c *transportCache) closeAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.entries {
+		e.t.CloseIdleConnections()
+	}
+}

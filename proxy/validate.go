@@ -1,0 +1,406 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"sekisho/health"
+	"sekisho/proxy/balance"
+	"sekisho/router"
+)
+
+// validation collects positioned problems.
+type validation struct {
+	c    *Config
+	errs ConfigErrors
+}
+
+func (v *validation) at(path, format string, args ...any) {
+	v.errs = append(v.errs, ConfigError{File: v.c.file, Pos: v.c.at(path), Msg: fmt.Sprintf(format, args...)})
+}
+
+// fieldErrors places the errors of a stage package's Validate, whose
+// messages start with the YAML field they concern ("min_success: ...").
+func (v *validation) fieldErrors(path string, err error) {
+	if err == nil {
+		return
+	}
+	for _, e := range flatten(err) {
+		msg := e.Error()
+		// Messages name their field first ("status 303: ...", "min_success:
+		// ..."); point at it when the config has it, else at the stage.
+		field := msg[:strings.IndexFunc(msg+" ", func(r rune) bool { return !(r == '_' || r >= 'a' && r <= 'z') })]
+		v.at(joinPath(path, field), "%s", msg)
+	}
+}
+
+// flatten returns the errors joined in err, looking through one wrapper
+// ("split x: ...") to a join, so each problem gets a line of its own.
+func flatten(err error) []error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	if inner := errors.Unwrap(err); inner != nil {
+		if j, ok := inner.(interface{ Unwrap() []error }); ok {
+			return j.Unwrap()
+		}
+	}
+	return []error{err}
+}
+
+func (c *Config) validate() ConfigErrors {
+	v := &validation{c: c}
+	if c.Version != 1 {
+		v.at("version", "version: want 1, got %d", c.Version)
+	}
+	if c.Admin.Listen != "off" {
+		if err := checkListenAddr(c.Admin.Listen); err != nil {
+			v.at("admin.listen", "admin.listen: %v", err)
+		}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		v.at("log.level", "log.level: want debug, info, warn or error, got %q", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		v.at("log.format", "log.format: want json or console, got %q", c.Log.Format)
+	}
+	if c.ShutdownGrace < 0 {
+		v.at("shutdown_grace", "shutdown_grace: must not be negative")
+	}
+	if len(c.Listeners) == 0 {
+		v.at("listeners", "listeners: at least one listener is needed")
+	}
+	names, addrs := map[string]string{}, map[string]string{}
+	for i := range c.Listeners {
+		l := &c.Listeners[i]
+		p := fmt.Sprintf("listeners[%d]", i)
+		switch {
+		case l.Name == "":
+			v.at(p, "listener: name is missing")
+		case names[l.Name] != "":
+			v.at(p+".name", "listener name %q is used twice (first at %s)", l.Name, names[l.Name])
+		default:
+			names[l.Name] = posString(c.at(p + ".name"))
+		}
+		if err := checkListenAddr(l.Listen); err != nil {
+			v.at(p+".listen", "listen: %v", err)
+		} else if first := addrs[l.Listen]; first != "" {
+			v.at(p+".listen", "listen address %q is used by two listeners (first at %s)", l.Listen, first)
+		} else {
+			addrs[l.Listen] = posString(c.at(p + ".listen"))
+		}
+		v.listener(l, p)
+	}
+	for _, name := range sortedKeys(c.Pools) {
+		v.pool(name, c.Pools[name], "pools."+name)
+	}
+	return v.errs
+}
+
+func posString(p Pos) string { return fmt.Sprintf("%d:%d", p.Line, p.Col) }
+
+func checkListenAddr(addr string) error {
+	if addr == "" {
+		return errors.New("address is missing (want host:port, as 127.0.0.1:8080 or :8080)")
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q: bad port %q", addr, port)
+	}
+	if host != "" && host != "localhost" {
+		if _, err := netip.ParseAddr(host); err != nil {
+			return fmt.Errorf("%q: listen on an IP address, localhost or all addresses (:PORT)", addr)
+		}
+	}
+	return nil
+}
+
+func (v *validation) listener(l *ListenerConfig, p string) {
+	if l.Timeouts.ReadHeader < 0 || l.Timeouts.Read < 0 || l.Timeouts.Write < 0 || l.Timeouts.Idle < 0 {
+		v.at(p+".timeouts", "timeouts: must not be negative")
+	}
+	if l.MaxHeaderBytes < 1024 {
+		v.at(p+".max_header_bytes", "max_header_bytes: %d is too small (at least 1024)", l.MaxHeaderBytes)
+	}
+	for i, s := range l.ClientIP.TrustedProxies {
+		if _, err := parsePrefix(s); err != nil {
+			v.at(fmt.Sprintf("%s.client_ip.trusted_proxies[%d]", p, i), "trusted_proxies: %v", err)
+		}
+	}
+	if l.TLS != nil {
+		v.tls(l.TLS, p+".tls")
+	}
+	if len(l.Routes) == 0 {
+		v.at(p, "listener %q has no routes", l.Name)
+	}
+	routes := map[string]string{}
+	for i := range l.Routes {
+		r := &l.Routes[i]
+		rp := fmt.Sprintf("%s.routes[%d]", p, i)
+		switch {
+		case r.Name == "":
+			v.at(rp, "route: name is missing")
+		case routes[r.Name] != "":
+			v.at(rp+".name", "route name %q is used twice in listener %q (first at %s)", r.Name, l.Name, routes[r.Name])
+		default:
+			routes[r.Name] = posString(v.c.at(rp + ".name"))
+		}
+		v.match(&r.Match, rp+".match")
+		v.pipeline(r.Pipeline, rp+".pipeline")
+	}
+}
+
+// parsePrefix accepts a CIDR or a single address.
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is not a CIDR", s)
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not an address or CIDR", s)
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+func (v *validation) match(m *MatchConfig, p string) {
+	if h := m.Host; h != "" {
+		name := strings.TrimPrefix(h, "*.")
+		if strings.Contains(name, "*") || strings.ContainsAny(name, " /:") || name == "" {
+			v.at(p+".host", "host: %q is not a host name or *.suffix wildcard", h)
+		}
+	}
+	if !strings.HasPrefix(m.PathPrefix, "/") {
+		v.at(p+".path_prefix", "path_prefix: %q must start with /", m.PathPrefix)
+	}
+	for i, meth := range m.Methods {
+		if meth == "" || strings.ToUpper(meth) != meth || strings.ContainsAny(meth, " \t/") {
+			v.at(fmt.Sprintf("%s.methods[%d]", p, i), "methods: %q is not an HTTP method (write it in capitals, as GET)", meth)
+		}
+	}
+	for name := range m.Headers {
+		if !validHeaderName(name) {
+			v.at(p+".headers."+name, "headers: %q is not a header name", name)
+		}
+	}
+}
+
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, c := range s {
+		if c <= ' ' || c >= 0x7f || strings.ContainsRune("()<>@,;:\\\"/[]?={}", c) {
+			return false
+		}
+	}
+	return true
+}
+
+func (v *validation) pipeline(stages []StageConfig, p string) {
+	if len(stages) == 0 {
+		v.at(p, "pipeline is empty: it must end in a terminal stage (proxy, shard, scatter, split, respond or redirect)")
+		return
+	}
+	for i := range stages {
+		s := &stages[i]
+		sp := fmt.Sprintf("%s[%d]", p, i)
+		kind := s.kind()
+		if kind == "" {
+			continue // the decoder reported it
+		}
+		last := i == len(stages)-1
+		if s.terminal() && !last {
+			v.at(sp+"."+kind, "%s is a terminal stage, but %d stage(s) follow it", kind, len(stages)-1-i)
+		}
+		if last && !s.terminal() {
+			v.at(sp+"."+kind, "pipeline ends in %s, which is not a terminal stage: end it with proxy, shard, scatter, split, respond or redirect", kind)
+		}
+		v.stage(s, sp+"."+kind)
+	}
+}
+
+func (v *validation) poolRef(name, p string) {
+	if name == "" {
+		v.at(p, "pool name is missing")
+		return
+	}
+	if _, ok := v.c.Pools[name]; !ok {
+		v.at(p, "pool %q is not defined under pools", name)
+	}
+}
+
+func (v *validation) key(k KeySpec, p string, required bool) {
+	if len(k) == 0 {
+		if required {
+			v.at(p, "key is missing (client_ip, header:NAME, cookie:NAME, query:NAME, path or host)")
+		}
+		return
+	}
+	if _, err := router.ParseKey(k...); err != nil {
+		v.at(p, "%v", err)
+	}
+}
+
+func (v *validation) stage(s *StageConfig, p string) {
+	switch {
+	case s.Proxy != nil:
+		v.poolRef(s.Proxy.Pool, p)
+	case s.Headers != nil:
+		h := s.Headers
+		v.fieldErrors(p, router.Headers{
+			Request:  router.HeaderOps{Set: h.Request.Set, Add: h.Request.Add, Remove: h.Request.Remove},
+			Response: router.HeaderOps{Set: h.Response.Set, Add: h.Response.Add, Remove: h.Response.Remove},
+		}.Validate())
+	case s.Respond != nil:
+		v.fieldErrors(p, router.Respond{Status: s.Respond.Status, Body: s.Respond.Body, Headers: s.Respond.Headers}.Validate())
+	case s.Redirect != nil:
+		r := s.Redirect
+		v.fieldErrors(p, router.Redirect{Scheme: r.Scheme, Host: r.Host, Port: r.Port, Path: r.Path, Status: r.Status, DropQuery: r.DropQuery}.Validate())
+	default:
+		v.stageMore(s, p)
+	}
+}
+
+func (v *validation) pool(name string, pc *PoolConfig, p string) {
+	if pc == nil {
+		v.at(p, "pool %q is empty: it needs endpoints", name)
+		return
+	}
+	if len(pc.Endpoints) == 0 {
+		v.at(p, "pool %q has no endpoints", name)
+	}
+	seen := map[string]bool{}
+	for i, e := range pc.Endpoints {
+		ep := fmt.Sprintf("%s.endpoints[%d]", p, i)
+		u, err := parseEndpoint(e.Address)
+		if err != nil {
+			v.at(ep, "endpoint: %v", err)
+			continue
+		}
+		if seen[u.Host] {
+			v.at(ep, "endpoint %q is listed twice in pool %q", e.Address, name)
+		}
+		seen[u.Host] = true
+		if e.Weight < 0 {
+			v.at(ep+".weight", "weight: must not be negative")
+		}
+		if u.Scheme == "https" && pc.Protocol == "h2c" {
+			v.at(ep, "endpoint %q is https but the pool's protocol is h2c (cleartext)", e.Address)
+		}
+	}
+	if _, err := balance.New(pc.Balance, router.Key{}, 0); err != nil && pc.Balance != "hash" {
+		v.at(p+".balance", "balance: want round_robin, least_request, random, ip_hash or hash, got %q", pc.Balance)
+	}
+	if pc.Balance == "hash" && len(pc.HashKey) == 0 {
+		v.at(p+".balance", "balance: hash needs hash_key")
+	}
+	if len(pc.HashKey) > 0 && pc.Balance != "hash" {
+		v.at(p+".hash_key", "hash_key is only used with balance: hash")
+	}
+	v.key(pc.HashKey, p+".hash_key", false)
+	if *pc.Retries < 0 {
+		v.at(p+".retries", "retries: must not be negative")
+	}
+	if pc.Timeouts.Connect < 0 || pc.Timeouts.ResponseHeader < 0 || pc.Timeouts.Idle < 0 {
+		v.at(p+".timeouts", "timeouts: must not be negative")
+	}
+	if pc.SlowStart < 0 {
+		v.at(p+".slow_start", "slow_start: must not be negative")
+	}
+	if pc.MaxIdlePerEndpoint < 0 {
+		v.at(p+".max_idle_per_endpoint", "max_idle_per_endpoint: must not be negative")
+	}
+	switch pc.Protocol {
+	case "http1", "h2c", "h2":
+	default:
+		v.at(p+".protocol", "protocol: want http1, h2c or h2, got %q", pc.Protocol)
+	}
+	if r := pc.Readiness; r != nil {
+		rp := p + ".readiness"
+		if !strings.HasPrefix(r.Path, "/") {
+			v.at(rp+".path", "path: %q must start with /", r.Path)
+		}
+		if r.Interval <= 0 {
+			v.at(rp+".interval", "interval: must be positive")
+		}
+		if r.Timeout <= 0 {
+			v.at(rp+".timeout", "timeout: must be positive")
+		}
+		if r.Rise < 1 {
+			v.at(rp+".rise", "rise: must be at least 1")
+		}
+		if r.Fall < 1 {
+			v.at(rp+".fall", "fall: must be at least 1")
+		}
+		if _, err := health.ParseStatusRanges(r.ExpectStatus); err != nil {
+			v.at(rp+".expect_status", "expect_status: %v", err)
+		}
+	}
+	if o := pc.Outlier; o != nil {
+		op := p + ".outlier"
+		if o.ConsecutiveFailures < 1 {
+			v.at(op+".consecutive_failures", "consecutive_failures: must be at least 1")
+		}
+		if o.Eject <= 0 {
+			v.at(op+".eject", "eject: must be positive")
+		}
+		if o.MaxEject < o.Eject {
+			v.at(op+".max_eject", "max_eject: must be at least eject (%s)", o.Eject.D())
+		}
+		if *o.MaxEjectedPercent < 0 || *o.MaxEjectedPercent > 100 {
+			v.at(op+".max_ejected_percent", "max_ejected_percent: want 0..100, got %d", *o.MaxEjectedPercent)
+		}
+	}
+	if pc.TLS != nil {
+		v.upstreamTLS(pc.TLS, p+".tls")
+	}
+}
+
+// parseEndpoint accepts host:port, http://host:port and https://host:port.
+func parseEndpoint(s string) (*url.URL, error) {
+	if s == "" {
+		return nil, errors.New("address is missing")
+	}
+	raw := s
+	if !strings.Contains(s, "://") {
+		raw = "http://" + s
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%q is not host:port or http(s)://host:port", s)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("%q: scheme must be http or https", s)
+	}
+	if u.Path != "" && u.Path != "/" || u.RawQuery != "" || u.User != nil {
+		return nil, fmt.Errorf("%q: an endpoint is an address only (no path, query or user)", s)
+	}
+	host, port, err := net.SplitHostPort(u.Host)
+	if err != nil || host == "" {
+		return nil, fmt.Errorf("%q needs a host and a port", s)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return nil, fmt.Errorf("%q: bad port %q", s, port)
+	}
+	u.Path = ""
+	return u, nil
+}

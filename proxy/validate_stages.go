@@ -1,0 +1,202 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"sekisho/router"
+	"sekisho/scatter"
+	"sekisho/sharding"
+)
+
+// stageMore validates the stages that choose between pools: shard, scatter,
+// split and mirror.
+func (v *validation) stageMore(s *StageConfig, p string) {
+	switch {
+	case s.Shard != nil:
+		v.shard(s.Shard, p)
+	case s.Scatter != nil:
+		v.scatter(s.Scatter, p)
+	case s.Split != nil:
+		v.split(s.Split, p)
+	case s.Mirror != nil:
+		v.mirror(s.Mirror, p)
+	}
+}
+
+// poolList checks a list of pool names: present, defined, unique.
+func (v *validation) poolList(names []string, p, what string) {
+	if len(names) == 0 {
+		v.at(p, "%s: at least one pool is needed", what)
+	}
+	seen := map[string]bool{}
+	for i, n := range names {
+		ip := fmt.Sprintf("%s[%d]", p, i)
+		if seen[n] {
+			v.at(ip, "%s: %q is listed twice", what, n)
+			continue
+		}
+		seen[n] = true
+		v.poolRef(n, ip)
+	}
+}
+
+func (v *validation) shard(s *ShardStageConfig, p string) {
+	v.key(s.Key, p+".key", true)
+	v.poolList(s.Shards, p+".shards", "shards")
+	// The rest is the stage's own Validate: balance_factor, the modes and
+	// the ring settings consistent.New would panic on.
+	shards := make([]sharding.Shard, len(s.Shards))
+	for i, name := range s.Shards {
+		shards[i] = sharding.Shard{Name: name, Handler: http.NotFoundHandler()}
+	}
+	sc := sharding.Config{Key: router.MustParseKey("path"), Shards: shards, BalanceFactor: s.BalanceFactor,
+		OnUnavailable: s.OnUnavailable, MissingKey: s.MissingKey, HotKeys: s.HotKeys,
+		RingConfig: sharding.RingConfig{Partitions: s.Partitions, ReplicationFactor: s.ReplicationFactor, Load: s.Load}}
+	err := sc.Validate()
+	if err == nil {
+		return
+	}
+	// Names were checked above, with positions; the shard count limit was not.
+	v.fieldErrors(p, onlyNew(err, "key", "shards["))
+}
+
+func (v *validation) scatter(s *ScatterStageConfig, p string) {
+	v.poolList(s.Leaves, p+".leaves", "leaves")
+	if s.Timeout < 0 {
+		v.at(p+".timeout", "timeout: must not be negative")
+	}
+	if s.HedgeAfter.Duration < 0 {
+		v.at(p+".hedge_after", "hedge_after: must not be negative")
+	}
+	if s.Timeout > 0 && s.HedgeAfter.Duration >= s.Timeout.D() {
+		v.at(p+".hedge_after", "hedge_after: %s is not before the leaf timeout %s, so it would never hedge", s.HedgeAfter.Duration, s.Timeout.D())
+	}
+	if b := s.HedgeBudgetPercent; b != nil && (*b < 0 || *b > 100) {
+		v.at(p+".hedge_budget_percent", "hedge_budget_percent: want 0..100, got %g", *b)
+	}
+	if s.MinSuccess < 0 {
+		v.at(p+".min_success", "min_success: must not be negative")
+	} else if s.MinSuccess > len(s.Leaves) && len(s.Leaves) > 0 {
+		v.at(p+".min_success", "min_success: %d is more than the %d leaves", s.MinSuccess, len(s.Leaves))
+	}
+	if s.MaxBodyBytes < 0 {
+		v.at(p+".max_body_bytes", "max_body_bytes: must not be negative")
+	}
+	if s.MaxLeafBodyBytes < 0 {
+		v.at(p+".max_leaf_body_bytes", "max_leaf_body_bytes: must not be negative")
+	}
+	v.fieldErrors(p+".merge", s.Merge.toScatter().Validate())
+	// The stage's own rules (leaf names, hedging against the default
+	// timeout), with stand-in handlers: only the settings are checked here.
+	leaves := make([]scatter.Leaf, len(s.Leaves))
+	for i, name := range s.Leaves {
+		leaves[i] = scatter.Leaf{Name: name, Handler: http.NotFoundHandler()}
+	}
+	budget := 0.0
+	if s.HedgeBudgetPercent != nil {
+		budget = *s.HedgeBudgetPercent
+	}
+	sc := scatter.Config{Leaves: leaves, Timeout: s.Timeout.D(), HedgeAfter: s.HedgeAfter.Duration, HedgeAuto: s.HedgeAfter.Auto,
+		HedgeBudgetPercent: budget, MinSuccess: s.MinSuccess, Merge: s.Merge.toScatter(), MaxBodyBytes: s.MaxBodyBytes, MaxLeafBodyBytes: s.MaxLeafBodyBytes}
+	v.fieldErrors(p, onlyNew(sc.Validate(), "leaves: none", "merge", "min_success", "hedge_budget_percent", "max_body_bytes", "max_leaf_body_bytes"))
+}
+
+// onlyNew drops the errors whose message starts with one of prefixes: the
+// config validation already reported those, with sharper positions.
+func onlyNew(err error, prefixes ...string) error {
+	var keep []error
+outer:
+	for _, e := range flatten(err) {
+		for _, p := range prefixes {
+			if strings.HasPrefix(e.Error(), p) {
+				continue outer
+			}
+		}
+		if strings.Contains(e.Error(), "duplicate name") {
+			continue
+		}
+		keep = append(keep, e)
+	}
+	return errors.Join(keep...)
+}
+
+func (v *validation) split(s *SplitStageConfig, p string) {
+	if s.Name == "" {
+		v.at(p, "split: name is missing (it names the experiment and salts its buckets)")
+	}
+	v.key(s.Key, p+".key", true)
+	if len(s.Arms) == 0 {
+		v.at(p+".arms", "arms: a split needs at least one arm")
+	}
+	seen := map[string]bool{}
+	total := 0
+	for i := range s.Arms {
+		a := &s.Arms[i]
+		ap := fmt.Sprintf("%s.arms[%d]", p, i)
+		switch {
+		case a.Name == "":
+			v.at(ap, "arm: name is missing")
+		case seen[a.Name]:
+			v.at(ap+".name", "arm name %q is used twice", a.Name)
+		}
+		seen[a.Name] = true
+		switch {
+		case a.Weight == nil:
+			v.at(ap, "arm %q: weight is missing", a.Name)
+		case *a.Weight < 0:
+			v.at(ap+".weight", "weight: must not be negative, got %d", *a.Weight)
+		default:
+			total += *a.Weight
+		}
+		v.pipeline(a.Pipeline, ap+".pipeline")
+	}
+	if len(s.Arms) > 0 && total == 0 {
+		v.at(p+".arms", "arms: the weights sum to 0; at least one arm needs a positive weight")
+	}
+	// The stage's own rules (name syntax, weight bounds, override header).
+	arms := make([]router.Arm, len(s.Arms))
+	for i, a := range s.Arms {
+		w := 0
+		if a.Weight != nil {
+			w = max(*a.Weight, 0) // a negative weight was reported above
+		}
+		arms[i] = router.Arm{Name: a.Name, Weight: w, Handler: http.NotFoundHandler()}
+	}
+	if _, err := router.NewSplit(router.Split{Name: s.Name, Key: router.MustParseKey("path"), Arms: arms,
+		OverrideHeader: s.OverrideHeader, OverrideCookie: s.OverrideCookie}); err != nil {
+		v.fieldErrors(p, onlyNew(err, "no arms", "weights sum", "name: empty"))
+	}
+}
+
+func (v *validation) mirror(m *MirrorStageConfig, p string) {
+	v.poolRef(m.Pool, p+".pool")
+	if m.Percent != nil && (*m.Percent < 0 || *m.Percent > 100) {
+		v.at(p+".percent", "percent: want 0..100, got %g", *m.Percent)
+	}
+	v.key(m.Key, p+".key", false)
+	if m.MaxBodyBytes < 0 {
+		v.at(p+".max_body_bytes", "max_body_bytes: must not be negative")
+	}
+	if m.MaxInFlight < 0 {
+		v.at(p+".max_in_flight", "max_in_flight: must not be negative")
+	}
+	if m.Timeout < 0 {
+		v.at(p+".timeout", "timeout: must not be negative")
+	}
+	if m.Percent == nil || *m.Percent >= 0 && *m.Percent <= 100 {
+		percent := 100.0
+		if m.Percent != nil {
+			percent = *m.Percent
+		}
+		st, err := router.NewMirror(router.Mirror{Pool: m.Pool, Handler: http.NotFoundHandler(), Percent: percent,
+			MaxBodyBytes: max(m.MaxBodyBytes, 0), MaxInFlight: max(m.MaxInFlight, 0), Timeout: max(m.Timeout.D(), 0)})
+		if err != nil {
+			v.fieldErrors(p, err)
+		} else {
+			st.Close()
+		}
+	}
+}
