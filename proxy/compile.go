@@ -278,13 +278,7 @@ func (c *compiler) pool(name string, pc *PoolConfig) (*Pool, error) {
 		p.schemes = append(p.schemes, u.Scheme)
 		p.attempts = append(p.attempts, newCodeCounters(m.Upstream.MustCurryWith(prometheus.Labels{"pool": name, "endpoint": u.Host})))
 	}
-	t, err := env.transports.get(name, pc, func() (*http.Transport, error) {
-		tc, err := upstreamTLSConfig(pc)
-		if err != nil {
-			return nil, err
-		}
-		return newTransport(pc, tc), nil
-	})
+	t, err := env.transports.get(name, pc)
 	if err != nil {
 		return nil, err
 	}

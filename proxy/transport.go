@@ -72,19 +72,41 @@ type transportCache struct {
 
 type transportEntry struct {
 	sig string
-	t   *http.Transport
+	t   upstreamTransport
+}
+
+// upstreamTransport is a pool's RoundTripper: an *http.Transport, or the
+// lean HTTP/1.1 path in front of one.
+type upstreamTransport interface {
+	http.RoundTripper
+	CloseIdleConnections()
+}
+
+// buildTransport returns the RoundTripper for a pool: for HTTP/1.1 pools the
+// lean path (h1Transport) with a stock Transport behind it for everything
+// it does not take; for h2 and h2c the stock Transport alone.
+func buildTransport(pc *PoolConfig) (upstreamTransport, error) {
+	tc, err := upstreamTLSConfig(pc)
+	if err != nil {
+		return nil, err
+	}
+	t := newTransport(pc, tc)
+	if pc.Protocol == "http1" {
+		return newH1Transport(t, tc, pc), nil
+	}
+	return t, nil
 }
 
 // get returns the cached Transport for pool when its signature matches, or
 // builds and caches a new one.
-func (c *transportCache) get(pool string, pc *PoolConfig, build func() (*http.Transport, error)) (*http.Transport, error) {
+func (c *transportCache) get(pool string, pc *PoolConfig) (upstreamTransport, error) {
 	sig := transportSignature(pc)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.entries[pool]; ok && e.sig == sig {
 		return e.t, nil
 	}
-	t, err := build()
+	t, err := buildTransport(pc)
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,313 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// h1Transport is a lean HTTP/1.1 RoundTripper for the requests that make up
+// most proxy traffic: GET, HEAD and OPTIONS without a body and without an
+// upgrade. It writes the request and reads the response head on the
+// caller's goroutine over a pooled keep-alive connection, so a request costs
+// no goroutine hand-off and none of http.Transport's per-request
+// bookkeeping. Everything else (bodies, upgrades, Expect, h2 and h2c) goes
+// to the fallback, a stock *http.Transport with the same settings.
+//
+// An h1Transport is safe for concurrent use. Its idle connections are
+// closed by CloseIdleConnections and after IdleTimeout.
+type h1Transport struct {
+	fallback *http.Transport
+
+	dialer         *net.Dialer
+	tlsConfig      *tls.Config // nil: the transport's default
+	headerTimeout  time.Duration
+	idleTimeout    time.Duration
+	maxIdlePerHost int
+
+	mu   sync.Mutex
+	idle map[string][]*h1Conn // by scheme://host:port, most recent last
+}
+
+// h1Conn is one upstream connection with its buffers.
+type h1Conn struct {
+	conn    net.Conn
+	br      *bufio.Reader
+	bw      *bufio.Writer
+	key     string
+	idleAt  time.Time
+	reused  bool
+	t       *h1Transport
+	stopCtx func() bool // stops the context watch of the request in flight
+}
+
+func newH1Transport(fallback *http.Transport, tlsConfig *tls.Config, pc *PoolConfig) *h1Transport {
+	return &h1Transport{
+		fallback:       fallback,
+		dialer:         &net.Dialer{Timeout: pc.Timeouts.Connect.D(), KeepAlive: 30 * time.Second},
+		tlsConfig:      tlsConfig,
+		headerTimeout:  pc.Timeouts.ResponseHeader.D(),
+		idleTimeout:    pc.Timeouts.Idle.D(),
+		maxIdlePerHost: pc.MaxIdlePerEndpoint,
+		idle:           map[string][]*h1Conn{},
+	}
+}
+
+// lean reports whether r can take the lean path.
+func lean(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+	default:
+		return false
+	}
+	if r.Body != nil && r.Body != http.NoBody || r.ContentLength > 0 || len(r.TransferEncoding) > 0 {
+		return false
+	}
+	if r.Header.Get("Upgrade") != "" || r.Header.Get("Expect") != "" {
+		return false
+	}
+	return r.URL.Scheme == "http" || r.URL.Scheme == "https"
+}
+
+// RoundTrip sends r, on the lean path when it can.
+func (t *h1Transport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if !lean(r) {
+		return t.fallback.RoundTrip(r)
+	}
+	key := r.URL.Scheme + "://" + r.URL.Host
+	for {
+		c, err := t.get(r.Context(), key, r)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := c.roundTrip(r)
+		if err == nil {
+			return resp, nil
+		}
+		c.close()
+		// A kept-alive connection the upstream had closed fails before a
+		// byte of the answer; the request is idempotent and bodyless, so it
+		// goes again on a fresh connection, as http.Transport does.
+		if c.reused && r.Context().Err() == nil && errors.Is(err, errStaleConn) {
+			continue
+		}
+		return nil, err
+	}
+}
+
+var errStaleConn = errors.New("upstream closed the kept-alive connection")
+
+// get returns an idle connection to key, or dials one for r.
+func (t *h1Transport) get(ctx context.Context, key string, r *http.Request) (*h1Conn, error) {
+	now := time.Now()
+	t.mu.Lock()
+	for list := t.idle[key]; len(list) > 0; list = t.idle[key] {
+		c := list[len(list)-1]
+		list[len(list)-1] = nil
+		t.idle[key] = list[:len(list)-1]
+		if t.idleTimeout > 0 && now.Sub(c.idleAt) > t.idleTimeout {
+			t.mu.Unlock()
+			c.conn.Close()
+			t.mu.Lock()
+			continue
+		}
+		t.mu.Unlock()
+		c.reused = true
+		return c, nil
+	}
+	t.mu.Unlock()
+	return t.dial(ctx, key, r.URL.Scheme, r.URL.Host, r.URL.Hostname())
+}
+
+func (t *h1Transport) dial(ctx context.Context, key, scheme, addr, hostname string) (*h1Conn, error) {
+	conn, err := t.dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if scheme == "https" {
+		cfg := &tls.Config{}
+		if t.tlsConfig != nil {
+			cfg = t.tlsConfig.Clone()
+		}
+		if cfg.ServerName == "" {
+			cfg.ServerName = hostname
+		}
+		cfg.NextProtos = []string{"http/1.1"}
+		tc := tls.Client(conn, cfg)
+		hctx, cancel := context.WithTimeout(ctx, t.dialer.Timeout+5*time.Second)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			conn.Close()
+			return nil, err
+		}
+		conn = tc
+	}
+	return &h1Conn{conn: conn, br: bufio.NewReaderSize(conn, 16<<10), bw: bufio.NewWriterSize(conn, 4<<10), key: key, t: t}, nil
+}
+
+// put returns c to the idle pool, or closes it when the pool is full.
+func (t *h1Transport) put(c *h1Conn) {
+	c.idleAt = time.Now()
+	t.mu.Lock()
+	if list := t.idle[c.key]; len(list) < t.maxIdlePerHost {
+		t.idle[c.key] = append(list, c)
+		t.mu.Unlock()
+		return
+	}
+	t.mu.Unlock()
+	c.conn.Close()
+}
+
+// CloseIdleConnections closes every idle connection, of both paths.
+func (t *h1Transport) CloseIdleConnections() {
+	t.mu.Lock()
+	idle := t.idle
+	t.idle = map[string][]*h1Conn{}
+	t.mu.Unlock()
+	for _, list := range idle {
+		for _, c := range list {
+			c.conn.Close()
+		}
+	}
+	t.fallback.CloseIdleConnections()
+}
+
+func (c *h1Conn) close() {
+	if c.stopCtx != nil {
+		c.stopCtx()
+		c.stopCtx = nil
+	}
+	c.conn.Close()
+}
+
+// roundTrip writes r and reads the response head. The body is read by the
+// caller; the connection goes back to the pool when the body ends cleanly.
+func (c *h1Conn) roundTrip(r *http.Request) (*http.Response, error) {
+	ctx := r.Context()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	// A blocked read or write is cut by moving the deadline into the past
+	// when the request's context ends.
+	c.stopCtx = context.AfterFunc(ctx, func() { c.conn.SetDeadline(aLongTimeAgo) })
+	if err := r.Write(c.bw); err != nil {
+		return nil, c.wrapErr(ctx, err, false)
+	}
+	if err := c.bw.Flush(); err != nil {
+		return nil, c.wrapErr(ctx, err, false)
+	}
+	if c.t.headerTimeout > 0 {
+		c.conn.SetReadDeadline(time.Now().Add(c.t.headerTimeout))
+	}
+	if c.reused {
+		// Wait for the first byte separately: nothing at all means the
+		// upstream had closed the idle connection (errStaleConn).
+		if _, err := c.br.Peek(1); err != nil {
+			return nil, c.wrapErr(ctx, err, true)
+		}
+	}
+	var resp *http.Response
+	var err error
+	for {
+		resp, err = http.ReadResponse(c.br, r)
+		if err != nil {
+			return nil, c.wrapErr(ctx, err, false)
+		}
+		// Informational answers other than 101 are not forwarded.
+		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			break
+		}
+	}
+	if c.t.headerTimeout > 0 {
+		c.conn.SetReadDeadline(time.Time{})
+	}
+	body := &h1Body{rc: resp.Body, c: c, reuse: !resp.Close && !r.Close && resp.ProtoAtLeast(1, 1)}
+	if resp.Body == http.NoBody {
+		// HEAD, 204, 304: the answer is complete, the connection free now.
+		body.finish(true)
+		return resp, nil
+	}
+	resp.Body = body
+	return resp, nil
+}
+
+var aLongTimeAgo = time.Unix(1, 0)
+
+// timeoutError is returned when the response header timeout passes.
+type timeoutError struct{ d time.Duration }
+
+func (e timeoutError) Error() string {
+	return fmt.Sprintf("timeout awaiting response headers after %s", e.d)
+}
+func (timeoutError) Timeout() bool   { return true }
+func (timeoutError) Temporary() bool { return true }
+
+func (c *h1Conn) wrapErr(ctx context.Context, err error, firstByte bool) error {
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return ctxErr
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return timeoutError{c.t.headerTimeout}
+	}
+	if firstByte && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isConnReset(err)) {
+		return errStaleConn
+	}
+	return err
+}
+
+func isConnReset(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "read"
+}
+
+// h1Body is a response body on the lean path: at its clean end the
+// connection goes back to the pool; closed early, the connection is closed
+// (what is left of the body would have to be read first).
+type h1Body struct {
+	rc    io.ReadCloser
+	c     *h1Conn
+	reuse bool
+	done  bool
+}
+
+func (b *h1Body) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.finish(true)
+	} else if err != nil {
+		b.finish(false)
+	}
+	return n, err
+}
+
+func (b *h1Body) Close() error {
+	if !b.done {
+		b.finish(false)
+	}
+	return nil
+}
+
+func (b *h1Body) finish(clean bool) {
+	b.done = true
+	c := b.c
+	stopped := c.stopCtx()
+	c.stopCtx = nil
+	if clean && b.reuse && stopped && c.br.Buffered() == 0 {
+		c.reused = false
+		c.t.put(c)
+		return
+	}
+	c.conn.Close()
+}
