@@ -81,6 +81,10 @@ func (p *Pool) rewrite(pr *httputil.ProxyRequest) {
 	out.URL.Scheme = "http"
 	out.URL.Host = p.name // replaced by RoundTrip with the chosen endpoint
 	setForwarded(in, out)
+	// Clone gave out a copy of the announced trailer keys, but the server
+	// fills in their values on in's own map once the body is read to its
+	// end; sharing the map lets the Transport send them after the body.
+	out.Trailer = in.Trailer
 	if out.Body != nil && out.Body != http.NoBody {
 		out.Body = &replayGuard{body: out.Body}
 	}
@@ -146,6 +150,13 @@ func (p *Pool) RoundTrip(out *http.Request) (*http.Response, error) {
 		if err == nil {
 			p.attempts[i].inc(resp.StatusCode)
 			t.EP.ObserveResult(resp.StatusCode < 500 || !p.group.Counts5xx())
+			if len(resp.Trailer) > 0 && resp.ContentLength >= 0 {
+				// An HTTP/2 upstream may state a length along with
+				// trailers; passed on to an HTTP/1.1 client, it would rule
+				// out the chunked encoding that trailers travel in.
+				resp.Header.Del("Content-Length")
+				resp.ContentLength = -1
+			}
 			resp.Body = wrapBody(resp.Body, t.EP)
 			return resp, nil
 		}
