@@ -297,6 +297,11 @@ type ReadinessConfig struct {
 	Fall         int      `yaml:"fall,omitempty"`          // default 3
 	ExpectStatus []string `yaml:"expect_status,omitempty"` // default 200-299
 	Host         string   `yaml:"host,omitempty"`
+	// GatesReadyz makes the admin /readyz answer 503 while no endpoint of
+	// the pool is ready (default false: an edge proxy stays ready while a
+	// pool is down, since every replica of it sees the same pool). A
+	// sidecar sets it, so that its pod is ready only when its service is.
+	GatesReadyz bool `yaml:"gates_readyz,omitempty"`
 }
 
 // OutlierConfig is passive ejection.

@@ -43,6 +43,8 @@ type Pool struct {
 	attempts  []*codeCounters // per target
 	duration  prometheus.Observer
 	checker   *health.Checker // nil without readiness probes
+	// gatesReadyz holds /readyz at 503 while no endpoint is available.
+	gatesReadyz bool
 }
 
 var (
@@ -401,12 +403,28 @@ func isTimeout(err error) bool {
 	return strings.Contains(err.Error(), "timeout awaiting response headers")
 }
 
-// bufferPool lends ReverseProxy its copy buffers.
-type bufferPool struct{ p sync.Pool }
+// bufferPool lends ReverseProxy its 32 KiB copy buffers from a bounded
+// free list. A channel of slices rather than a sync.Pool: putting a slice
+// into a sync.Pool boxes its header, an allocation per request.
+type bufferPool struct{ free chan []byte }
 
-func newBufferPool() *bufferPool {
-	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
+func newBufferPool() *bufferPool { return &bufferPool{free: make(chan []byte, 1024)} }
+
+func (b *bufferPool) Get() []byte {
+	select {
+	case buf := <-b.free:
+		return buf
+	default:
+		return make([]byte, 32<<10)
+	}
 }
 
-func (b *bufferPool) Get() []byte  { return *b.p.Get().(*[]byte) }
-func (b *bufferPool) Put(x []byte) { b.p.Put(&x) }
+func (b *bufferPool) Put(buf []byte) {
+	if cap(buf) < 32<<10 {
+		return
+	}
+	select {
+	case b.free <- buf[:32<<10]:
+	default: // full: let the GC have it
+	}
+}

@@ -119,5 +119,7 @@ func sidecarConfig(f sidecarFlags) ([]byte, error) {
 		path, expect = "/", "100-499"
 	}
 	fmt.Fprintf(&b, "    readiness:\n      path: %s\n      interval: 2s\n      timeout: 1s\n      rise: 1\n      fall: 2\n      expect_status: [%s]\n", q(path), q(expect))
+	// The pod is ready only when the service behind the sidecar is.
+	fmt.Fprintf(&b, "      gates_readyz: true\n")
 	return []byte(b.String()), nil
 }
