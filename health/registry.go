@@ -98,13 +98,29 @@ func (r *Registry) groupLocked(pool string) *Group {
 // call it before creating the pool's endpoints), ready otherwise, and emits
 // an Event with Reason "added".
 func (r *Registry) Endpoint(pool, addr string) *Endpoint {
+	return r.endpoint(pool, addr, nil)
+}
+
+// EndpointFor is Endpoint for a configuration that is not in force yet: a
+// created endpoint starts unready when probed is true, whatever the pool's
+// current setting, so that compiling a config changes no shared setting
+// before it is known to be good.
+func (r *Registry) EndpointFor(pool, addr string, probed bool) *Endpoint {
+	return r.endpoint(pool, addr, &probed)
+}
+
+func (r *Registry) endpoint(pool, addr string, probed *bool) *Endpoint {
 	r.mu.Lock()
 	g := r.groupLocked(pool)
 	g.mu.Lock()
 	e := g.eps[addr]
 	created := e == nil
 	if created {
-		e = newEndpoint(g, addr, !g.probed.Load(), r.now())
+		p := g.probed.Load()
+		if probed != nil {
+			p = *probed
+		}
+		e = newEndpoint(g, addr, !p, r.now())
 		g.eps[addr] = e
 	}
 	g.mu.Unlock()

@@ -74,6 +74,7 @@ type Runtime struct {
 	shards    []hotKeyReporter
 	loadedAt  time.Time
 	access    *accessLog // nil when off; set by Server.Apply
+	commits   []func()   // changes to shared state, made when put in force
 
 	refs      atomic.Int64 // the Server's own reference plus one per request
 	startOnce sync.Once
@@ -241,17 +242,22 @@ func (c *compiler) stage(s *StageConfig, route string) (router.Stage, error) {
 func (c *compiler) pool(name string, pc *PoolConfig) (*Pool, error) {
 	env, m := c.env, c.env.Metrics
 	group := env.Registry.Group(name)
-	group.SetProbed(pc.Readiness != nil)
+	outlier := health.Outlier{}
 	if o := pc.Outlier; o != nil {
 		pct := *o.MaxEjectedPercent
 		if pct == 0 {
 			pct = -1 // health reads 0 as "the default"; the config means "never eject"
 		}
-		group.SetOutlier(health.Outlier{ConsecutiveFailures: o.ConsecutiveFailures, Eject: o.Eject.D(), MaxEject: o.MaxEject.D(),
-			MaxEjectedPercent: pct, Count5xx: o.Count5xx})
-	} else {
-		group.SetOutlier(health.Outlier{})
+		outlier = health.Outlier{ConsecutiveFailures: o.ConsecutiveFailures, Eject: o.Eject.D(), MaxEject: o.MaxEject.D(),
+			MaxEjectedPercent: pct, Count5xx: o.Count5xx}
 	}
+	// The group's settings are shared with the Runtime in force: they change
+	// only when this one is put in force (Runtime.commit).
+	probed := pc.Readiness != nil
+	c.rt.commits = append(c.rt.commits, func() {
+		group.SetProbed(probed)
+		group.SetOutlier(outlier)
+	})
 	key := router.Key{}
 	if len(pc.HashKey) > 0 {
 		k, err := router.ParseKey(pc.HashKey...)
@@ -266,22 +272,24 @@ func (c *compiler) pool(name string, pc *PoolConfig) (*Pool, error) {
 	}
 	p := &Pool{name: name, policy: policy, group: group, retries: *pc.Retries, panicMode: pc.PanicMode,
 		log: env.Log, duration: m.UpstreamDuration.WithLabelValues(name)}
+	p.gatesReadyz = pc.Readiness != nil && pc.Readiness.GatesReadyz
 	eps := make([]*health.Endpoint, 0, len(pc.Endpoints))
 	for _, e := range pc.Endpoints {
 		u, err := parseEndpoint(e.Address)
 		if err != nil {
 			return nil, err
 		}
-		ep := env.Registry.Endpoint(name, u.Host)
+		ep := env.Registry.EndpointFor(name, u.Host, probed)
 		eps = append(eps, ep)
 		p.targets = append(p.targets, balance.Target{Addr: u.Host, Weight: e.Weight, EP: ep})
 		p.schemes = append(p.schemes, u.Scheme)
 		p.attempts = append(p.attempts, newCodeCounters(m.Upstream.MustCurryWith(prometheus.Labels{"pool": name, "endpoint": u.Host})))
 	}
-	t, err := env.transports.get(name, pc)
+	t, commit, err := env.transports.get(name, pc)
 	if err != nil {
 		return nil, err
 	}
+	c.rt.commits = append(c.rt.commits, commit)
 	p.transport = t
 	p.proxy = &httputil.ReverseProxy{
 		Rewrite:      p.rewrite,
@@ -323,6 +331,16 @@ func upstreamTLSConfig(pc *PoolConfig) (*tls.Config, error) {
 	return buildUpstreamTLS(pc.TLS)
 }
 
+// commit makes the changes to state shared with other Runtimes (pool
+// settings in the registry, cached transports) that this Runtime needs; the
+// Server calls it once the Runtime is sure to be put in force.
+func (rt *Runtime) commit() {
+	for _, f := range rt.commits {
+		f()
+	}
+	rt.commits = nil
+}
+
 // Start starts the Runtime's probes. Stopping them is Close's job.
 func (rt *Runtime) Start(ctx context.Context) {
 	rt.startOnce.Do(func() {
@@ -343,6 +361,17 @@ func (rt *Runtime) Ready() bool {
 		}
 	}
 	return true
+}
+
+// closedGate names a pool whose readiness gates /readyz and that has no
+// available endpoint now, or returns "".
+func (rt *Runtime) closedGate() string {
+	for name, p := range rt.pools {
+		if p.gatesReadyz && !p.Available() {
+			return name
+		}
+	}
+	return ""
 }
 
 // Close stops the Runtime's probes and closes the stages that own

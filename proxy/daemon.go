@@ -35,6 +35,7 @@ type Daemon struct {
 
 	reloadMu  sync.Mutex // one reload at a time
 	cfg       atomic.Pointer[Config]
+	cfgText   []byte // cfg marshalled, to compare a reload with; guarded by reloadMu
 	lastError atomic.Pointer[string]
 	wasReady  atomic.Bool // the first probe rounds are done: reloads no longer gate readiness
 }
@@ -57,6 +58,7 @@ func Start(cfg *Config, opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.cfg.Store(cfg)
+	d.cfgText, _ = cfg.Marshal() // nil on error: the first reload then always applies
 	d.env.Metrics.ReloadOK.Set(1)
 	d.env.Metrics.ReloadTimestamp.Set(float64(time.Now().Unix()))
 	if cfg.Admin.Listen != "off" {
@@ -107,6 +109,9 @@ func (d *Daemon) Ready() (bool, string) {
 			return false, "waiting for the first readiness probe round"
 		}
 		d.wasReady.Store(true)
+	}
+	if pool := rt.closedGate(); pool != "" {
+		return false, fmt.Sprintf("pool %q has no ready endpoint", pool)
 	}
 	return true, ""
 }

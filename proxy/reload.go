@@ -61,7 +61,8 @@ func (d *Daemon) reload() (ReloadResult, error) {
 	if err != nil {
 		return ReloadResult{}, err
 	}
-	if same, _ := sameConfig(cur, cfg); same {
+	text, err := cfg.Marshal()
+	if err == nil && d.cfgText != nil && bytes.Equal(text, d.cfgText) {
 		return ReloadResult{Summary: "config unchanged"}, nil
 	}
 	if cfg.Admin != cur.Admin {
@@ -71,11 +72,14 @@ func (d *Daemon) reload() (ReloadResult, error) {
 		return ReloadResult{}, err
 	}
 	d.cfg.Store(cfg)
+	d.cfgText = text
 	return ReloadResult{Changed: true, Summary: cfg.Summary()}, nil
 }
 
 // sameConfig compares the effective configs, after env expansion and
 // defaults, so that a rewrite of the same content is no reload at all.
+// Reload compares with the marshalled config it keeps, so that it
+// marshals only the new one.
 func sameConfig(a, b *Config) (bool, error) {
 	if a == nil || b == nil {
 		return false, nil

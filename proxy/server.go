@@ -120,6 +120,7 @@ func (s *Server) Apply(cfg *Config) error {
 	}
 	rt.access = c.access
 	s.retiring.Add(1) // done by closeRuntime
+	rt.commit()
 	rt.Start(s.ctx)
 
 	// A listener the new config drops keeps serving the requests that

@@ -98,28 +98,32 @@ func buildTransport(pc *PoolConfig) (upstreamTransport, error) {
 }
 
 // get returns the cached Transport for pool when its signature matches, or
-// builds and caches a new one.
-func (c *transportCache) get(pool string, pc *PoolConfig) (upstreamTransport, error) {
+// builds a new one; commit, to be called once the config that asked for it
+// is in force, caches it in place of the old one. A config that fails to
+// compile thus leaves the cache and the old Transport's connections alone.
+func (c *transportCache) get(pool string, pc *PoolConfig) (t upstreamTransport, commit func(), err error) {
 	sig := transportSignature(pc)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.entries[pool]; ok && e.sig == sig {
-		return e.t, nil
+		return e.t, func() {}, nil
 	}
-	t, err := buildTransport(pc)
-	if err != nil {
-		return nil, err
+	if t, err = buildTransport(pc); err != nil {
+		return nil, nil, err
 	}
-	if c.entries == nil {
-		c.entries = map[string]transportEntry{}
-	}
-	if old, ok := c.entries[pool]; ok {
-		// In-flight requests of the old Runtime may still use it; idle
-		// connections are all it gives up now.
-		old.t.CloseIdleConnections()
-	}
-	c.entries[pool] = transportEntry{sig: sig, t: t}
-	return t, nil
+	return t, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.entries == nil {
+			c.entries = map[string]transportEntry{}
+		}
+		if old, ok := c.entries[pool]; ok && old.t != t {
+			// In-flight requests of the old Runtime may still use it; idle
+			// connections are all it gives up now.
+			old.t.CloseIdleConnections()
+		}
+		c.entries[pool] = transportEntry{sig: sig, t: t}
+	}, nil
 }
 
 // retain drops the Transports of pools no longer configured.

@@ -28,13 +28,18 @@ const WatchDebounce = 150 * time.Millisecond
 // Changes are debounced by WatchDebounce; errors of the reload it triggers
 // are logged and counted by Daemon.Reload, and the next change tries again.
 type ConfigWatch struct {
-	w      *fsnotify.Watcher
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	w        *fsnotify.Watcher
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	debounce time.Duration
 }
 
 // WatchConfig starts watching d's config file until ctx ends or Close.
 func WatchConfig(ctx context.Context, d *Daemon) (*ConfigWatch, error) {
+	return watchConfig(ctx, d, WatchDebounce)
+}
+
+func watchConfig(ctx context.Context, d *Daemon, debounce time.Duration) (*ConfigWatch, error) {
 	if d.opts.Path == "" {
 		return nil, fmt.Errorf("no config file to watch")
 	}
@@ -52,7 +57,7 @@ func WatchConfig(ctx context.Context, d *Daemon) (*ConfigWatch, error) {
 		return nil, fmt.Errorf("watching %s: %w", dir, err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	cw := &ConfigWatch{w: w, cancel: cancel}
+	cw := &ConfigWatch{w: w, cancel: cancel, debounce: debounce}
 	t := &target{w: w, path: path, dir: dir, log: d.log}
 	t.follow()
 	cw.wg.Add(1)
@@ -118,8 +123,10 @@ func (t *target) concerns(ev fsnotify.Event) bool {
 }
 
 func (cw *ConfigWatch) loop(ctx context.Context, d *Daemon, t *target) {
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
+	// The first check runs once the watch is in place: a write that landed
+	// between the Daemon's load and this watch is not missed (a file equal
+	// to the config in force costs one comparison).
+	timer := time.NewTimer(cw.debounce)
 	defer timer.Stop()
 	for {
 		select {
@@ -130,7 +137,7 @@ func (cw *ConfigWatch) loop(ctx context.Context, d *Daemon, t *target) {
 				return
 			}
 			if t.concerns(ev) {
-				timer.Reset(WatchDebounce)
+				timer.Reset(cw.debounce)
 			}
 		case err, ok := <-cw.w.Errors:
 			if !ok {
@@ -139,7 +146,7 @@ func (cw *ConfigWatch) loop(ctx context.Context, d *Daemon, t *target) {
 			d.log.Warn("config watch error", zap.Error(err))
 			if errors.Is(err, fsnotify.ErrEventOverflow) {
 				// Events were lost: read the file again to be sure.
-				timer.Reset(WatchDebounce)
+				timer.Reset(cw.debounce)
 			}
 		case <-timer.C:
 			d.Reload()

@@ -86,12 +86,10 @@ func serve(cfg *proxy.Config, opts proxy.Options, watch bool, stderr io.Writer) 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	var w *proxy.ConfigWatch
 	if watch && opts.Path != "" {
-		w, err := proxy.WatchConfig(ctx, d)
-		if err != nil {
+		if w, err = proxy.WatchConfig(ctx, d); err != nil {
 			log.Warn("cannot watch the config file; reload with SIGHUP or POST /reload", zap.Error(err))
-		} else {
-			defer w.Close()
 		}
 	}
 	for {
@@ -102,6 +100,9 @@ func serve(cfg *proxy.Config, opts proxy.Options, watch bool, stderr io.Writer) 
 		case <-ctx.Done():
 		}
 		break
+	}
+	if w != nil {
+		w.Close() // before the drain: a write now must not count as a failed reload
 	}
 	grace := d.Config().ShutdownGrace.D()
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
