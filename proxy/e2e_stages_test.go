@@ -411,4 +411,3 @@ pools:
 	assert.Empty(t, primary.lastRequest().Header.Get("X-Sekisho-Mirror"))
 	assert.Equal(t, 25.0, td.metric("sekisho_mirror_requests_total", "pool", "shadow", "result", "dropped"))
 }
-

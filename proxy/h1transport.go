@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 )
@@ -198,7 +199,7 @@ func (c *h1Conn) roundTrip(r *http.Request) (*http.Response, error) {
 	// A blocked read or write is cut by moving the deadline into the past
 	// when the request's context ends.
 	c.stopCtx = context.AfterFunc(ctx, func() { c.conn.SetDeadline(aLongTimeAgo) })
-	if err := r.Write(c.bw); err != nil {
+	if err := writeRequestHead(c.bw, r); err != nil {
 		return nil, c.wrapErr(ctx, err, false)
 	}
 	if err := c.bw.Flush(); err != nil {
@@ -241,6 +242,66 @@ func (c *h1Conn) roundTrip(r *http.Request) (*http.Response, error) {
 
 var aLongTimeAgo = time.Unix(1, 0)
 
+// writeRequestHead writes a bodyless request's head, as Request.Write would
+// but without its per-request allocations. A request it cannot write
+// faithfully (an opaque URL, a value with a line break) goes through
+// Request.Write itself.
+func writeRequestHead(w *bufio.Writer, r *http.Request) error {
+	if r.URL.Opaque != "" || r.Close || !headerSafe(r.Header) || strings.ContainsAny(r.Host, "\r\n ") {
+		return r.Write(w)
+	}
+	w.WriteString(r.Method)
+	w.WriteByte(' ')
+	if p := r.URL.EscapedPath(); p != "" {
+		w.WriteString(p)
+	} else {
+		w.WriteByte('/')
+	}
+	if r.URL.ForceQuery || r.URL.RawQuery != "" {
+		w.WriteByte('?')
+		w.WriteString(r.URL.RawQuery)
+	}
+	w.WriteString(" HTTP/1.1\r\nHost: ")
+	if r.Host != "" {
+		w.WriteString(r.Host)
+	} else {
+		w.WriteString(r.URL.Host)
+	}
+	w.WriteString("\r\n")
+	for k, vs := range r.Header {
+		if k == "Host" {
+			continue // r.Host is the Host
+		}
+		for _, v := range vs {
+			if v == "" && k == "User-Agent" {
+				continue // ReverseProxy's way of saying "send none"
+			}
+			w.WriteString(k)
+			w.WriteString(": ")
+			w.WriteString(v)
+			w.WriteString("\r\n")
+		}
+	}
+	_, err := w.WriteString("\r\n")
+	return err
+}
+
+// headerSafe reports whether every name and value can go on the wire as
+// it is.
+func headerSafe(h http.Header) bool {
+	for k, vs := range h {
+		if strings.ContainsAny(k, "\r\n: ") {
+			return false
+		}
+		for _, v := range vs {
+			if strings.ContainsAny(v, "\r\n") {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // timeoutError is returned when the response header timeout passes.
 type timeoutError struct{ d time.Duration }
 
@@ -277,6 +338,7 @@ type h1Body struct {
 	c     *h1Conn
 	reuse bool
 	done  bool
+	ep    interface{ End() } // set by the pool: the endpoint's in-flight count
 }
 
 func (b *h1Body) Read(p []byte) (int, error) {
@@ -301,6 +363,10 @@ func (b *h1Body) Close() error {
 
 func (b *h1Body) finish(clean bool) {
 	b.done = true
+	if b.ep != nil {
+		b.ep.End()
+		b.ep = nil
+	}
 	c := b.c
 	stopped := c.stopCtx()
 	c.stopCtx = nil

@@ -102,21 +102,27 @@ func setForwarded(in, out *http.Request) {
 		peer = host
 	}
 	info := router.InfoFrom(in)
-	chain := in.Header["X-Forwarded-For"]
-	if info != nil && info.TrustedPeer && len(chain) > 0 {
-		out.Header.Set("X-Forwarded-For", strings.Join(chain, ", ")+", "+peer)
-	} else {
-		out.Header.Set("X-Forwarded-For", peer)
+	trusted := info != nil && info.TrustedPeer
+	// One allocation holds the three values; each header gets a slice of
+	// it with no spare capacity, so an Add elsewhere copies instead of
+	// writing over a neighbour.
+	vals := make([]string, 3)
+	vals[0] = peer
+	if chain := in.Header["X-Forwarded-For"]; trusted && len(chain) > 0 {
+		vals[0] = strings.Join(chain, ", ") + ", " + peer
 	}
-	out.Header.Set("X-Forwarded-Host", in.Host)
+	vals[1] = in.Host
 	switch {
 	case in.TLS != nil:
-		out.Header.Set("X-Forwarded-Proto", "https")
-	case info != nil && info.TrustedPeer && in.Header.Get("X-Forwarded-Proto") != "":
-		out.Header.Set("X-Forwarded-Proto", in.Header.Get("X-Forwarded-Proto"))
+		vals[2] = "https"
+	case trusted && in.Header.Get("X-Forwarded-Proto") != "":
+		vals[2] = in.Header.Get("X-Forwarded-Proto")
 	default:
-		out.Header.Set("X-Forwarded-Proto", "http")
+		vals[2] = "http"
 	}
+	out.Header["X-Forwarded-For"] = vals[0:1:1]
+	out.Header["X-Forwarded-Host"] = vals[1:2:2]
+	out.Header["X-Forwarded-Proto"] = vals[2:3:3]
 }
 
 // RoundTrip sends out to an endpoint chosen by the balance policy. An
@@ -345,6 +351,10 @@ func (b *endRWC) Close() error {
 }
 
 func wrapBody(body io.ReadCloser, ep *health.Endpoint) io.ReadCloser {
+	if hb, ok := body.(*h1Body); ok {
+		hb.ep = ep // the lean path's body ends the count itself: no wrapper
+		return hb
+	}
 	if rwc, ok := body.(io.ReadWriteCloser); ok {
 		return &endRWC{ReadWriteCloser: rwc, ep: ep}
 	}

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"go.uber.org/zap"
 
@@ -308,6 +309,10 @@ func (s *Server) serve(bl *boundListener, lc *ListenerConfig, sig string) {
 		ErrorLog:          log.New(&serverLogWriter{s: s, listener: lc.Name}, "", 0),
 		Protocols:         &protos,
 		BaseContext:       func(net.Listener) context.Context { return s.ctx },
+		// Each connection gets a slot for the Info of its request in flight.
+		ConnContext: func(ctx context.Context, _ net.Conn) context.Context {
+			return router.ContextWithSlot(ctx, &router.InfoSlot{})
+		},
 	}
 	v := newView(bl.sock)
 	ln := s.wrapListener(v, lc, bl)
@@ -472,7 +477,11 @@ func (h *listenerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "listener removed", http.StatusServiceUnavailable)
 		return
 	}
-	info := &router.Info{Listener: lr.name, Start: start}
+	st := reqStates.Get().(*reqState)
+	*st = reqState{}
+	defer reqStates.Put(st) // runs last, after the access log line
+	info := &st.info
+	info.Listener, info.Start = lr.name, start
 	info.ClientIP, info.TrustedPeer = lr.clientIP.ResolvePeer(r)
 	info.RequestID = requestID(r)
 	// A client may not speak for a certificate it did not present.
@@ -483,8 +492,14 @@ func (h *listenerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			r.Header.Set("X-Client-Cert-Subject", info.ClientCert)
 		}
 	}
-	r = router.WithInfo(r, info)
-	sw := &statusWriter{ResponseWriter: w}
+	if slot := router.SlotFrom(r); slot != nil && r.ProtoMajor == 1 {
+		slot.Set(info)
+		defer slot.Set(nil)
+	} else {
+		r = router.WithInfo(r, info)
+	}
+	sw := &st.sw
+	sw.ResponseWriter = w
 
 	entry := lr.notFound
 	if route := lr.table.Match(r); route != nil {
@@ -515,6 +530,16 @@ func (h *listenerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	finish(rt, entry, info, r, sw, start, "")
 }
 
+// reqState is what the request path needs per request, in one allocation
+// that is reused: nothing keeps it past ServeHTTP (a stage that works on
+// after the answer, mirror, forks the Info).
+type reqState struct {
+	info router.Info
+	sw   statusWriter
+}
+
+var reqStates = sync.Pool{New: func() any { return new(reqState) }}
+
 // finish counts the request and writes its access log line.
 func finish(rt *Runtime, entry *routeEntry, info *router.Info, r *http.Request, sw *statusWriter, start time.Time, note string) {
 	status := sw.status
@@ -535,10 +560,19 @@ func requestID(r *http.Request) string {
 	if vs := r.Header["X-Request-Id"]; len(vs) > 0 && validRequestID(vs[0]) {
 		return vs[0]
 	}
-	var b [16]byte
-	id := string(strconv.AppendUint(b[:0], rand.Uint64(), 36))
-	r.Header["X-Request-Id"] = []string{id}
-	return id
+	// The header's value slice and the id's bytes share one allocation.
+	box := new(idBox)
+	n := len(strconv.AppendUint(box.buf[:0], rand.Uint64(), 36))
+	box.vals[0] = unsafe.String(&box.buf[0], n)
+	r.Header["X-Request-Id"] = box.vals[:]
+	return box.vals[0]
+}
+
+// idBox holds a minted request id: base 36 of 64 random bits fits in 13
+// bytes, which are never written again once the id is made.
+type idBox struct {
+	vals [1]string
+	buf  [13]byte
 }
 
 func validRequestID(s string) bool {

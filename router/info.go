@@ -56,9 +56,35 @@ func ContextWithInfo(ctx context.Context, info *Info) context.Context {
 // InfoFrom returns the Info of r, or nil when r carries none (a request built
 // outside the server, as in tests of a single stage).
 func InfoFrom(r *http.Request) *Info {
-	info, _ := r.Context().Value(infoKey{}).(*Info)
-	return info
+	switch v := r.Context().Value(infoKey{}).(type) {
+	case *Info:
+		return v
+	case *InfoSlot:
+		return v.info
+	}
+	return nil
 }
+
+// InfoSlot holds the Info of the request in flight on one HTTP/1
+// connection. A server puts a slot in each connection's context once and
+// fills it per request, so that carrying the Info costs no context and no
+// request copy per request. HTTP/1 serves a connection's requests one at a
+// time, which is what makes this safe; HTTP/2 requests use WithInfo.
+type InfoSlot struct{ info *Info }
+
+// ContextWithSlot returns ctx carrying slot.
+func ContextWithSlot(ctx context.Context, slot *InfoSlot) context.Context {
+	return context.WithValue(ctx, infoKey{}, slot)
+}
+
+// SlotFrom returns the slot in r's context, or nil.
+func SlotFrom(r *http.Request) *InfoSlot {
+	slot, _ := r.Context().Value(infoKey{}).(*InfoSlot)
+	return slot
+}
+
+// Set puts info in the slot; nil empties it.
+func (s *InfoSlot) Set(info *Info) { s.info = info }
 
 // Fork returns a copy of info for a concurrent branch of the same request.
 // The copy shares nothing mutable with info except Tried, which the caller
