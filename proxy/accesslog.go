@@ -120,9 +120,16 @@ func (a *accessLog) close() {
 
 // NewLogger builds the process logger from the log section.
 func NewLogger(lc LogConfig) (*zap.Logger, error) {
+	l, _, err := newLogger(lc)
+	return l, err
+}
+
+// newLogger is NewLogger that also returns the level, which a reload may
+// change in place.
+func newLogger(lc LogConfig) (*zap.Logger, zap.AtomicLevel, error) {
 	var level zapcore.Level
 	if err := level.UnmarshalText([]byte(lc.Level)); err != nil {
-		return nil, fmt.Errorf("log.level: %w", err)
+		return nil, zap.AtomicLevel{}, fmt.Errorf("log.level: %w", err)
 	}
 	zc := zap.NewProductionConfig()
 	zc.Level = zap.NewAtomicLevelAt(level)
@@ -133,5 +140,6 @@ func NewLogger(lc LogConfig) (*zap.Logger, error) {
 	if lc.Format == "console" {
 		zc.EncoderConfig = zap.NewDevelopmentEncoderConfig()
 	}
-	return zc.Build()
+	l, err := zc.Build()
+	return l, zc.Level, err
 }

@@ -37,21 +37,23 @@ type Daemon struct {
 	cfg       atomic.Pointer[Config]
 	cfgText   []byte // cfg marshalled, to compare a reload with; guarded by reloadMu
 	lastError atomic.Pointer[string]
-	wasReady  atomic.Bool // the first probe rounds are done: reloads no longer gate readiness
+	wasReady  atomic.Bool      // the first probe rounds are done: reloads no longer gate readiness
+	level     *zap.AtomicLevel // the process log's level, when the Daemon built the logger
 }
 
 // Start applies cfg, opens its listeners and the admin server, and starts
 // its probes. Nothing is left running when it fails.
 func Start(cfg *Config, opts Options) (*Daemon, error) {
 	log := opts.Log
+	var level *zap.AtomicLevel
 	if log == nil {
-		l, err := NewLogger(cfg.Log)
+		l, lv, err := newLogger(cfg.Log)
 		if err != nil {
 			return nil, err
 		}
-		log = l
+		log, level = l, &lv
 	}
-	d := &Daemon{opts: opts, env: NewEnv(log), log: log}
+	d := &Daemon{opts: opts, env: NewEnv(log), log: log, level: level}
 	d.server = NewServer(d.env)
 	if err := d.server.Apply(cfg); err != nil {
 		d.server.Shutdown(context.Background())

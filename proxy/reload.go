@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // ReloadResult says what a reload did.
@@ -70,6 +71,15 @@ func (d *Daemon) reload() (ReloadResult, error) {
 	}
 	if err := d.server.Apply(cfg); err != nil {
 		return ReloadResult{}, err
+	}
+	if d.level != nil && cfg.Log.Level != cur.Log.Level {
+		var lv zapcore.Level
+		if lv.UnmarshalText([]byte(cfg.Log.Level)) == nil {
+			d.level.SetLevel(lv)
+		}
+	}
+	if cfg.Log.Format != cur.Log.Format {
+		d.log.Warn("log.format changed; it takes effect on restart", zap.String("log.format", cfg.Log.Format))
 	}
 	d.cfg.Store(cfg)
 	d.cfgText = text

@@ -270,7 +270,9 @@ func (s *Server) retain(rt *Runtime) {
 func (s *Server) setTLS(bl *boundListener, st *tlsState, on bool) {
 	if !on {
 		if bl.tls != nil {
-			bl.tls.cur.Load().stop()
+			old := bl.tls.cur.Load()
+			old.stop()
+			s.forgetCerts(old, nil)
 			bl.tls = nil
 		}
 		return
@@ -283,6 +285,28 @@ func (s *Server) setTLS(bl *boundListener, st *tlsState, on bool) {
 	}
 	if old := bl.tls.cur.Swap(st); old != nil {
 		old.stop()
+		s.forgetCerts(old, st)
+	}
+}
+
+// forgetCerts deletes the expiry series of old's certificates that cur (the
+// state replacing it, or nil) does not serve, so that a removed certificate
+// stops alerting.
+func (s *Server) forgetCerts(old, cur *tlsState) {
+	keep := map[string]bool{}
+	if cur != nil && cur.listener == old.listener {
+		cur.mu.Lock()
+		for name := range cur.expiry {
+			keep[name] = true
+		}
+		cur.mu.Unlock()
+	}
+	old.mu.Lock()
+	defer old.mu.Unlock()
+	for name := range old.expiry {
+		if !keep[name] {
+			s.env.Metrics.CertExpiry.DeleteLabelValues(old.listener, name)
+		}
 	}
 }
 
@@ -484,8 +508,14 @@ func (h *listenerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	info.Listener, info.Start = lr.name, start
 	info.ClientIP, info.TrustedPeer = lr.clientIP.ResolvePeer(r)
 	info.RequestID = requestID(r)
-	// A client may not speak for a certificate it did not present.
-	r.Header.Del("X-Client-Cert-Subject")
+	// A client may not speak for a certificate it did not present, nor
+	// pass its request off as a mirror copy.
+	if len(r.Header["X-Client-Cert-Subject"]) > 0 {
+		delete(r.Header, "X-Client-Cert-Subject")
+	}
+	if len(r.Header[router.MirrorHeader]) > 0 {
+		delete(r.Header, router.MirrorHeader)
+	}
 	if r.TLS != nil && lr.cfg.TLS != nil && lr.cfg.TLS.ClientCAFile != "" {
 		info.ClientCert = clientCertSubject(r.TLS)
 		if info.ClientCert != "" && lr.cfg.TLS.ForwardClientCert {

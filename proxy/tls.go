@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -29,9 +30,8 @@ type tlsState struct {
 	cancel   context.CancelFunc
 	done     chan struct{}
 	listener string
-	// expiry holds the names the expiry metric has a series for; only the
-	// goroutine that watches the store touches it once that has started.
-	expiry map[string]bool
+	mu       sync.Mutex      // guards expiry: the watch writes it, a reload reads it
+	expiry   map[string]bool // the names the expiry metric has a series for
 }
 
 // tlsSignature is what decides whether a listener's TLS state is rebuilt.
@@ -88,6 +88,8 @@ func (s *Server) newTLSState(listener string, t *TLSConfig) (*tlsState, error) {
 // series of a name that a rotation took away, so that an expiry alert never
 // fires for a certificate no longer served.
 func (s *Server) certMetrics(st *tlsState) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
 	names := make(map[string]bool, len(st.expiry))
 	for _, c := range st.store.Certificates() {
 		s.env.Metrics.CertExpiry.WithLabelValues(st.listener, c.Name).Set(float64(c.NotAfter.Unix()))
