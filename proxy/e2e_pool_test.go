@@ -17,7 +17,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"sekisho/health"
 	"sekisho/proxy/balance"
@@ -27,14 +26,6 @@ import (
 // The tests of this file prove the pool's behaviour (issue 3) end to end:
 // a real daemon on 127.0.0.1:0, real backends, assertions on what the
 // client saw, what each backend received, and what /metrics and /pools say.
-
-// verifyNoPoolLeaks checks, after every other cleanup of the test has run,
-// that the daemon and its backends left no goroutine behind.
-func verifyNoPoolLeaks(t *testing.T) {
-	t.Helper()
-	opt := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
-}
 
 // logEndpointChanges writes every endpoint state change to the test log if
 // the test fails: most surprises in these tests are a probe that timed out
@@ -180,7 +171,7 @@ func waitServing(t *testing.T, td *testDaemon, pool string, want float64, bs ...
 }
 
 func TestReadinessFlipMovesTraffic(t *testing.T) {
-	verifyNoPoolLeaks(t)
+	noLeaks(t)
 	a, b, c := newBackend(t, "a"), newBackend(t, "b"), newBackend(t, "c")
 	td := startPoolDaemon(t, fmt.Sprintf(`
 version: 1
@@ -223,7 +214,7 @@ pools:
 }
 
 func TestBackendKilledMidStreamLosesNoRequest(t *testing.T) {
-	verifyNoPoolLeaks(t)
+	noLeaks(t)
 	a, b, c := newBackend(t, "a"), newBackend(t, "b"), newBackend(t, "c")
 	for _, be := range []*backend{a, b, c} {
 		// A little work per request, so that b has requests in flight
@@ -311,7 +302,7 @@ pools:
 }
 
 func TestIPHashIsStickyAndMovesOnlyTheLostEndpointsKeys(t *testing.T) {
-	verifyNoPoolLeaks(t)
+	noLeaks(t)
 	bs := []*backend{newBackend(t, "a"), newBackend(t, "b"), newBackend(t, "c"), newBackend(t, "d")}
 	td := startPoolDaemon(t, fmt.Sprintf(`
 version: 1
@@ -401,7 +392,7 @@ pools:
 }
 
 func TestLeastRequestAvoidsTheBusyEndpoint(t *testing.T) {
-	verifyNoPoolLeaks(t)
+	noLeaks(t)
 	slow, f1, f2 := newBackend(t, "slow"), newBackend(t, "f1"), newBackend(t, "f2")
 	slow.delay.Store(int64(time.Minute)) // released by cancelling the held requests
 	f1.ready.Store(false)
@@ -458,7 +449,7 @@ pools:
 }
 
 func TestSlowStartRampsANewlyReadyEndpoint(t *testing.T) {
-	verifyNoPoolLeaks(t)
+	noLeaks(t)
 	const ramp = 2 * time.Second
 	old, fresh := newBackend(t, "old"), newBackend(t, "fresh")
 	fresh.ready.Store(false)
@@ -536,7 +527,7 @@ func statusBackend(t *testing.T, code int) (string, *atomic.Int64) {
 }
 
 func TestMaxEjectedPercentCapsEjections(t *testing.T) {
-	verifyNoPoolLeaks(t)
+	noLeaks(t)
 	good := newBackend(t, "good")
 	var failing []string
 	for i := 0; i < 3; i++ {
@@ -578,7 +569,7 @@ pools:
 }
 
 func TestPanicModeWhenNoEndpointIsReady(t *testing.T) {
-	verifyNoPoolLeaks(t)
+	noLeaks(t)
 	p1, p2, s1, s2 := newBackend(t, "p1"), newBackend(t, "p2"), newBackend(t, "s1"), newBackend(t, "s2")
 	for _, b := range []*backend{p1, p2, s1, s2} {
 		b.ready.Store(false)
@@ -646,7 +637,7 @@ func resetBackend(t *testing.T, readBody int) (string, *atomic.Int64) {
 }
 
 func TestRetryOnlyWhatCanBeReplayed(t *testing.T) {
-	verifyNoPoolLeaks(t)
+	noLeaks(t)
 	good := newBackend(t, "good")
 	resetAddr, resetHits := resetBackend(t, 1024)
 	td := startPoolDaemon(t, fmt.Sprintf(`

@@ -442,7 +442,7 @@ listeners:
 func TestUpgradedConnectionOutlivesReloads(t *testing.T) {
 	up := newUpgradeBackend(t)
 	other := newBackend(t, "other")
-	side := deadAddr(t)
+	side := freeAddr(t)
 	upAddr := strings.TrimPrefix(up.URL, "http://")
 	td := startDaemon(t, upgradeConfig(0, upAddr, other.addr(), side))
 	edge := td.d.Server().Addr("edge").String()
@@ -797,7 +797,7 @@ listeners:
 		assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
 	})
 	t.Run("compile fails part-way", func(t *testing.T) {
-		text := conf(probed, "  - {name: more, listen: "+deadAddr(t)+", routes: [{name: a, match: {path_prefix: /a}, pipeline: [{proxy: aaa}]}, {name: z, pipeline: [{proxy: zzz}]}]}\n",
+		text := conf(probed, "  - {name: more, listen: "+freeAddr(t)+", routes: [{name: a, match: {path_prefix: /a}, pipeline: [{proxy: aaa}]}, {name: z, pipeline: [{proxy: zzz}]}]}\n",
 			fmt.Sprintf("  aaa: {endpoints: [%s]}\n  zzz: {endpoints: [%s]}\n", fresh.addr(), fresh.addr()))
 		cfg, err := Parse("bad.yaml", []byte(text), nil)
 		require.NoError(t, err)
@@ -839,7 +839,7 @@ func newCountingBackend(t *testing.T, name string) *countingBackend {
 // dropped from the registry, the transports and the ring cache.
 func TestReloadKeepsWhatDidNotChange(t *testing.T) {
 	web := newCountingBackend(t, "web")
-	dead := deadAddr(t)
+	dead := freeAddr(t)
 	s := [3]*countingBackend{newCountingBackend(t, "s0"), newCountingBackend(t, "s1"), newCountingBackend(t, "s2")}
 	conf := func(shards, pools string) string {
 		return fmt.Sprintf(`version: 1
@@ -963,7 +963,7 @@ func TestReloadListeners(t *testing.T) {
 	defer close(release)
 	certDir := t.TempDir()
 	certFile := writeTestCert(t, certDir)
-	side, more, secureAddr := deadAddr(t), deadAddr(t), deadAddr(t)
+	side, more, secureAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	conf := func(i int) string {
 		text := fmt.Sprintf(`version: 1
 admin: {listen: "127.0.0.1:0"}
@@ -1130,7 +1130,7 @@ func TestDaemonLeavesNoGoroutine(t *testing.T) {
 	up := newUpgradeBackend(t)
 	dir := t.TempDir()
 	certFile := writeTestCert(t, dir)
-	side, secureAddr := deadAddr(t), deadAddr(t)
+	side, secureAddr := freeAddr(t), freeAddr(t)
 	conf := func(i int) string {
 		text := fmt.Sprintf(`version: 1
 admin: {listen: "127.0.0.1:0"}

@@ -174,15 +174,6 @@ pools:
 	})
 }
 
-// deadAddr returns an address nothing listens on.
-func deadAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
 func TestErrorMapping(t *testing.T) {
 	slow := newBackend(t, "slow")
 	slow.delay.Store(int64(2 * time.Second))
@@ -207,7 +198,7 @@ pools:
   slow:
     endpoints: [%s]
     timeouts: {response_header: 100ms}
-`, deadAddr(t), unready.addr(), slow.addr()))
+`, freeAddr(t), unready.addr(), slow.addr()))
 	base := td.url("edge")
 	require.Eventually(t, func() bool { ok, _ := td.d.Ready(); return ok }, 5*time.Second, 10*time.Millisecond)
 	cases := []struct {
@@ -244,7 +235,7 @@ listeners:
     routes: [{name: all, pipeline: [{proxy: web}]}]
 pools:
   web: {endpoints: [%s, %s], retries: 1}
-`, deadAddr(t), live.addr()))
+`, freeAddr(t), live.addr()))
 	base := td.url("edge")
 	for i := 0; i < 40; i++ {
 		resp, _ := td.get(base + "/")

@@ -20,31 +20,11 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 	"go.uber.org/zap"
 
 	"sekisho/proxy/certs"
 	"sekisho/proxy/certs/certstest"
 )
-
-// tlsNoLeaks checks that the test leaves no goroutine behind. It must be
-// called first: cleanups run last-registered first, so the check runs after
-// the daemon's shutdown and the backends' Close.
-func tlsNoLeaks(t *testing.T) {
-	t.Helper()
-	opt := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
-}
-
-// tlsFreeAddr reserves a loopback address for a second listener of one
-// config: listeners are keyed by address, so only one may ask for port 0.
-func tlsFreeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().String()
-}
 
 // tlsAddr is the host:port of a listener.
 func tlsAddr(td *testDaemon, name string) string {
@@ -132,7 +112,7 @@ func tlsClientCert(t *testing.T, p certs.Pair) []tls.Certificate {
 // first as default), TLS 1.1 is refused unless min_version asks for it,
 // and HTTP/2 is negotiated by ALPN and really served.
 func TestTLSListenerSNIVersionsHTTP2(t *testing.T) {
-	tlsNoLeaks(t)
+	noLeaks(t)
 	dir := t.TempDir()
 	ca := certstest.NewCA(t)
 	def := ca.Issue(t, dir, "default.test", "127.0.0.1")
@@ -163,7 +143,7 @@ listeners:
 pools:
   web: {endpoints: [%s]}
 `, def.CertFile, def.KeyFile, wild.CertFile, wild.KeyFile, exactA.CertFile, exactA.KeyFile, exactB.CertFile, exactB.KeyFile,
-		tlsFreeAddr(t), exactA.CertFile, exactA.KeyFile, up.addr()))
+		freeAddr(t), exactA.CertFile, exactA.KeyFile, up.addr()))
 	addrs := map[string]string{"secure": tlsAddr(td, "secure"), "legacy": tlsAddr(td, "legacy")}
 
 	cases := []struct {
@@ -239,7 +219,7 @@ pools:
 // certificate an mTLS listener requires each get a handshake failure, which
 // is logged at debug level and counted; the listener serves on.
 func TestTLSHandshakeFailuresAreCounted(t *testing.T) {
-	tlsNoLeaks(t)
+	noLeaks(t)
 	dir := t.TempDir()
 	ca := certstest.NewCA(t)
 	server := ca.Issue(t, dir, "mtls.test")
@@ -304,7 +284,7 @@ pools:
 // verified subject goes upstream as X-Client-Cert-Subject only with
 // forward_client_cert, and a client can never send that header itself.
 func TestMTLSClientCertSubject(t *testing.T) {
-	tlsNoLeaks(t)
+	noLeaks(t)
 	dir := t.TempDir()
 	ca := certstest.NewCA(t)
 	other := certstest.NewCA(t)
@@ -336,7 +316,7 @@ listeners:
     routes: [{name: all, pipeline: [{proxy: web}]}]
 pools:
   web: {endpoints: [%[4]s]}
-`, server.CertFile, server.KeyFile, caFile, up.addr(), tlsFreeAddr(t), tlsFreeAddr(t)))
+`, server.CertFile, server.KeyFile, caFile, up.addr(), freeAddr(t), freeAddr(t)))
 	signed := tlsClientCert(t, ca.IssueClient(t, dir, "client-1"))
 	intruder := tlsClientCert(t, other.IssueClient(t, dir, "intruder"))
 
@@ -422,7 +402,7 @@ func (v *secretVolume) publish(t *testing.T, certFile, keyFile string) {
 // with the old certificate; a broken new pair keeps the current one, and is
 // logged and counted.
 func TestTLSCertificateRotation(t *testing.T) {
-	tlsNoLeaks(t)
+	noLeaks(t)
 	src := t.TempDir()
 	ca := certstest.NewCA(t)
 	first := ca.Issue(t, src, "rotate.test")
@@ -540,7 +520,7 @@ func tlsUpstream(t *testing.T, ca *certstest.CA, dir string) *httptest.Server {
 // mTLS), over HTTP/1.1 or HTTP/2; a pool without the client certificate or
 // without the CA is refused by the handshake and answers 502.
 func TestUpstreamTLS(t *testing.T) {
-	tlsNoLeaks(t)
+	noLeaks(t)
 	dir := t.TempDir()
 	ca := certstest.NewCA(t)
 	caFile := ca.WriteCAFile(t, dir)
@@ -658,7 +638,7 @@ func (g *grpcLike) last() *http.Request {
 // or h2 over TLS (or HTTP/1.1 with chunked trailers); request and response
 // trailers both arrive.
 func TestH2CBackendTrailers(t *testing.T) {
-	tlsNoLeaks(t)
+	noLeaks(t)
 	dir := t.TempDir()
 	ca := certstest.NewCA(t)
 	server := ca.Issue(t, dir, "grpc.test")
@@ -680,7 +660,7 @@ pools:
   grpc:
     endpoints: [%s]
     protocol: h2c
-`, tlsFreeAddr(t), server.CertFile, server.KeyFile, g.addr))
+`, freeAddr(t), server.CertFile, server.KeyFile, g.addr))
 
 	var h2c http.Protocols
 	h2c.SetUnencryptedHTTP2(true)

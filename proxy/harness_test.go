@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -195,6 +197,25 @@ func (b *backend) lastRequest() *http.Request {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.last
+}
+
+// noLeaks checks, after every other cleanup of the test has run, that the
+// test left no goroutine behind. Call it first in the test: cleanups run
+// last-registered first.
+func noLeaks(t *testing.T) {
+	t.Helper()
+	opt := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+}
+
+// freeAddr returns a loopback address nothing listens on: a dead endpoint,
+// or an address for a listener to take.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().String()
 }
 
 // addr is the backend's host:port.

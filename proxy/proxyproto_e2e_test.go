@@ -68,7 +68,7 @@ func rawGet(addr string, prefix []byte, path string) outcome {
 }
 
 func TestProxyProtocolEndToEnd(t *testing.T) {
-	verifyNoPoolLeaks(t)
+	noLeaks(t)
 	bs := map[string]*backend{}
 	for _, n := range []string{"a", "b", "c"} {
 		bs[n] = newBackend(t, n)
