@@ -635,7 +635,7 @@ header() {
 - load: wrk -t$WRK_THREADS -c$CONNS, ${DURATION}s per round, $ROUNDS rounds interleaved per scenario, ${WARMUP}s warm-up per target; figures are medians over rounds
 - backends: three, $(if [[ $BACKEND == nginx ]]; then echo "one nginx worker answering a fixed 100-byte body on three ports"; else echo "bench/backend (Go) with a fixed 100-byte body"; fi)
 - versions: ${sekisho:-sekisho} (git $commit), nginx $(version_of nginx), haproxy $(version_of haproxy), caddy $(version_of caddy), wrk $(version_of wrk), $(version_of go)
-- Go proxies (sekisho, refproxy, caddy): GOGC=${GOGC_SET:-100 (default)}, GOMAXPROCS=$gomax
+- Go proxies (sekisho, refproxy, caddy): GOGC=${GOGC_SET:-unset (sekisho applies its built-in 400, refproxy and caddy run at 100)}, GOMAXPROCS=$gomax
 - background CPU before the run: ${BACKGROUND}% of one core (the "other CPU %" column is the same during each round; a quiet machine shows a few %)
 EOF
 }
