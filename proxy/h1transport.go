@@ -229,6 +229,11 @@ func (c *h1Conn) roundTrip(r *http.Request) (*http.Response, error) {
 	}
 	if c.t.headerTimeout > 0 {
 		c.conn.SetReadDeadline(time.Time{})
+		if ctx.Err() != nil {
+			// Cancelled between the head and here: the watch's deadline
+			// was just cleared, so set it again.
+			c.conn.SetDeadline(aLongTimeAgo)
+		}
 	}
 	body := &h1Body{rc: resp.Body, c: c, reuse: !resp.Close && !r.Close && resp.ProtoAtLeast(1, 1)}
 	if resp.Body == http.NoBody {
