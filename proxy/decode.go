@@ -119,23 +119,12 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 			return
 		}
 		m := reflect.MakeMapWithSize(v.Type(), len(n.Content)/2)
-		seen := map[string]bool{}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, val := n.Content[i], n.Content[i+1]
-			key, ok := d.scalar(k)
-			if !ok {
-				continue
-			}
-			if seen[key] {
-				d.errorf(k, "duplicate key %q", key)
-				continue
-			}
-			seen[key] = true
+		d.pairs(n, func(k, val *yaml.Node, key string) {
 			d.pos[path+"."+key+"#key"] = Pos{k.Line, k.Column}
 			e := reflect.New(v.Type().Elem()).Elem()
 			d.decode(val, e, path+"."+key)
 			m.SetMapIndex(reflect.ValueOf(key).Convert(v.Type().Key()), e)
-		}
+		})
 		v.Set(m)
 	default:
 		s, ok := d.scalar(n)
@@ -157,6 +146,27 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 		return
 	}
 	fields := yamlFields(v.Type())
+	seen := d.pairs(n, func(k, val *yaml.Node, key string) {
+		idx, ok := fields[key]
+		if !ok {
+			d.errorf(k, "unknown key %q%s (known: %s)", key, inWhat(path), strings.Join(sortedKeys(fields), ", "))
+			return
+		}
+		d.decode(val, v.Field(idx), joinPath(path, key))
+	})
+	if reflect.PointerTo(v.Type()).Implements(oneOfType) && len(seen) != 1 {
+		keys := sortedKeys(seen)
+		if len(keys) == 0 {
+			d.errorf(n, "a stage is a one-key map such as `proxy: POOL`; got an empty map")
+		} else {
+			d.errorf(n, "a stage is a one-key map such as `proxy: POOL`; got %d keys (%s)", len(keys), strings.Join(keys, ", "))
+		}
+	}
+}
+
+// pairs calls fn for each key of mapping n, once: a key that is not a
+// scalar, or that comes again, is reported instead. It returns the keys seen.
+func (d *decoder) pairs(n *yaml.Node, fn func(k, val *yaml.Node, key string)) map[string]bool {
 	seen := map[string]bool{}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, val := n.Content[i], n.Content[i+1]
@@ -169,21 +179,9 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 			continue
 		}
 		seen[key] = true
-		idx, ok := fields[key]
-		if !ok {
-			d.errorf(k, "unknown key %q%s (known: %s)", key, inWhat(path), strings.Join(sortedKeys(fields), ", "))
-			continue
-		}
-		d.decode(val, v.Field(idx), joinPath(path, key))
+		fn(k, val, key)
 	}
-	if reflect.PointerTo(v.Type()).Implements(oneOfType) && len(seen) != 1 {
-		keys := sortedKeys(seen)
-		if len(keys) == 0 {
-			d.errorf(n, "a stage is a one-key map such as `proxy: POOL`; got an empty map")
-		} else {
-			d.errorf(n, "a stage is a one-key map such as `proxy: POOL`; got %d keys (%s)", len(keys), strings.Join(keys, ", "))
-		}
-	}
+	return seen
 }
 
 // scalar returns the scalar value of n with ${VAR} and ${VAR:-default}
