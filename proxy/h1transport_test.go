@@ -9,7 +9,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -200,4 +202,85 @@ func TestH1TransportTLS(t *testing.T) {
 	_, body, err := doH1(t, tr, http.MethodGet, srv.URL)
 	require.NoError(t, err)
 	assert.Equal(t, "tls true", body)
+}
+
+// TestH1TransportUnderChaos sends many concurrent requests over a small
+// pool of kept-alive connections while some are cancelled mid-answer and
+// some bodies are closed early. Every answer that arrives whole must be the
+// one for its own request: a connection given back to the pool too soon
+// would hand one request the tail of another's answer.
+func TestH1TransportUnderChaos(t *testing.T) {
+	srv, _ := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
+		id := r.URL.Query().Get("id")
+		n := len(id) * 50
+		if r.URL.Query().Get("slow") == "1" {
+			select {
+			case <-time.After(20 * time.Millisecond):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		if r.URL.Query().Get("chunked") == "1" {
+			for i := 0; i < 4; i++ {
+				io.WriteString(w, strings.Repeat(id, n/4))
+				w.(http.Flusher).Flush()
+			}
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(len(id)*(n/4)*4))
+		io.WriteString(w, strings.Repeat(id, (n/4)*4))
+	})
+	tr := newTestH1(&PoolConfig{MaxIdlePerEndpoint: 4}, nil)
+	defer tr.CloseIdleConnections()
+	const workers, each = 8, 60
+	var wg sync.WaitGroup
+	var whole, cut atomic.Int64
+	errs := make(chan error, workers*each)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				id := fmt.Sprintf("<%d.%d>", w, i)
+				url := fmt.Sprintf("%s/?id=%s&slow=%d&chunked=%d", srv.URL, id, i%5/4, i%2)
+				ctx, cancel := context.WithCancel(context.Background())
+				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+				if i%7 == 3 {
+					go func() { time.Sleep(5 * time.Millisecond); cancel() }()
+				}
+				resp, err := tr.RoundTrip(req)
+				if err != nil {
+					cancel()
+					cut.Add(1)
+					continue
+				}
+				if i%11 == 5 {
+					buf := make([]byte, 3)
+					io.ReadFull(resp.Body, buf)
+					resp.Body.Close()
+					cancel()
+					cut.Add(1)
+					continue
+				}
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				cancel()
+				if err != nil {
+					cut.Add(1)
+					continue
+				}
+				want := strings.Repeat(id, (len(id)*50/4)*4)
+				if string(b) != want {
+					errs <- fmt.Errorf("request %s got %d bytes starting %.40q", id, len(b), b)
+				}
+				whole.Add(1)
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	assert.Greater(t, whole.Load(), int64(workers*each/2), "most requests complete (cut short: %d)", cut.Load())
 }
