@@ -30,10 +30,12 @@ lint:
 # Each fuzz target for FUZZTIME (default 20s).
 FUZZTIME ?= 20s
 fuzz:
-	$(GO) test ./proxy/proxyproto -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME)
-	$(GO) test ./router -run '^$$' -fuzz FuzzClientIP -fuzztime $(FUZZTIME)
-	$(GO) test ./scatter -run '^$$' -fuzz FuzzMerge -fuzztime $(FUZZTIME)
-	$(GO) test ./proxy -run '^$$' -fuzz FuzzParseConfig -fuzztime $(FUZZTIME)
+	$(GO) test ./proxy/proxyproto -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./router -run '^$$' -fuzz '^FuzzClientIP$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./scatter -run '^$$' -fuzz '^FuzzMergeArray$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./scatter -run '^$$' -fuzz '^FuzzMergeObject$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./scatter -run '^$$' -fuzz '^FuzzMergeNDJSON$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./proxy -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(FUZZTIME)
 
 clean:
 	rm -rf $(BIN) .demo
