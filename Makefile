@@ -14,8 +14,11 @@ build:
 run: build
 	BIN=$(BIN) bash scripts/demo.sh
 
-# Every test, with the race detector (Go, and gcc for -race's cgo).
+# Every test, with the race detector. -race needs cgo, so a C compiler: the
+# Go machines here ship gcc; a bare one gets it from Debian's packages.
 test:
+	@command -v gcc >/dev/null 2>&1 || command -v cc >/dev/null 2>&1 || \
+		{ echo "make test: installing gcc (needed by go test -race)"; apt-get update -qq && apt-get install -y -qq gcc >/dev/null; }
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 8m ./...
 
