@@ -37,9 +37,39 @@ type h1Transport struct {
 	idle map[string][]*h1Conn // by scheme://host:port, most recent last
 }
 
+// maxResponseHead bounds an upstream's status line and headers, as
+// http.Transport's MaxResponseHeaderBytes does.
+const maxResponseHead = 1 << 20
+
+// headLimit stands between a connection and its reader: while a response
+// head is read, it lets at most budget bytes through, so an upstream that
+// sends endless headers costs bounded memory. A negative budget is no limit.
+type headLimit struct {
+	conn   net.Conn
+	budget int
+}
+
+var errHeadTooLarge = errors.New("upstream response head larger than 1 MiB")
+
+func (l *headLimit) Read(p []byte) (int, error) {
+	if l.budget < 0 {
+		return l.conn.Read(p)
+	}
+	if l.budget == 0 {
+		return 0, errHeadTooLarge
+	}
+	if len(p) > l.budget {
+		p = p[:l.budget]
+	}
+	n, err := l.conn.Read(p)
+	l.budget -= n
+	return n, err
+}
+
 // h1Conn is one upstream connection with its buffers.
 type h1Conn struct {
 	conn    net.Conn
+	lim     *headLimit
 	br      *bufio.Reader
 	bw      *bufio.Writer
 	key     string
@@ -151,7 +181,8 @@ func (t *h1Transport) dial(ctx context.Context, key, scheme, addr, hostname stri
 		}
 		conn = tc
 	}
-	return &h1Conn{conn: conn, br: bufio.NewReaderSize(conn, 16<<10), bw: bufio.NewWriterSize(conn, 4<<10), key: key, t: t}, nil
+	lim := &headLimit{conn: conn, budget: -1}
+	return &h1Conn{conn: conn, lim: lim, br: bufio.NewReaderSize(lim, 16<<10), bw: bufio.NewWriterSize(conn, 4<<10), key: key, t: t}, nil
 }
 
 // put returns c to the idle pool, or closes it when the pool is full.
@@ -208,6 +239,8 @@ func (c *h1Conn) roundTrip(r *http.Request) (*http.Response, error) {
 	if c.t.headerTimeout > 0 {
 		c.conn.SetReadDeadline(time.Now().Add(c.t.headerTimeout))
 	}
+	c.lim.budget = maxResponseHead
+	defer func() { c.lim.budget = -1 }()
 	if c.reused {
 		// Wait for the first byte separately: nothing at all means the
 		// upstream had closed the idle connection (errStaleConn).

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -283,4 +284,42 @@ func TestH1TransportUnderChaos(t *testing.T) {
 		t.Error(err)
 	}
 	assert.Greater(t, whole.Load(), int64(workers*each/2), "most requests complete (cut short: %d)", cut.Load())
+}
+
+// TestH1TransportBoundsTheResponseHead: an upstream that sends headers
+// without end gets an error, not the proxy's memory.
+func TestH1TransportBoundsTheResponseHead(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		for { // the request head
+			line, err := br.ReadString('\n')
+			if err != nil || line == "\r\n" {
+				break
+			}
+		}
+		c.Write([]byte("HTTP/1.1 200 OK\r\n"))
+		line := []byte("X-Filler: " + strings.Repeat("a", 1000) + "\r\n")
+		for i := 0; i < 2000; i++ { // about 2 MiB of headers, and no end
+			if _, err := c.Write(line); err != nil {
+				return
+			}
+		}
+		io.Copy(io.Discard, br) // until the proxy hangs up
+	}()
+	tr := newTestH1(nil, nil)
+	defer tr.CloseIdleConnections()
+	_, _, err = doH1(t, tr, http.MethodGet, "http://"+ln.Addr().String()+"/")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "larger than 1 MiB")
+	<-done
 }
