@@ -240,7 +240,6 @@ func (c *h1Conn) roundTrip(r *http.Request) (*http.Response, error) {
 		c.conn.SetReadDeadline(time.Now().Add(c.t.headerTimeout))
 	}
 	c.lim.budget = maxResponseHead
-	defer func() { c.lim.budget = -1 }()
 	if c.reused {
 		// Wait for the first byte separately: nothing at all means the
 		// upstream had closed the idle connection (errStaleConn).
@@ -260,6 +259,9 @@ func (c *h1Conn) roundTrip(r *http.Request) (*http.Response, error) {
 			break
 		}
 	}
+	// The head is in; the body is bounded by its own framing. Reset before
+	// anything can hand the connection back to the pool.
+	c.lim.budget = -1
 	if c.t.headerTimeout > 0 {
 		c.conn.SetReadDeadline(time.Time{})
 		if ctx.Err() != nil {
