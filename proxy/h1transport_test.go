@@ -245,7 +245,12 @@ func TestH1TransportUnderChaos(t *testing.T) {
 				id := fmt.Sprintf("<%d.%d>", w, i)
 				url := fmt.Sprintf("%s/?id=%s&slow=%d&chunked=%d", srv.URL, id, i%5/4, i%2)
 				ctx, cancel := context.WithCancel(context.Background())
-				req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+				method := http.MethodGet
+				if i%5 == 2 {
+					// A bodyless answer hands its connection back at once.
+					method = http.MethodHead
+				}
+				req, _ := http.NewRequestWithContext(ctx, method, url, nil)
 				if i%7 == 3 {
 					go func() { time.Sleep(5 * time.Millisecond); cancel() }()
 				}
@@ -271,6 +276,9 @@ func TestH1TransportUnderChaos(t *testing.T) {
 					continue
 				}
 				want := strings.Repeat(id, (len(id)*50/4)*4)
+				if method == http.MethodHead {
+					want = ""
+				}
 				if string(b) != want {
 					errs <- fmt.Errorf("request %s got %d bytes starting %.40q", id, len(b), b)
 				}
