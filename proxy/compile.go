@@ -150,14 +150,7 @@ type compiler struct {
 
 func (c *compiler) listener(lc *ListenerConfig) (*listenerRuntime, error) {
 	m := c.env.Metrics
-	lr := &listenerRuntime{name: lc.Name, cfg: lc, clientIP: &router.ClientIPResolver{}}
-	for _, s := range lc.ClientIP.TrustedProxies {
-		p, err := parsePrefix(s)
-		if err != nil {
-			return nil, err
-		}
-		lr.clientIP.Trusted = append(lr.clientIP.Trusted, p)
-	}
+	lr := &listenerRuntime{name: lc.Name, cfg: lc, clientIP: &router.ClientIPResolver{Trusted: trustedPrefixes(lc.ClientIP.TrustedProxies)}}
 	routes := make([]router.Route, 0, len(lc.Routes))
 	for i := range lc.Routes {
 		rc := &lc.Routes[i]
@@ -409,7 +402,7 @@ func (rt *Runtime) acquire() bool {
 // release drops a reference and reports whether it was the last.
 func (rt *Runtime) release() bool { return rt.refs.Add(-1) == 0 }
 
-// trustedPrefixes parses CIDRs already validated.
+// trustedPrefixes parses trusted_proxies, which validation has checked.
 func trustedPrefixes(ss []string) []netip.Prefix {
 	out := make([]netip.Prefix, 0, len(ss))
 	for _, s := range ss {

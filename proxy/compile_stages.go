@@ -15,82 +15,53 @@ import (
 // stageMore compiles the stages that choose between pools.
 func (c *compiler) stageMore(s *StageConfig, route string) (router.Stage, error) {
 	m := c.env.Metrics
+	pools := func(name string) http.Handler { return c.rt.pools[name] }
 	switch {
 	case s.Shard != nil:
-		sc := s.Shard
-		key, err := router.ParseKey(sc.Key...)
+		key, err := router.ParseKey(s.Shard.Key...)
 		if err != nil {
 			return nil, err
 		}
-		rc := sharding.RingConfig{Partitions: sc.Partitions, ReplicationFactor: sc.ReplicationFactor, Load: sc.Load}
-		ring, err := c.env.rings.get(sc.Shards, rc)
+		ring, err := c.env.rings.get(s.Shard.Shards, s.Shard.ringConfig())
 		if err != nil {
 			return nil, err
 		}
-		shards := make([]sharding.Shard, len(sc.Shards))
-		for i, name := range sc.Shards {
-			shards[i] = sharding.Shard{Name: name, Handler: c.rt.pools[name]}
-		}
-		st, err := sharding.New(sharding.Config{
-			Route: route, Key: key, Shards: shards, Ring: ring, RingConfig: rc,
-			BalanceFactor: sc.BalanceFactor, OnUnavailable: sc.OnUnavailable, MissingKey: sc.MissingKey,
-			ExposeHeader: sc.ExposeHeader, HotKeys: sc.HotKeys,
-			Requests: m.ShardRequests.MustCurryWith(prometheus.Labels{"route": route}),
-		})
+		sc := s.Shard.config(key, pools)
+		sc.Route, sc.Ring = route, ring
+		sc.Requests = m.ShardRequests.MustCurryWith(prometheus.Labels{"route": route})
+		st, err := sharding.New(sc)
 		if err != nil {
 			return nil, err
 		}
 		c.rt.shards = append(c.rt.shards, shardReport{st})
 		return st, nil
 	case s.Scatter != nil:
-		sc := s.Scatter
-		leaves := make([]scatter.Leaf, len(sc.Leaves))
-		for i, name := range sc.Leaves {
-			leaves[i] = scatter.Leaf{Name: name, Handler: c.rt.pools[name]}
-		}
-		budget := 0.0
-		if sc.HedgeBudgetPercent != nil {
-			budget = *sc.HedgeBudgetPercent
-		}
-		return scatter.New(scatter.Config{
-			Leaves: leaves, Timeout: sc.Timeout.D(), HedgeAfter: sc.HedgeAfter.Duration, HedgeAuto: sc.HedgeAfter.Auto,
-			HedgeBudgetPercent: budget, MinSuccess: sc.MinSuccess, Merge: sc.Merge.toScatter(),
-			MaxBodyBytes: sc.MaxBodyBytes, MaxLeafBodyBytes: sc.MaxLeafBodyBytes,
-			Results: m.ScatterLeaves.MustCurryWith(prometheus.Labels{"route": route}),
-		})
+		sc := s.Scatter.config(pools)
+		sc.Results = m.ScatterLeaves.MustCurryWith(prometheus.Labels{"route": route})
+		return scatter.New(sc)
 	case s.Split != nil:
-		sc := s.Split
-		key, err := router.ParseKey(sc.Key...)
+		key, err := router.ParseKey(s.Split.Key...)
 		if err != nil {
 			return nil, err
 		}
-		arms := make([]router.Arm, len(sc.Arms))
-		for i := range sc.Arms {
-			a := &sc.Arms[i]
-			h, err := c.pipeline(a.Pipeline, route)
-			if err != nil {
+		arms := make([]http.Handler, len(s.Split.Arms))
+		for i := range s.Split.Arms {
+			a := &s.Split.Arms[i]
+			if arms[i], err = c.pipeline(a.Pipeline, route); err != nil {
 				return nil, fmt.Errorf("arm %q: %w", a.Name, err)
 			}
-			arms[i] = router.Arm{Name: a.Name, Weight: *a.Weight, Handler: h}
 		}
-		return router.NewSplit(router.Split{Name: sc.Name, Key: key, Arms: arms, OverrideHeader: sc.OverrideHeader,
-			OverrideCookie: sc.OverrideCookie, Requests: m.SplitRequests, UnknownOverrides: m.SplitUnknown})
+		sc := s.Split.config(key, arms)
+		sc.Requests, sc.UnknownOverrides = m.SplitRequests, m.SplitUnknown
+		return router.NewSplit(sc)
 	case s.Mirror != nil:
-		mc := s.Mirror
-		var key router.Key
-		if len(mc.Key) > 0 {
-			k, err := router.ParseKey(mc.Key...)
-			if err != nil {
-				return nil, err
-			}
-			key = k
+		key, err := optionalKey(s.Mirror.Key)
+		if err != nil {
+			return nil, err
 		}
-		percent := 100.0
-		if mc.Percent != nil {
-			percent = *mc.Percent
-		}
-		st, err := router.NewMirror(router.Mirror{Pool: mc.Pool, Handler: c.rt.pools[mc.Pool], Percent: percent, Key: key,
-			MaxBodyBytes: mc.MaxBodyBytes, MaxInFlight: mc.MaxInFlight, Timeout: mc.Timeout.D(), Requests: m.MirrorRequests})
+		mc := s.Mirror.config(key, pools)
+		mc.Requests = m.MirrorRequests
+		st, err := router.NewMirror(mc)
 		if err != nil {
 			return nil, err
 		}
@@ -111,10 +82,6 @@ func (f closerFunc) Close() error {
 type shardReport struct{ s *sharding.Stage }
 
 func (r shardReport) HotKeysReport() any { return r.s.HotKeys() }
-
-func (m MergeConfig) toScatter() scatter.Merge {
-	return scatter.Merge{Array: m.Array, SortBy: m.SortBy, Order: m.Order, Limit: m.Limit, DedupeBy: m.DedupeBy, Object: m.Object, Concat: m.Concat}
-}
 
 // ringCache keeps shard rings across Runtimes: a shard stage whose set of
 // shard names and ring settings did not change reuses its ring, placement
@@ -158,5 +125,3 @@ func (c *ringCache) retain(rt *Runtime) {
 		}
 	}
 }
-
-var _ http.Handler = (*Pool)(nil)

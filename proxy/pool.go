@@ -9,6 +9,7 @@ import (
 	"net/http/httputil"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -300,27 +301,20 @@ func retryable(r *http.Request, err error, guard *replayGuard) bool {
 // can still send the untouched body. The server closes the real body.
 type replayGuard struct {
 	body io.ReadCloser
-	mu   sync.Mutex
-	read bool
+	read atomic.Bool // the Transport's writer reads; RoundTrip asks
 }
 
 func (g *replayGuard) Read(b []byte) (int, error) {
 	n, err := g.body.Read(b)
 	if n > 0 {
-		g.mu.Lock()
-		g.read = true
-		g.mu.Unlock()
+		g.read.Store(true)
 	}
 	return n, err
 }
 
 func (g *replayGuard) Close() error { return nil }
 
-func (g *replayGuard) used() bool {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.read
-}
+func (g *replayGuard) used() bool { return g.read.Load() }
 
 // endBody ends an endpoint's in-flight count when the response body is
 // closed, so that least_request and shard load see streaming responses.
@@ -339,15 +333,8 @@ func (b *endBody) Close() error {
 // endRWC is endBody for a 101 Switching Protocols response, whose body is
 // the upgraded connection and must stay writable.
 type endRWC struct {
-	io.ReadWriteCloser
-	ep   *health.Endpoint
-	once sync.Once
-}
-
-func (b *endRWC) Close() error {
-	err := b.ReadWriteCloser.Close()
-	b.once.Do(b.ep.End)
-	return err
+	*endBody
+	io.Writer
 }
 
 func wrapBody(body io.ReadCloser, ep *health.Endpoint) io.ReadCloser {
@@ -356,7 +343,7 @@ func wrapBody(body io.ReadCloser, ep *health.Endpoint) io.ReadCloser {
 		return hb
 	}
 	if rwc, ok := body.(io.ReadWriteCloser); ok {
-		return &endRWC{ReadWriteCloser: rwc, ep: ep}
+		return endRWC{endBody: &endBody{ReadCloser: rwc, ep: ep}, Writer: rwc}
 	}
 	return &endBody{ReadCloser: body, ep: ep}
 }

@@ -7,8 +7,6 @@ import (
 	"strings"
 
 	"sekisho/router"
-	"sekisho/scatter"
-	"sekisho/sharding"
 )
 
 // stageMore validates the stages that choose between pools: shard, scatter,
@@ -48,13 +46,7 @@ func (v *validation) shard(s *ShardStageConfig, p string) {
 	v.poolList(s.Shards, p+".shards", "shards")
 	// The rest is the stage's own Validate: balance_factor, the modes and
 	// the ring settings consistent.New would panic on.
-	shards := make([]sharding.Shard, len(s.Shards))
-	for i, name := range s.Shards {
-		shards[i] = sharding.Shard{Name: name, Handler: http.NotFoundHandler()}
-	}
-	sc := sharding.Config{Key: router.MustParseKey("path"), Shards: shards, BalanceFactor: s.BalanceFactor,
-		OnUnavailable: s.OnUnavailable, MissingKey: s.MissingKey, HotKeys: s.HotKeys,
-		RingConfig: sharding.RingConfig{Partitions: s.Partitions, ReplicationFactor: s.ReplicationFactor, Load: s.Load}}
+	sc := s.config(router.MustParseKey("path"), standIn)
 	err := sc.Validate()
 	if err == nil {
 		return
@@ -91,16 +83,7 @@ func (v *validation) scatter(s *ScatterStageConfig, p string) {
 	v.fieldErrors(p+".merge", s.Merge.toScatter().Validate())
 	// The stage's own rules (leaf names, hedging against the default
 	// timeout), with stand-in handlers: only the settings are checked here.
-	leaves := make([]scatter.Leaf, len(s.Leaves))
-	for i, name := range s.Leaves {
-		leaves[i] = scatter.Leaf{Name: name, Handler: http.NotFoundHandler()}
-	}
-	budget := 0.0
-	if s.HedgeBudgetPercent != nil {
-		budget = *s.HedgeBudgetPercent
-	}
-	sc := scatter.Config{Leaves: leaves, Timeout: s.Timeout.D(), HedgeAfter: s.HedgeAfter.Duration, HedgeAuto: s.HedgeAfter.Auto,
-		HedgeBudgetPercent: budget, MinSuccess: s.MinSuccess, Merge: s.Merge.toScatter(), MaxBodyBytes: s.MaxBodyBytes, MaxLeafBodyBytes: s.MaxLeafBodyBytes}
+	sc := s.config(standIn)
 	v.fieldErrors(p, onlyNew(sc.Validate(), "leaves: none", "merge", "min_success", "hedge_budget_percent", "max_body_bytes", "max_leaf_body_bytes"))
 }
 
@@ -157,16 +140,11 @@ func (v *validation) split(s *SplitStageConfig, p string) {
 		v.at(p+".arms", "arms: the weights sum to 0; at least one arm needs a positive weight")
 	}
 	// The stage's own rules (name syntax, weight bounds, override header).
-	arms := make([]router.Arm, len(s.Arms))
-	for i, a := range s.Arms {
-		w := 0
-		if a.Weight != nil {
-			w = max(*a.Weight, 0) // a negative weight was reported above
-		}
-		arms[i] = router.Arm{Name: a.Name, Weight: w, Handler: http.NotFoundHandler()}
+	arms := make([]http.Handler, len(s.Arms))
+	for i := range arms {
+		arms[i] = standIn("")
 	}
-	if _, err := router.NewSplit(router.Split{Name: s.Name, Key: router.MustParseKey("path"), Arms: arms,
-		OverrideHeader: s.OverrideHeader, OverrideCookie: s.OverrideCookie}); err != nil {
+	if _, err := router.NewSplit(s.config(router.MustParseKey("path"), arms)); err != nil {
 		v.fieldErrors(p, onlyNew(err, "no arms", "weights sum", "name: empty"))
 	}
 }
@@ -187,12 +165,7 @@ func (v *validation) mirror(m *MirrorStageConfig, p string) {
 		v.at(p+".timeout", "timeout: must not be negative")
 	}
 	if m.Percent == nil || *m.Percent >= 0 && *m.Percent <= 100 {
-		percent := 100.0
-		if m.Percent != nil {
-			percent = *m.Percent
-		}
-		st, err := router.NewMirror(router.Mirror{Pool: m.Pool, Handler: http.NotFoundHandler(), Percent: percent,
-			MaxBodyBytes: max(m.MaxBodyBytes, 0), MaxInFlight: max(m.MaxInFlight, 0), Timeout: max(m.Timeout.D(), 0)})
+		st, err := router.NewMirror(m.config(router.Key{}, standIn))
 		if err != nil {
 			v.fieldErrors(p, err)
 		} else {

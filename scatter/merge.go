@@ -402,7 +402,7 @@ func makeSortKey(v []byte, found bool) sortKey {
 // fits, else as the nearest float64 (±Inf beyond its range).
 func parseNumber(v []byte) (i int64, f float64, isInt bool) {
 	// ParseInt is tried only on integer text: its error would allocate.
-	if bytes.IndexAny(v, ".eE") < 0 && len(v) <= 20 {
+	if !bytes.ContainsAny(v, ".eE") && len(v) <= 20 {
 		if i, err := strconv.ParseInt(string(v), 10, 64); err == nil {
 			return i, 0, true
 		}
