@@ -284,6 +284,7 @@ func (c *compiler) pool(name string, pc *PoolConfig) (*Pool, error) {
 	}
 	c.rt.commits = append(c.rt.commits, commit)
 	p.transport = t
+	p.lean, _ = t.(*h1Transport)
 	p.proxy = &httputil.ReverseProxy{
 		Rewrite:      p.rewrite,
 		Transport:    p,

@@ -77,6 +77,7 @@ type h1Conn struct {
 	reused  bool
 	t       *h1Transport
 	stopCtx func() bool // stops the context watch of the request in flight
+	cut     func()      // moves the deadline into the past: bound once
 }
 
 func newH1Transport(fallback *http.Transport, tlsConfig *tls.Config, pc *PoolConfig) *h1Transport {
@@ -114,7 +115,7 @@ func (t *h1Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	key := r.URL.Scheme + "://" + r.URL.Host
 	for {
-		c, err := t.get(r.Context(), key, r)
+		c, err := t.get(r.Context(), key, r.URL.Scheme, r.URL.Host)
 		if err != nil {
 			return nil, err
 		}
@@ -135,8 +136,8 @@ func (t *h1Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 
 var errStaleConn = errors.New("upstream closed the kept-alive connection")
 
-// get returns an idle connection to key, or dials one for r.
-func (t *h1Transport) get(ctx context.Context, key string, r *http.Request) (*h1Conn, error) {
+// get returns an idle connection to key, or dials one to addr.
+func (t *h1Transport) get(ctx context.Context, key, scheme, addr string) (*h1Conn, error) {
 	now := time.Now()
 	t.mu.Lock()
 	for list := t.idle[key]; len(list) > 0; list = t.idle[key] {
@@ -154,10 +155,10 @@ func (t *h1Transport) get(ctx context.Context, key string, r *http.Request) (*h1
 		return c, nil
 	}
 	t.mu.Unlock()
-	return t.dial(ctx, key, r.URL.Scheme, r.URL.Host, r.URL.Hostname())
+	return t.dial(ctx, key, scheme, addr)
 }
 
-func (t *h1Transport) dial(ctx context.Context, key, scheme, addr, hostname string) (*h1Conn, error) {
+func (t *h1Transport) dial(ctx context.Context, key, scheme, addr string) (*h1Conn, error) {
 	conn, err := t.dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
@@ -168,7 +169,7 @@ func (t *h1Transport) dial(ctx context.Context, key, scheme, addr, hostname stri
 			cfg = t.tlsConfig.Clone()
 		}
 		if cfg.ServerName == "" {
-			cfg.ServerName = hostname
+			cfg.ServerName, _, _ = net.SplitHostPort(addr)
 		}
 		cfg.NextProtos = []string{"http/1.1"}
 		tc := tls.Client(conn, cfg)
@@ -182,7 +183,9 @@ func (t *h1Transport) dial(ctx context.Context, key, scheme, addr, hostname stri
 		conn = tc
 	}
 	lim := &headLimit{conn: conn, budget: -1}
-	return &h1Conn{conn: conn, lim: lim, br: bufio.NewReaderSize(lim, 16<<10), bw: bufio.NewWriterSize(conn, 4<<10), key: key, t: t}, nil
+	c := &h1Conn{conn: conn, lim: lim, br: bufio.NewReaderSize(lim, 16<<10), bw: bufio.NewWriterSize(conn, 4<<10), key: key, t: t}
+	c.cut = func() { c.conn.SetDeadline(aLongTimeAgo) }
+	return c, nil
 }
 
 // put returns c to the idle pool, or closes it when the pool is full.
@@ -224,17 +227,34 @@ func (c *h1Conn) close() {
 // caller; the connection goes back to the pool when the body ends cleanly.
 func (c *h1Conn) roundTrip(r *http.Request) (*http.Response, error) {
 	ctx := r.Context()
-	if err := ctx.Err(); err != nil {
+	if err := c.send(ctx, r, nil); err != nil {
 		return nil, err
+	}
+	return c.readResponse(ctx, r)
+}
+
+// send writes r's head (rewritten for the direct path when fwd is not nil)
+// and waits for the first byte of the answer, within the response header
+// timeout. Until the answer is complete, the end of ctx cuts the
+// connection's blocked reads and writes.
+func (c *h1Conn) send(ctx context.Context, r *http.Request, fwd *forwardedValues) error {
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	// A blocked read or write is cut by moving the deadline into the past
 	// when the request's context ends.
-	c.stopCtx = context.AfterFunc(ctx, func() { c.conn.SetDeadline(aLongTimeAgo) })
-	if err := writeRequestHead(c.bw, r); err != nil {
-		return nil, c.wrapErr(ctx, err, false)
+	c.stopCtx = context.AfterFunc(ctx, c.cut)
+	var err error
+	if fwd != nil {
+		err = writeForwardHead(c.bw, r, fwd)
+	} else {
+		err = writeRequestHead(c.bw, r)
+	}
+	if err != nil {
+		return c.wrapErr(ctx, err, false)
 	}
 	if err := c.bw.Flush(); err != nil {
-		return nil, c.wrapErr(ctx, err, false)
+		return c.wrapErr(ctx, err, false)
 	}
 	if c.t.headerTimeout > 0 {
 		c.conn.SetReadDeadline(time.Now().Add(c.t.headerTimeout))
@@ -244,9 +264,15 @@ func (c *h1Conn) roundTrip(r *http.Request) (*http.Response, error) {
 		// Wait for the first byte separately: nothing at all means the
 		// upstream had closed the idle connection (errStaleConn).
 		if _, err := c.br.Peek(1); err != nil {
-			return nil, c.wrapErr(ctx, err, true)
+			return c.wrapErr(ctx, err, true)
 		}
 	}
+	return nil
+}
+
+// readResponse reads the answer's head into an *http.Response whose body
+// gives the connection back to the pool at its clean end.
+func (c *h1Conn) readResponse(ctx context.Context, r *http.Request) (*http.Response, error) {
 	var resp *http.Response
 	var err error
 	for {
@@ -259,8 +285,21 @@ func (c *h1Conn) roundTrip(r *http.Request) (*http.Response, error) {
 			break
 		}
 	}
-	// The head is in; the body is bounded by its own framing. Reset before
-	// anything can hand the connection back to the pool.
+	c.endHead(ctx)
+	body := &h1Body{rc: resp.Body, c: c, reuse: !resp.Close && !r.Close && resp.ProtoAtLeast(1, 1)}
+	if resp.Body == http.NoBody {
+		// HEAD, 204, 304: the answer is complete, the connection free now.
+		body.finish(true)
+		return resp, nil
+	}
+	resp.Body = body
+	return resp, nil
+}
+
+// endHead marks the answer's head as read: the body is bounded by its own
+// framing, and by no header timeout. It runs before anything can hand the
+// connection back to the pool.
+func (c *h1Conn) endHead(ctx context.Context) {
 	c.lim.budget = -1
 	if c.t.headerTimeout > 0 {
 		c.conn.SetReadDeadline(time.Time{})
@@ -270,14 +309,6 @@ func (c *h1Conn) roundTrip(r *http.Request) (*http.Response, error) {
 			c.conn.SetDeadline(aLongTimeAgo)
 		}
 	}
-	body := &h1Body{rc: resp.Body, c: c, reuse: !resp.Close && !r.Close && resp.ProtoAtLeast(1, 1)}
-	if resp.Body == http.NoBody {
-		// HEAD, 204, 304: the answer is complete, the connection free now.
-		body.finish(true)
-		return resp, nil
-	}
-	resp.Body = body
-	return resp, nil
 }
 
 var aLongTimeAgo = time.Unix(1, 0)
@@ -290,24 +321,11 @@ func writeRequestHead(w *bufio.Writer, r *http.Request) error {
 	if r.URL.Opaque != "" || r.Close || !headerSafe(r.Header) || strings.ContainsAny(r.Host, "\r\n ") {
 		return r.Write(w)
 	}
-	w.WriteString(r.Method)
-	w.WriteByte(' ')
-	if p := r.URL.EscapedPath(); p != "" {
-		w.WriteString(p)
-	} else {
-		w.WriteByte('/')
+	host := r.Host
+	if host == "" {
+		host = r.URL.Host
 	}
-	if r.URL.ForceQuery || r.URL.RawQuery != "" {
-		w.WriteByte('?')
-		w.WriteString(r.URL.RawQuery)
-	}
-	w.WriteString(" HTTP/1.1\r\nHost: ")
-	if r.Host != "" {
-		w.WriteString(r.Host)
-	} else {
-		w.WriteString(r.URL.Host)
-	}
-	w.WriteString("\r\n")
+	writeRequestLine(w, r, host)
 	for k, vs := range r.Header {
 		if k == "Host" {
 			continue // r.Host is the Host
@@ -324,6 +342,24 @@ func writeRequestHead(w *bufio.Writer, r *http.Request) error {
 	}
 	_, err := w.WriteString("\r\n")
 	return err
+}
+
+// writeRequestLine writes r's request line and the Host header.
+func writeRequestLine(w *bufio.Writer, r *http.Request, host string) {
+	w.WriteString(r.Method)
+	w.WriteByte(' ')
+	if p := r.URL.EscapedPath(); p != "" {
+		w.WriteString(p)
+	} else {
+		w.WriteByte('/')
+	}
+	if r.URL.ForceQuery || r.URL.RawQuery != "" {
+		w.WriteByte('?')
+		w.WriteString(r.URL.RawQuery)
+	}
+	w.WriteString(" HTTP/1.1\r\nHost: ")
+	w.WriteString(host)
+	w.WriteString("\r\n")
 }
 
 // headerSafe reports whether every name and value can go on the wire as

@@ -39,6 +39,7 @@ type Pool struct {
 	retries   int
 	panicMode bool
 	transport http.RoundTripper
+	lean      *h1Transport // the transport, when the direct path can use it
 	proxy     *httputil.ReverseProxy
 	log       *zap.Logger
 	attempts  []*codeCounters // per target
@@ -59,6 +60,12 @@ func (p *Pool) Name() string { return p.name }
 
 // ServeHTTP forwards r to one of the pool's endpoints.
 func (p *Pool) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if p.lean != nil && directable(r) {
+		if info := router.InfoFrom(r); info != nil {
+			p.forward(w, r, p.lean, info)
+			return
+		}
+	}
 	p.proxy.ServeHTTP(w, r)
 }
 
@@ -93,34 +100,14 @@ func (p *Pool) rewrite(pr *httputil.ProxyRequest) {
 	}
 }
 
-// setForwarded writes X-Forwarded-For, -Host and -Proto. An incoming
-// X-Forwarded-For chain is kept only when the peer is a trusted proxy (the
-// listener resolved a client address other than the peer, or the peer is
-// trusted and sent no chain): from anyone else it could be forged.
+// setForwarded writes X-Forwarded-For, -Host and -Proto.
 func setForwarded(in, out *http.Request) {
-	peer := in.RemoteAddr
-	if host, _, err := net.SplitHostPort(peer); err == nil {
-		peer = host
-	}
-	info := router.InfoFrom(in)
-	trusted := info != nil && info.TrustedPeer
+	var fwd forwardedValues
+	fwd.set(in, router.InfoFrom(in))
 	// One allocation holds the three values; each header gets a slice of
 	// it with no spare capacity, so an Add elsewhere copies instead of
 	// writing over a neighbour.
-	vals := make([]string, 3)
-	vals[0] = peer
-	if chain := in.Header["X-Forwarded-For"]; trusted && len(chain) > 0 {
-		vals[0] = strings.Join(chain, ", ") + ", " + peer
-	}
-	vals[1] = in.Host
-	switch {
-	case in.TLS != nil:
-		vals[2] = "https"
-	case trusted && in.Header.Get("X-Forwarded-Proto") != "":
-		vals[2] = in.Header.Get("X-Forwarded-Proto")
-	default:
-		vals[2] = "http"
-	}
+	vals := []string{fwd.forFor, fwd.host, fwd.proto}
 	out.Header["X-Forwarded-For"] = vals[0:1:1]
 	out.Header["X-Forwarded-Host"] = vals[1:2:2]
 	out.Header["X-Forwarded-Proto"] = vals[2:3:3]
@@ -131,6 +118,9 @@ func setForwarded(in, out *http.Request) {
 // or that was reset before any response byte on an idempotent request whose
 // body was not read, is retried on another endpoint, up to retries times.
 func (p *Pool) RoundTrip(out *http.Request) (*http.Response, error) {
+	if resp, ok := p.takePrepared(out); ok {
+		return resp, nil
+	}
 	info := router.InfoFrom(out)
 	guard, _ := out.Body.(*replayGuard)
 	pk := p.picker()

@@ -1,0 +1,516 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"net/textproto"
+	"strings"
+	"sync"
+	"time"
+
+	"sekisho/router"
+)
+
+// The direct path forwards the requests that make up most proxy traffic
+// without httputil.ReverseProxy: a bodyless GET, HEAD or OPTIONS to an
+// HTTP/1.1 pool whose answer is a plain one (a final status, a
+// Content-Length, no trailers, not an event stream). The request head is
+// written straight from the inbound request with the same rewriting
+// ReverseProxy and Pool.rewrite do (hop-by-hop headers dropped, the
+// client's forwarding headers replaced), and the answer's head is parsed
+// from the upstream connection's buffer into the ResponseWriter's header, so
+// a request costs no clone of itself and no copy of either header map.
+//
+// Whatever the direct path meets that is not plain (an interim answer, a
+// chunked or close-delimited body, trailers, a head it cannot parse) is
+// read with http.ReadResponse and handed to ReverseProxy, already received,
+// so that every unusual case runs through the one forwarder that handles
+// it all.
+
+// directable reports whether r may take the direct path.
+func directable(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+	default:
+		return false
+	}
+	if r.Body != nil && r.Body != http.NoBody || r.ContentLength > 0 || len(r.TransferEncoding) > 0 || r.URL.Opaque != "" {
+		return false
+	}
+	if len(r.Header["Upgrade"]) > 0 || len(r.Header["Expect"]) > 0 {
+		return false
+	}
+	return headerSafe(r.Header) && !strings.ContainsAny(r.Host, "\r\n ")
+}
+
+// prepared is an answer the direct path received but does not forward
+// itself: Pool.RoundTrip hands it to ReverseProxy instead of sending the
+// request again.
+type prepared struct {
+	resp *http.Response
+	t    int // target index
+}
+
+type preparedKey struct{}
+
+// forward serves r on the direct path: it picks an endpoint as RoundTrip
+// does (a refused dial moves on to another endpoint), sends the request and
+// relays the answer.
+func (p *Pool) forward(w http.ResponseWriter, r *http.Request, t *h1Transport, info *router.Info) {
+	ctx := r.Context()
+	var fwd forwardedValues
+	fwd.set(r, info)
+	pk := p.picker()
+	defer pk.release()
+	var lastErr error
+	for attempt := 0; attempt <= p.retries; attempt++ {
+		i := pk.pick(r, info)
+		if i < 0 {
+			if lastErr == nil {
+				lastErr = ErrNoReadyEndpoint
+			}
+			break
+		}
+		tg := &p.targets[i]
+		info.Pool, info.Upstream = p.name, tg.Addr
+		if info.Tried != nil {
+			info.Tried.Add(tg.Addr)
+		}
+		tg.EP.Begin()
+		start := time.Now()
+		x, err := t.exchange(ctx, r, p.schemes[i], tg.Addr, &fwd)
+		p.duration.Observe(time.Since(start).Seconds())
+		if err == nil {
+			status := x.status
+			if x.resp != nil {
+				status = x.resp.StatusCode
+			}
+			p.attempts[i].inc(status)
+			tg.EP.ObserveResult(status < 500 || !p.group.Counts5xx())
+			if x.resp != nil {
+				p.relayPrepared(w, r, x.resp, i)
+				return
+			}
+			x.relay(w, r, tg.EP)
+			return
+		}
+		tg.EP.End()
+		p.attempts[i].inc(0)
+		if ctx.Err() != nil {
+			lastErr = err
+			break
+		}
+		tg.EP.ObserveResult(false)
+		lastErr = err
+		if !retryable(r, err, nil) {
+			break
+		}
+		pk.exclude(i)
+	}
+	p.errorHandler(w, r, lastErr)
+}
+
+// relayPrepared lets ReverseProxy forward an answer the direct path has
+// already received from target i.
+func (p *Pool) relayPrepared(w http.ResponseWriter, r *http.Request, resp *http.Response, i int) {
+	ctx := context.WithValue(r.Context(), preparedKey{}, &prepared{resp: resp, t: i})
+	p.proxy.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// takePrepared returns the answer waiting for out, if any, with its body
+// set to end the endpoint's in-flight count.
+func (p *Pool) takePrepared(out *http.Request) (*http.Response, bool) {
+	pr, ok := out.Context().Value(preparedKey{}).(*prepared)
+	if !ok || pr.resp == nil {
+		return nil, false
+	}
+	resp := pr.resp
+	pr.resp = nil // a retry by ReverseProxy, were there one, must not reuse it
+	resp.Body = wrapBody(resp.Body, p.targets[pr.t].EP)
+	return resp, true
+}
+
+// forwardedValues are the X-Forwarded-* values the upstream gets.
+type forwardedValues struct{ forFor, host, proto string }
+
+// set computes the values for in. An incoming X-Forwarded-For chain is kept
+// only when the peer is a trusted proxy (the listener resolved a client
+// address other than the peer, or the peer is trusted and sent no chain):
+// from anyone else it could be forged.
+func (f *forwardedValues) set(in *http.Request, info *router.Info) {
+	peer := in.RemoteAddr
+	if host, _, err := net.SplitHostPort(peer); err == nil {
+		peer = host
+	}
+	trusted := info != nil && info.TrustedPeer
+	f.forFor = peer
+	if chain := in.Header["X-Forwarded-For"]; trusted && len(chain) > 0 {
+		f.forFor = strings.Join(chain, ", ") + ", " + peer
+	}
+	f.host = in.Host
+	switch {
+	case in.TLS != nil:
+		f.proto = "https"
+	case trusted && in.Header.Get("X-Forwarded-Proto") != "":
+		f.proto = in.Header.Get("X-Forwarded-Proto")
+	default:
+		f.proto = "http"
+	}
+}
+
+// hopHeaders are dropped in both directions, as ReverseProxy drops them;
+// the client's forwarding headers are replaced by ours.
+var hopHeaders = map[string]bool{
+	"Connection": true, "Proxy-Connection": true, "Keep-Alive": true, "Proxy-Authenticate": true,
+	"Proxy-Authorization": true, "Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
+}
+
+var forwardingHeaders = map[string]bool{
+	"Forwarded": true, "X-Forwarded-For": true, "X-Forwarded-Host": true, "X-Forwarded-Proto": true,
+}
+
+// writeForwardHead writes the head of r as the upstream is to see it.
+func writeForwardHead(w *bufio.Writer, r *http.Request, fwd *forwardedValues) error {
+	writeRequestLine(w, r, r.Host)
+	conn := r.Header["Connection"]
+	for k, vs := range r.Header {
+		if k == "Host" || hopHeaders[k] || forwardingHeaders[k] || len(conn) > 0 && hasToken(conn, k) {
+			continue
+		}
+		for _, v := range vs {
+			w.WriteString(k)
+			w.WriteString(": ")
+			w.WriteString(v)
+			w.WriteString("\r\n")
+		}
+	}
+	if te := r.Header["Te"]; len(te) > 0 && hasToken(te, "trailers") {
+		w.WriteString("Te: trailers\r\n")
+	}
+	w.WriteString("X-Forwarded-For: ")
+	w.WriteString(fwd.forFor)
+	w.WriteString("\r\nX-Forwarded-Host: ")
+	w.WriteString(fwd.host)
+	w.WriteString("\r\nX-Forwarded-Proto: ")
+	w.WriteString(fwd.proto)
+	_, err := w.WriteString("\r\n\r\n")
+	return err
+}
+
+// hasToken reports whether the comma-separated values vs list token (case
+// aside).
+func hasToken(vs []string, token string) bool {
+	for _, v := range vs {
+		for v != "" {
+			var tok string
+			tok, v, _ = strings.Cut(v, ",")
+			if strings.EqualFold(strings.TrimSpace(tok), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// exchange is one request on the direct path: the answer's head, parsed
+// (status, header, length) when it is plain, else as an *http.Response.
+type exchange struct {
+	c      *h1Conn
+	status int
+	length int64 // of the body; 0 for a HEAD or a bodyless status
+	reuse  bool
+	head   *respHead // the parsed header lines; nil with resp
+	resp   *http.Response
+}
+
+// exchange sends r to addr and reads the answer's head. A kept-alive
+// connection the upstream had closed is replaced, as RoundTrip does.
+func (t *h1Transport) exchange(ctx context.Context, r *http.Request, scheme, addr string, fwd *forwardedValues) (exchange, error) {
+	key := scheme + "://" + addr
+	for {
+		c, err := t.get(ctx, key, scheme, addr)
+		if err != nil {
+			return exchange{}, err
+		}
+		x, err := c.exchange(ctx, r, fwd)
+		if err == nil {
+			return x, nil
+		}
+		c.close()
+		if c.reused && ctx.Err() == nil && err == errStaleConn {
+			continue
+		}
+		return exchange{}, err
+	}
+}
+
+func (c *h1Conn) exchange(ctx context.Context, r *http.Request, fwd *forwardedValues) (exchange, error) {
+	if err := c.send(ctx, r, fwd); err != nil {
+		return exchange{}, err
+	}
+	h := respHeads.Get().(*respHead)
+	ok, err := h.parse(c.br, r.Method == http.MethodHead)
+	if err != nil {
+		respHeads.Put(h)
+		return exchange{}, c.wrapErr(ctx, err, false)
+	}
+	if ok {
+		if err := h.consume(c.br); err != nil {
+			respHeads.Put(h)
+			return exchange{}, c.wrapErr(ctx, err, false)
+		}
+		c.endHead(ctx)
+		return exchange{c: c, status: h.status, length: h.length, reuse: h.keepAlive && !r.Close, head: h}, nil
+	}
+	respHeads.Put(h)
+	resp, err := c.readResponse(ctx, r)
+	if err != nil {
+		return exchange{}, err
+	}
+	return exchange{c: c, resp: resp}, nil
+}
+
+// relay writes the answer to w: the header, the status and a body of
+// exactly x.length bytes, passed from the upstream connection's buffer.
+// A failure half-way aborts the client's connection, as ReverseProxy does.
+func (x *exchange) relay(w http.ResponseWriter, r *http.Request, ep interface{ End() }) {
+	h := x.head
+	h.fill(w.Header())
+	respHeads.Put(h)
+	x.head = nil
+	w.WriteHeader(x.status)
+	c := x.c
+	left := x.length
+	var err error
+	for left > 0 && err == nil {
+		var b []byte
+		if c.br.Buffered() == 0 {
+			if _, err = c.br.Peek(1); err != nil {
+				break
+			}
+		}
+		n := min(int64(c.br.Buffered()), left)
+		b, _ = c.br.Peek(int(n))
+		if _, err = w.Write(b); err != nil {
+			break
+		}
+		c.br.Discard(len(b))
+		left -= n
+	}
+	ep.End()
+	stopped := c.stopCtx()
+	c.stopCtx = nil
+	if err == nil && x.reuse && stopped && c.br.Buffered() == 0 {
+		c.reused = false
+		c.t.put(c)
+		return
+	}
+	c.conn.Close()
+	if err != nil {
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// respHead is an answer's head parsed in place: one string holds its bytes,
+// the keys and values are slices of it (or interned names).
+type respHead struct {
+	status    int
+	length    int64
+	keepAlive bool
+	n         int // bytes of the head, to consume
+	keys      []string
+	vals      []string
+	keyBuf    [24]string
+	valBuf    [24]string
+}
+
+var respHeads = sync.Pool{New: func() any {
+	h := &respHead{}
+	h.keys, h.vals = h.keyBuf[:0], h.valBuf[:0]
+	return h
+}}
+
+// parse reads the head from br without consuming it. ok is false when the
+// answer is not plain; the bytes are then still in br for
+// http.ReadResponse.
+func (h *respHead) parse(br *bufio.Reader, head bool) (ok bool, err error) {
+	h.keys, h.vals = h.keys[:0], h.vals[:0]
+	var buf []byte
+	end := -1
+	for want := 1; end < 0; want = len(buf) + 1 {
+		if want > br.Size() {
+			return false, nil // a head larger than the buffer: ReadResponse copes
+		}
+		if _, err = br.Peek(want); err != nil {
+			return false, err
+		}
+		buf, _ = br.Peek(br.Buffered())
+		end = bytes.Index(buf, crlfcrlf)
+	}
+	h.n = end + 4
+	s := string(buf[:end+2]) // the status line and each header line, CRLF-terminated
+	line, rest, _ := strings.Cut(s, "\r\n")
+	if len(line) < 12 || line[:9] != "HTTP/1.1 " || len(line) > 12 && line[12] != ' ' {
+		return false, nil
+	}
+	status := 0
+	for i := 9; i < 12; i++ {
+		d := line[i]
+		if d < '0' || d > '9' {
+			return false, nil
+		}
+		status = status*10 + int(d-'0')
+	}
+	if status < 200 {
+		return false, nil // interim answers, 101: ReverseProxy's cases
+	}
+	h.status, h.length, h.keepAlive = status, -1, true
+	for rest != "" {
+		line, rest, _ = strings.Cut(rest, "\r\n")
+		colon := strings.IndexByte(line, ':')
+		if colon <= 0 {
+			return false, nil
+		}
+		key, ok := canonicalKey(line[:colon])
+		if !ok {
+			return false, nil
+		}
+		val := strings.Trim(line[colon+1:], " \t")
+		if !validValue(val) {
+			return false, nil
+		}
+		switch key {
+		case "Content-Length":
+			if h.length >= 0 {
+				return false, nil
+			}
+			if h.length = parseLength(val); h.length < 0 {
+				return false, nil
+			}
+		case "Transfer-Encoding", "Trailer", "Upgrade":
+			return false, nil
+		case "Connection":
+			if hasToken([]string{val}, "close") {
+				h.keepAlive = false
+			}
+		case "Content-Type":
+			if strings.HasPrefix(val, "text/event-stream") {
+				return false, nil // flushed as it comes: ReverseProxy's case
+			}
+		}
+		h.keys = append(h.keys, key)
+		h.vals = append(h.vals, val)
+	}
+	switch {
+	case status == http.StatusNoContent && h.length > 0:
+		return false, nil
+	case head || status == http.StatusNoContent || status == http.StatusNotModified:
+		h.length = 0 // no body, whatever the length says
+	case h.length < 0:
+		return false, nil // read to the close: ReverseProxy's case
+	}
+	return true, nil
+}
+
+var crlfcrlf = []byte("\r\n\r\n")
+
+// consume takes the parsed head out of br.
+func (h *respHead) consume(br *bufio.Reader) error {
+	_, err := br.Discard(h.n)
+	return err
+}
+
+// fill puts the parsed header into dst, leaving out hop-by-hop headers and
+// those the Connection header names.
+func (h *respHead) fill(dst http.Header) {
+	var conn []string
+	for i, k := range h.keys {
+		if k == "Connection" {
+			conn = append(conn, h.vals[i])
+		}
+	}
+	// One slice backs every value: three-index slices of it, so that an
+	// Add elsewhere copies rather than writing into the next value.
+	vals := make([]string, len(h.vals))
+	copy(vals, h.vals)
+	for i, k := range h.keys {
+		if hopHeaders[k] || len(conn) > 0 && hasToken(conn, k) {
+			continue
+		}
+		if old, ok := dst[k]; ok {
+			dst[k] = append(old, vals[i])
+			continue
+		}
+		dst[k] = vals[i : i+1 : i+1]
+	}
+}
+
+// parseLength parses a Content-Length value, or returns -1.
+func parseLength(s string) int64 {
+	if s == "" || len(s) > 18 {
+		return -1
+	}
+	var n int64
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '0' || c > '9' {
+			return -1
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n
+}
+
+// validValue reports whether v is a field value net/http would accept: no
+// control bytes other than tab.
+func validValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < ' ' && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// canonicalKey returns the canonical form of a header name (a slice of k
+// itself when k is already canonical), or false when k is not a token.
+func canonicalKey(k string) (string, bool) {
+	upper := true
+	canonical := true
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if !tokenByte(c) {
+			return "", false
+		}
+		if upper && 'a' <= c && c <= 'z' || !upper && 'A' <= c && c <= 'Z' {
+			canonical = false
+		}
+		upper = c == '-'
+	}
+	if canonical {
+		return k, true
+	}
+	return textproto.CanonicalMIMEHeaderKey(k), true
+}
+
+// tokenByte reports whether c may appear in a header name (RFC 9110 tchar).
+func tokenByte(c byte) bool {
+	return c < 0x80 && tokenTable[c]
+}
+
+var tokenTable = func() (t [128]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+		t[c-'a'+'A'] = true
+	}
+	for _, c := range "!#$%&'*+-.^_`|~" {
+		t[c] = true
+	}
+	return t
+}()

@@ -1,0 +1,334 @@
+package proxy
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// scriptedUpstream answers each request on a connection with the next of
+// answers (raw bytes, sent as they are; "" closes the connection) and keeps
+// the request heads it saw.
+type scriptedUpstream struct {
+	ln      net.Listener
+	answers func(head string) string
+	mu      sync.Mutex
+	heads   []string
+	conns   int
+}
+
+func newScriptedUpstream(t *testing.T, answers func(head string) string) *scriptedUpstream {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	u := &scriptedUpstream{ln: ln, answers: answers}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u.mu.Lock()
+			u.conns++
+			u.mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					var head strings.Builder
+					for {
+						line, err := br.ReadString('\n')
+						if err != nil {
+							return
+						}
+						head.WriteString(line)
+						if line == "\r\n" {
+							break
+						}
+					}
+					u.mu.Lock()
+					u.heads = append(u.heads, head.String())
+					u.mu.Unlock()
+					a := u.answers(head.String())
+					if a == "" {
+						return
+					}
+					if _, err := io.WriteString(c, a); err != nil {
+						return
+					}
+					if strings.HasSuffix(a, "\x00close") {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return u
+}
+
+func (u *scriptedUpstream) addr() string { return u.ln.Addr().String() }
+
+func (u *scriptedUpstream) lastHead() string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.heads[len(u.heads)-1]
+}
+
+func (u *scriptedUpstream) connCount() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.conns
+}
+
+// headerLines returns the header lines of a raw head, by lower-case name.
+func headerLines(head string) map[string][]string {
+	out := map[string][]string{}
+	lines := strings.Split(strings.TrimSuffix(head, "\r\n\r\n"), "\r\n")
+	for _, l := range lines[1:] {
+		k, v, _ := strings.Cut(l, ":")
+		out[strings.ToLower(k)] = append(out[strings.ToLower(k)], strings.TrimSpace(v))
+	}
+	return out
+}
+
+func directDaemon(t *testing.T, up string) *testDaemon {
+	return startDaemon(t, fmt.Sprintf(`
+version: 1
+admin: {listen: "127.0.0.1:0"}
+log: {access: off}
+listeners:
+  - name: edge
+    listen: 127.0.0.1:0
+    routes: [{name: all, pipeline: [{proxy: up}]}]
+pools:
+  up: {endpoints: [%s], retries: 0}
+`, up))
+}
+
+// The direct path rewrites the request head as ReverseProxy with the
+// pool's rewrite does.
+func TestDirectPathRewritesTheRequestHead(t *testing.T) {
+	up := newScriptedUpstream(t, func(string) string {
+		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	})
+	td := directDaemon(t, up.addr())
+	req, err := http.NewRequest(http.MethodGet, td.url("edge")+"/a/b%2Fc?q=1&r", nil)
+	require.NoError(t, err)
+	req.Host = "shop.example.com"
+	req.Header.Set("Connection", "X-Hop, keep-alive")
+	req.Header.Set("X-Hop", "drop me")
+	req.Header.Set("Keep-Alive", "timeout=5")
+	req.Header.Set("Proxy-Authorization", "Basic eA==")
+	req.Header.Set("Te", "trailers, deflate")
+	req.Header.Set("Forwarded", "for=6.6.6.6")
+	req.Header.Set("X-Forwarded-For", "6.6.6.6")
+	req.Header.Add("X-Multi", "one")
+	req.Header.Add("X-Multi", "two")
+	resp, body := td.do(req)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, "ok", body)
+
+	head := up.lastHead()
+	assert.True(t, strings.HasPrefix(head, "GET /a/b%2Fc?q=1&r HTTP/1.1\r\n"), head)
+	h := headerLines(head)
+	assert.Equal(t, []string{"shop.example.com"}, h["host"])
+	for _, gone := range []string{"connection", "x-hop", "keep-alive", "proxy-authorization", "forwarded"} {
+		assert.NotContains(t, h, gone)
+	}
+	assert.Equal(t, []string{"trailers"}, h["te"])
+	assert.Equal(t, []string{"127.0.0.1"}, h["x-forwarded-for"])
+	assert.Equal(t, []string{"shop.example.com"}, h["x-forwarded-host"])
+	assert.Equal(t, []string{"http"}, h["x-forwarded-proto"])
+	assert.Equal(t, []string{"one", "two"}, h["x-multi"])
+	assert.Len(t, h["x-request-id"], 1)
+}
+
+// Every shape of answer arrives whole: the plain ones on the direct path,
+// the others handed to ReverseProxy after the head was read.
+func TestDirectPathAnswers(t *testing.T) {
+	big := strings.Repeat("v", 20<<10) // a head larger than the read buffer
+	answers := map[string]string{
+		"/plain": "HTTP/1.1 200 OK\r\nConnection: X-Bar\r\nX-Bar: hop\r\nKeep-Alive: timeout=5\r\n" +
+			"Set-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 5\r\n\r\nhello",
+		"/chunked":   "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nX-Sum: 5\r\n\r\n",
+		"/interim":   "HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate",
+		"/close":     "HTTP/1.0 200 OK\r\n\r\nuntil the end\x00close",
+		"/bighead":   "HTTP/1.1 200 OK\r\nX-Big: " + big + "\r\nContent-Length: 3\r\n\r\nbig",
+		"/nocontent": "HTTP/1.1 204 No Content\r\n\r\n",
+		"/status":    "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy",
+		"/obsfold":   "HTTP/1.1 200 OK\r\nX-Fold: a\r\n b\r\nContent-Length: 4\r\n\r\nfold",
+	}
+	up := newScriptedUpstream(t, func(head string) string {
+		path := strings.Fields(head)[1]
+		if strings.HasPrefix(head, "HEAD ") {
+			return "HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"
+		}
+		return answers[path]
+	})
+	td := directDaemon(t, up.addr())
+
+	t.Run("plain: hop-by-hop headers dropped, repeated ones kept", func(t *testing.T) {
+		resp, body := td.get(td.url("edge") + "/plain")
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		assert.Equal(t, "hello", body)
+		assert.Empty(t, resp.Header.Get("X-Bar"))
+		assert.Empty(t, resp.Header.Get("Keep-Alive"))
+		assert.Equal(t, []string{"a=1", "b=2"}, resp.Header.Values("Set-Cookie"))
+	})
+	t.Run("chunked with a trailer", func(t *testing.T) {
+		resp, body := td.get(td.url("edge") + "/chunked")
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		assert.Equal(t, "abcde", body)
+		assert.Equal(t, "5", resp.Trailer.Get("X-Sum"))
+	})
+	t.Run("an interim answer is skipped", func(t *testing.T) {
+		resp, body := td.get(td.url("edge") + "/interim")
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		assert.Equal(t, "late", body)
+	})
+	t.Run("a body read to the close", func(t *testing.T) {
+		resp, body := td.get(td.url("edge") + "/close")
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		assert.Equal(t, "until the end\x00close", body)
+	})
+	t.Run("a head larger than the read buffer", func(t *testing.T) {
+		resp, body := td.get(td.url("edge") + "/bighead")
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		assert.Equal(t, "big", body)
+		assert.Len(t, resp.Header.Get("X-Big"), len(big))
+	})
+	t.Run("a folded header line goes the ReverseProxy way", func(t *testing.T) {
+		resp, body := td.get(td.url("edge") + "/obsfold")
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		assert.Equal(t, "fold", body)
+		assert.Equal(t, "a b", resp.Header.Get("X-Fold"))
+	})
+	t.Run("204 and an upstream's 503 pass through", func(t *testing.T) {
+		resp, body := td.get(td.url("edge") + "/nocontent")
+		assert.Equal(t, http.StatusNoContent, resp.StatusCode)
+		assert.Empty(t, body)
+		resp, body = td.get(td.url("edge") + "/status")
+		assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+		assert.Equal(t, "busy", body)
+	})
+	t.Run("HEAD keeps the length and sends no body", func(t *testing.T) {
+		req, err := http.NewRequest(http.MethodHead, td.url("edge")+"/plain", nil)
+		require.NoError(t, err)
+		resp, body := td.do(req)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		assert.Equal(t, int64(1234), resp.ContentLength)
+		assert.Empty(t, body)
+	})
+}
+
+// Plain answers keep their upstream connection; a stream of requests uses
+// one connection per concurrent client.
+func TestDirectPathReusesUpstreamConnections(t *testing.T) {
+	up := newScriptedUpstream(t, func(string) string {
+		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	})
+	td := directDaemon(t, up.addr())
+	for i := 0; i < 50; i++ {
+		resp, body := td.get(td.url("edge") + "/")
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		require.Equal(t, "ok", body)
+	}
+	assert.Equal(t, 1, up.connCount())
+}
+
+// A body cut short by the upstream aborts the client's connection rather
+// than leaving it waiting for bytes that will never come, and the next
+// request gets a fresh upstream connection.
+func TestDirectPathTruncatedBody(t *testing.T) {
+	up := newScriptedUpstream(t, func(head string) string {
+		if strings.Contains(head, "GET /cut ") {
+			return "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..\x00close"
+		}
+		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	})
+	td := directDaemon(t, up.addr())
+	resp, err := http.Get(td.url("edge") + "/cut")
+	if err == nil { // the head may or may not have left before the abort
+		_, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	assert.Error(t, err, "the client sees the answer end early")
+	resp, body := td.get(td.url("edge") + "/next")
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, "ok", body)
+}
+
+func TestRespHeadParse(t *testing.T) {
+	cases := []struct {
+		name   string
+		raw    string
+		head   bool
+		plain  bool
+		status int
+		length int64
+		keep   bool
+	}{
+		{name: "plain", raw: "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", plain: true, status: 200, length: 3, keep: true},
+		{name: "no reason", raw: "HTTP/1.1 404\r\nContent-Length: 0\r\n\r\n", plain: true, status: 404, length: 0, keep: true},
+		{name: "close", raw: "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx", plain: true, status: 200, length: 1},
+		{name: "HEAD", raw: "HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", head: true, plain: true, status: 200, length: 0, keep: true},
+		{name: "304", raw: "HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n", plain: true, status: 304, length: 0, keep: true},
+		{name: "chunked", raw: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"},
+		{name: "no length", raw: "HTTP/1.1 200 OK\r\n\r\n"},
+		{name: "two lengths", raw: "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"},
+		{name: "bad length", raw: "HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\nx"},
+		{name: "HTTP/1.0", raw: "HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx"},
+		{name: "interim", raw: "HTTP/1.1 100 Continue\r\n\r\n"},
+		{name: "event stream", raw: "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 1\r\n\r\nx"},
+		{name: "bad name", raw: "HTTP/1.1 200 OK\r\nBad Name: x\r\nContent-Length: 1\r\n\r\nx"},
+		{name: "control byte", raw: "HTTP/1.1 200 OK\r\nX: a\x01b\r\nContent-Length: 1\r\n\r\nx"},
+		{name: "204 with a body", raw: "HTTP/1.1 204 No Content\r\nContent-Length: 1\r\n\r\nx"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			br := bufio.NewReaderSize(strings.NewReader(c.raw), 4096)
+			h := &respHead{}
+			plain, err := h.parse(br, c.head)
+			require.NoError(t, err)
+			require.Equal(t, c.plain, plain)
+			if !plain {
+				rest, _ := io.ReadAll(br)
+				assert.Equal(t, c.raw, string(rest), "what is not plain stays in the reader")
+				return
+			}
+			assert.Equal(t, c.status, h.status)
+			assert.Equal(t, c.length, h.length)
+			assert.Equal(t, c.keep, h.keepAlive)
+		})
+	}
+}
+
+func TestCanonicalKey(t *testing.T) {
+	for in, want := range map[string]string{
+		"content-type": "Content-Type", "Content-Type": "Content-Type", "X-ECHO-name": "X-Echo-Name", "etag": "Etag",
+	} {
+		got, ok := canonicalKey(in)
+		assert.True(t, ok)
+		assert.Equal(t, want, got, in)
+	}
+	for _, bad := range []string{"a b", "a:b", "é", "a\tb"} {
+		_, ok := canonicalKey(bad)
+		assert.False(t, ok, bad)
+	}
+}
