@@ -55,7 +55,7 @@ type boundListener struct {
 	name    string
 	addr    string
 	sock    *socket
-	srv     *http.Server
+	srv     *frontServer
 	view    *view
 	handler *listenerHandler
 	sig     string
@@ -340,11 +340,12 @@ func (s *Server) serve(bl *boundListener, lc *ListenerConfig, sig string) {
 	}
 	v := newView(bl.sock)
 	ln := s.wrapListener(v, lc, bl)
-	bl.srv, bl.view, bl.handler, bl.sig = srv, v, h, sig
+	fs := newFrontServer(s, lc, h, srv, v.Addr())
+	bl.srv, bl.view, bl.handler, bl.sig = fs, v, h, sig
 	s.retiring.Add(1)
 	go func() {
 		defer s.retiring.Done()
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+		if err := fs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			s.log.Error("listener stopped", zap.String("listener", lc.Name), zap.Error(err))
 		}
 	}()

@@ -1,0 +1,533 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// These tests hold the client-facing HTTP/1.1 server to what clients rely
+// on: they talk to a real listener over raw sockets, so that framing,
+// keep-alive and error answers are seen byte for byte, as a client sees
+// them, whatever serves the listener.
+
+// h1sStreamPieces pieces of h1sPieceSize bytes make the streamed answer of
+// /api/stream: 256 KiB, well past any buffering before chunking.
+const (
+	h1sStreamPieces = 16
+	h1sPieceSize    = 16 << 10
+)
+
+// h1sStreamBody is what /api/stream sends: piece i is one letter repeated.
+func h1sStreamBody() string {
+	var b strings.Builder
+	for i := range h1sStreamPieces {
+		b.WriteString(strings.Repeat(string(rune('a'+i)), h1sPieceSize))
+	}
+	return b.String()
+}
+
+// h1sUpstream is the upstream of these tests. What it answers depends on
+// the path; it counts the requests that reach it and keeps the header of
+// the last one.
+type h1sUpstream struct {
+	*httptest.Server
+	hits    atomic.Int64
+	mu      sync.Mutex
+	header  http.Header
+	entered chan struct{} // /api/slow: a request arrived
+	release chan struct{} // /api/slow: closed by let, to send the answers
+	once    sync.Once
+}
+
+func newH1sUpstream(t *testing.T) *h1sUpstream {
+	t.Helper()
+	u := &h1sUpstream{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	u.Server = httptest.NewServer(http.HandlerFunc(u.serve))
+	t.Cleanup(u.Close)
+	t.Cleanup(u.let) // runs first: a held request must not block Close
+	return u
+}
+
+// let releases the requests held on /api/slow.
+func (u *h1sUpstream) let() { u.once.Do(func() { close(u.release) }) }
+
+func (u *h1sUpstream) lastHeader() http.Header {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.header
+}
+
+func (u *h1sUpstream) serve(w http.ResponseWriter, r *http.Request) {
+	u.hits.Add(1)
+	u.mu.Lock()
+	u.header = r.Header.Clone()
+	u.mu.Unlock()
+	switch r.URL.Path {
+	case "/api/echo":
+		// The trailer is only known once the body has been read to its end.
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("X-Got-Length", strconv.Itoa(len(body)))
+		w.Header().Set("X-Got-Trailer", r.Trailer.Get("X-Sum"))
+		w.Write(body)
+	case "/api/chunked":
+		// Flushing the head before the body leaves the length unknown.
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		io.WriteString(w, "chunked answer\n")
+	case "/api/close":
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		brw.WriteString("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nclose-delimited answer\n")
+		brw.Flush()
+	case "/api/stream":
+		body := h1sStreamBody()
+		for i := range h1sStreamPieces {
+			io.WriteString(w, body[i*h1sPieceSize:(i+1)*h1sPieceSize])
+			w.(http.Flusher).Flush()
+		}
+	case "/api/status":
+		code, _ := strconv.Atoi(r.URL.Query().Get("code"))
+		w.Header().Set("ETag", `"v1"`)
+		w.WriteHeader(code)
+	case "/api/ws":
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+		if brw.Flush() != nil {
+			return
+		}
+		io.Copy(c, brw.Reader)
+	case "/api/slow":
+		u.entered <- struct{}{}
+		select {
+		case <-u.release:
+		case <-r.Context().Done():
+			return
+		}
+		io.WriteString(w, "slow answer\n")
+	default:
+		io.WriteString(w, "up\n")
+	}
+}
+
+// h1sSetup starts an upstream and a daemon in front of it: /api goes to the
+// upstream, /fixed is answered by a respond stage. listener holds extra keys
+// of the listener, each line indented by four spaces. It returns the
+// listener's host:port.
+func h1sSetup(t *testing.T, listener string) (*h1sUpstream, *testDaemon, string) {
+	t.Helper()
+	u := newH1sUpstream(t)
+	td := startDaemon(t, fmt.Sprintf(`
+version: 1
+admin: {listen: "127.0.0.1:0"}
+log: {access: off}
+listeners:
+  - name: edge
+    listen: 127.0.0.1:0
+%s    routes:
+      - {name: api, match: {path_prefix: /api}, pipeline: [{proxy: up}]}
+      - {name: fixed, match: {path_prefix: /fixed}, pipeline: [{respond: {status: 200, body: "fixed\n"}}]}
+pools:
+  up: {endpoints: [%s], retries: 0}
+`, listener, strings.TrimPrefix(u.URL, "http://")))
+	return u, td, strings.TrimPrefix(td.url("edge"), "http://")
+}
+
+// h1sConn is a raw client connection to a listener.
+type h1sConn struct {
+	t  *testing.T
+	c  net.Conn
+	br *bufio.Reader
+}
+
+func h1sDial(t *testing.T, addr string) *h1sConn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return &h1sConn{t: t, c: c, br: bufio.NewReader(c)}
+}
+
+// send writes raw bytes as they are.
+func (c *h1sConn) send(raw string) {
+	c.t.Helper()
+	require.NoError(c.t, c.c.SetWriteDeadline(time.Now().Add(5*time.Second)))
+	_, err := io.WriteString(c.c, raw)
+	require.NoError(c.t, err)
+}
+
+// read reads the next answer, to a request of method, with all its body.
+func (c *h1sConn) read(method string) (*http.Response, string) {
+	c.t.Helper()
+	require.NoError(c.t, c.c.SetReadDeadline(time.Now().Add(5*time.Second)))
+	resp, err := http.ReadResponse(c.br, &http.Request{Method: method})
+	require.NoError(c.t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(c.t, err)
+	return resp, string(body)
+}
+
+// do sends raw, a request of method, and reads its answer.
+func (c *h1sConn) do(method, raw string) (*http.Response, string) {
+	c.t.Helper()
+	c.send(raw)
+	return c.read(method)
+}
+
+// assertOpen checks that the connection still serves: a request sent on it
+// now is answered, and nothing was left over from the previous answer.
+func (c *h1sConn) assertOpen() {
+	c.t.Helper()
+	resp, body := c.do(http.MethodGet, "GET /fixed HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+	assert.Equal(c.t, http.StatusOK, resp.StatusCode, "the connection still serves")
+	assert.Equal(c.t, "fixed\n", body)
+}
+
+// assertClosed checks that the server closes the connection within d, with
+// no byte before the end, and returns how long that took.
+func (c *h1sConn) assertClosed(d time.Duration) time.Duration {
+	c.t.Helper()
+	start := time.Now()
+	require.NoError(c.t, c.c.SetReadDeadline(start.Add(d)))
+	rest, err := io.ReadAll(c.br)
+	assert.NoError(c.t, err, "the server closes the connection")
+	assert.Empty(c.t, string(rest), "nothing comes before the close")
+	return time.Since(start)
+}
+
+func TestH1ServerKeepAlive(t *testing.T) {
+	_, _, addr := h1sSetup(t, "")
+	t.Run("three requests on one HTTP/1.1 connection", func(t *testing.T) {
+		c := h1sDial(t, addr)
+		for i, path := range []string{"/fixed", "/api/echo", "/fixed"} {
+			resp, body := c.do(http.MethodGet, "GET "+path+" HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+			require.Equal(t, http.StatusOK, resp.StatusCode, "request %d", i)
+			assert.False(t, resp.Close, "request %d: no Connection: close", i)
+			if path == "/fixed" {
+				assert.Equal(t, "fixed\n", body, "request %d", i)
+			} else {
+				assert.Equal(t, "0", resp.Header.Get("X-Got-Length"), "request %d reached the upstream", i)
+			}
+		}
+		c.assertOpen()
+	})
+	t.Run("HTTP/1.0 without keep-alive is closed after its answer", func(t *testing.T) {
+		c := h1sDial(t, addr)
+		resp, body := c.do(http.MethodGet, "GET /fixed HTTP/1.0\r\n\r\n")
+		assert.Equal(t, http.StatusOK, resp.StatusCode)
+		assert.Equal(t, "fixed\n", body)
+		assert.True(t, resp.Close)
+		c.assertClosed(5 * time.Second)
+	})
+	t.Run("HTTP/1.0 with Connection: keep-alive stays open", func(t *testing.T) {
+		c := h1sDial(t, addr)
+		for _, path := range []string{"/fixed", "/api/hello"} {
+			resp, body := c.do(http.MethodGet, "GET "+path+" HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+			assert.Equal(t, http.StatusOK, resp.StatusCode, path)
+			assert.Equal(t, "keep-alive", resp.Header.Get("Connection"), path)
+			assert.False(t, resp.Close, path)
+			assert.Equal(t, strconv.Itoa(len(body)), resp.Header.Get("Content-Length"), "%s: a kept-alive HTTP/1.0 answer needs its length", path)
+		}
+		c.assertOpen()
+	})
+	t.Run("HTTP/1.1 Connection: close is closed after its answer", func(t *testing.T) {
+		c := h1sDial(t, addr)
+		resp, body := c.do(http.MethodGet, "GET /api/hello HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n")
+		assert.Equal(t, http.StatusOK, resp.StatusCode)
+		assert.Equal(t, "up\n", body)
+		assert.True(t, resp.Close, "the answer says Connection: close")
+		c.assertClosed(5 * time.Second)
+	})
+}
+
+func TestH1ServerPipelining(t *testing.T) {
+	_, _, addr := h1sSetup(t, "")
+	c := h1sDial(t, addr)
+	c.send("GET /fixed HTTP/1.1\r\nHost: edge.test\r\n\r\n" +
+		"POST /api/echo HTTP/1.1\r\nHost: edge.test\r\nContent-Length: 6\r\n\r\nsecond" +
+		"GET /api/hello HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+	for i, want := range []string{"fixed\n", "second", "up\n"} {
+		resp, body := c.read(http.MethodGet)
+		assert.Equal(t, http.StatusOK, resp.StatusCode, "answer %d", i)
+		assert.Equal(t, want, body, "answer %d comes in the order of the requests", i)
+	}
+	c.assertOpen()
+}
+
+func TestH1ServerRequestBodies(t *testing.T) {
+	_, _, addr := h1sSetup(t, "")
+	t.Run("Content-Length", func(t *testing.T) {
+		big := strings.Repeat("0123456789abcdef", (1<<20)/16)
+		for _, body := range []string{"hello, upstream", big} {
+			c := h1sDial(t, addr)
+			resp, got := c.do(http.MethodPost, fmt.Sprintf("POST /api/echo HTTP/1.1\r\nHost: edge.test\r\nContent-Length: %d\r\n\r\n%s", len(body), body))
+			require.Equal(t, http.StatusOK, resp.StatusCode)
+			assert.Equal(t, strconv.Itoa(len(body)), resp.Header.Get("X-Got-Length"))
+			assert.Len(t, got, len(body))
+			assert.True(t, got == body, "the body of %d bytes came back intact", len(body))
+			c.assertOpen()
+		}
+	})
+	t.Run("chunked with a trailer", func(t *testing.T) {
+		c := h1sDial(t, addr)
+		resp, got := c.do(http.MethodPost, "POST /api/echo HTTP/1.1\r\nHost: edge.test\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"+
+			"5\r\nhello\r\n7\r\n, chunk\r\n0\r\nX-Sum: 42\r\n\r\n")
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		assert.Equal(t, "hello, chunk", got)
+		assert.Equal(t, "12", resp.Header.Get("X-Got-Length"))
+		assert.Equal(t, "42", resp.Header.Get("X-Got-Trailer"), "the request trailer reached the upstream")
+		c.assertOpen()
+	})
+	t.Run("Expect: 100-continue", func(t *testing.T) {
+		c := h1sDial(t, addr)
+		cont, _ := c.do(http.MethodPost, "POST /api/echo HTTP/1.1\r\nHost: edge.test\r\nContent-Length: 9\r\nExpect: 100-continue\r\n\r\n")
+		require.Equal(t, http.StatusContinue, cont.StatusCode, "the server asks for the body before it is sent")
+		resp, got := c.do(http.MethodPost, "continued")
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		assert.Equal(t, "continued", got)
+		assert.Equal(t, "9", resp.Header.Get("X-Got-Length"))
+		c.assertOpen()
+	})
+}
+
+func TestH1ServerUnreadBodyIsDiscarded(t *testing.T) {
+	u, _, addr := h1sSetup(t, "")
+	// Were the body taken for requests, they would reach the upstream.
+	smuggled := strings.Repeat("GET /api/smuggled HTTP/1.1\r\nHost: edge.test\r\n\r\n", 100)
+	cases := []struct {
+		name, raw string
+	}{
+		{"Content-Length", fmt.Sprintf("POST /fixed HTTP/1.1\r\nHost: edge.test\r\nContent-Length: %d\r\n\r\n%s", len(smuggled), smuggled)},
+		{"chunked", fmt.Sprintf("POST /fixed HTTP/1.1\r\nHost: edge.test\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n", len(smuggled), smuggled)},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := h1sDial(t, addr)
+			resp, body := c.do(http.MethodPost, tc.raw)
+			assert.Equal(t, http.StatusOK, resp.StatusCode)
+			assert.Equal(t, "fixed\n", body)
+			c.assertOpen()
+		})
+	}
+	assert.Zero(t, u.hits.Load(), "no part of a body was served as a request")
+}
+
+func TestH1ServerResponseFraming(t *testing.T) {
+	_, _, addr := h1sSetup(t, "")
+	t.Run("small answer of unknown length", func(t *testing.T) {
+		for path, want := range map[string]string{"/api/chunked": "chunked answer\n", "/api/close": "close-delimited answer\n"} {
+			c := h1sDial(t, addr)
+			resp, body := c.do(http.MethodGet, "GET "+path+" HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+			require.Equal(t, http.StatusOK, resp.StatusCode, path)
+			assert.Equal(t, want, body, path)
+			framed := resp.ContentLength == int64(len(want)) || assert.ObjectsAreEqual([]string{"chunked"}, resp.TransferEncoding)
+			assert.True(t, framed, "%s: framed by Content-Length or chunked, got length %d, encoding %v", path, resp.ContentLength, resp.TransferEncoding)
+			c.assertOpen()
+		}
+	})
+	t.Run("large stream over HTTP/1.1 is chunked", func(t *testing.T) {
+		c := h1sDial(t, addr)
+		resp, body := c.do(http.MethodGet, "GET /api/stream HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		assert.Equal(t, []string{"chunked"}, resp.TransferEncoding)
+		assert.Len(t, body, h1sStreamPieces*h1sPieceSize)
+		assert.True(t, body == h1sStreamBody(), "the streamed body arrived intact")
+		c.assertOpen()
+	})
+	t.Run("large stream over HTTP/1.0 ends with the connection", func(t *testing.T) {
+		c := h1sDial(t, addr)
+		resp, body := c.do(http.MethodGet, "GET /api/stream HTTP/1.0\r\n\r\n")
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		assert.Equal(t, int64(-1), resp.ContentLength)
+		assert.Empty(t, resp.TransferEncoding, "no chunking for an HTTP/1.0 client")
+		assert.True(t, resp.Close)
+		assert.Len(t, body, h1sStreamPieces*h1sPieceSize)
+		assert.True(t, body == h1sStreamBody(), "the streamed body arrived intact")
+		c.assertClosed(5 * time.Second)
+	})
+	t.Run("HEAD answers carry no body", func(t *testing.T) {
+		c := h1sDial(t, addr)
+		for path, length := range map[string]string{"/fixed": "6", "/api/hello": "3"} {
+			resp, body := c.do(http.MethodHead, "HEAD "+path+" HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+			assert.Equal(t, http.StatusOK, resp.StatusCode, path)
+			assert.Equal(t, length, resp.Header.Get("Content-Length"), "%s: the length of the body a GET would get", path)
+			assert.Empty(t, body, path)
+		}
+		c.assertOpen()
+	})
+	t.Run("204 and 304 carry no body", func(t *testing.T) {
+		c := h1sDial(t, addr)
+		for _, code := range []int{http.StatusNoContent, http.StatusNotModified} {
+			resp, body := c.do(http.MethodGet, fmt.Sprintf("GET /api/status?code=%d HTTP/1.1\r\nHost: edge.test\r\n\r\n", code))
+			assert.Equal(t, code, resp.StatusCode)
+			assert.Equal(t, `"v1"`, resp.Header.Get("ETag"))
+			assert.Empty(t, resp.TransferEncoding, "%d", code)
+			assert.Empty(t, body, "%d", code)
+		}
+		c.assertOpen()
+	})
+	t.Run("respond stage has its Content-Length", func(t *testing.T) {
+		c := h1sDial(t, addr)
+		resp, body := c.do(http.MethodGet, "GET /fixed HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+		assert.Equal(t, http.StatusOK, resp.StatusCode)
+		assert.Equal(t, "6", resp.Header.Get("Content-Length"))
+		assert.Equal(t, int64(6), resp.ContentLength)
+		assert.Empty(t, resp.TransferEncoding)
+		assert.Equal(t, "fixed\n", body)
+	})
+}
+
+func TestH1ServerMalformedRequests(t *testing.T) {
+	u, _, addr := h1sSetup(t, "    max_header_bytes: 4096\n")
+	cases := []struct {
+		name, raw string
+		status    int
+	}{
+		{"garbage request line", "THIS IS NOT HTTP AT ALL\r\n\r\n", http.StatusBadRequest},
+		{"header line without a colon", "GET /api/x HTTP/1.1\r\nHost: edge.test\r\nNoColonHere\r\n\r\n", http.StatusBadRequest},
+		{"space in a header name", "GET /api/x HTTP/1.1\r\nHost: edge.test\r\nBad Name: v\r\n\r\n", http.StatusBadRequest},
+		{"HTTP/1.1 without Host", "GET /api/x HTTP/1.1\r\n\r\n", http.StatusBadRequest},
+		{"two Host headers", "GET /api/x HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n", http.StatusBadRequest},
+		{"head over max_header_bytes", "GET /api/x HTTP/1.1\r\nHost: edge.test\r\nX-Big: " + strings.Repeat("a", 64<<10) + "\r\n\r\n", http.StatusRequestHeaderFieldsTooLarge},
+		{"HTTP/2.0 in a request line", "GET /api/x HTTP/2.0\r\nHost: edge.test\r\n\r\n", http.StatusHTTPVersionNotSupported},
+		{"HTTP/9.9", "GET /api/x HTTP/9.9\r\nHost: edge.test\r\n\r\n", http.StatusHTTPVersionNotSupported},
+		{"Transfer-Encoding: gzip", "POST /api/x HTTP/1.1\r\nHost: edge.test\r\nTransfer-Encoding: gzip\r\n\r\n", http.StatusNotImplemented},
+		{"conflicting Content-Lengths", "POST /api/x HTTP/1.1\r\nHost: edge.test\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", http.StatusBadRequest},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := h1sDial(t, addr)
+			resp, _ := c.do(http.MethodGet, tc.raw)
+			assert.Equal(t, tc.status, resp.StatusCode)
+			assert.True(t, resp.Close, "the answer says Connection: close")
+			c.assertClosed(5 * time.Second)
+		})
+	}
+	assert.Zero(t, u.hits.Load(), "no malformed request reached the upstream")
+}
+
+func TestH1ServerTimeouts(t *testing.T) {
+	_, _, addr := h1sSetup(t, "    timeouts: {read_header: 1s, idle: 1s}\n")
+	t.Run("a half-sent head is cut after read_header", func(t *testing.T) {
+		c := h1sDial(t, addr)
+		c.send("GET /fixed HTTP/1.1\r\nHost: edge.test\r\n")
+		took := c.assertClosed(5 * time.Second)
+		assert.Greater(t, took, 500*time.Millisecond, "the client had its read_header time")
+	})
+	t.Run("an idle kept-alive connection is closed after idle", func(t *testing.T) {
+		c := h1sDial(t, addr)
+		c.assertOpen()
+		took := c.assertClosed(5 * time.Second)
+		assert.Greater(t, took, 500*time.Millisecond, "the client had its idle time")
+	})
+}
+
+func TestH1ServerUpgrade(t *testing.T) {
+	_, _, addr := h1sSetup(t, "")
+	c := h1sDial(t, addr)
+	resp, _ := c.do(http.MethodGet, "GET /api/ws HTTP/1.1\r\nHost: edge.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+	assert.Equal(t, "websocket", resp.Header.Get("Upgrade"))
+	assert.Equal(t, "Upgrade", resp.Header.Get("Connection"))
+	for _, msg := range []string{"ping\n", "GET /fixed HTTP/1.1\r\n"} {
+		c.send(msg)
+		require.NoError(t, c.c.SetReadDeadline(time.Now().Add(5*time.Second)))
+		got := make([]byte, len(msg))
+		_, err := io.ReadFull(c.br, got)
+		require.NoError(t, err)
+		assert.Equal(t, msg, string(got), "bytes after the 101 go both ways untouched")
+	}
+}
+
+func TestH1ServerH2CPriorKnowledge(t *testing.T) {
+	_, td, _ := h1sSetup(t, "")
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: &protos}
+	t.Cleanup(tr.CloseIdleConnections)
+	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	resp, err := client.Post(td.url("edge")+"/api/echo", "text/plain", strings.NewReader("over h2c"))
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	assert.Equal(t, 2, resp.ProtoMajor)
+	assert.Equal(t, "over h2c", string(body))
+	resp, err = client.Get(td.url("edge") + "/fixed")
+	require.NoError(t, err)
+	body, err = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	assert.Equal(t, 2, resp.ProtoMajor)
+	assert.Equal(t, "fixed\n", string(body))
+}
+
+func TestH1ServerGracefulShutdown(t *testing.T) {
+	u, td, addr := h1sSetup(t, "")
+	busy := h1sDial(t, addr)
+	busy.send("GET /api/slow HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+	select {
+	case <-u.entered:
+	case <-time.After(5 * time.Second):
+		require.FailNow(t, "the slow request did not reach the upstream")
+	}
+	idle := h1sDial(t, addr)
+	idle.assertOpen()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- td.d.Shutdown(ctx) }()
+	require.Eventually(t, td.d.Server().Draining, 5*time.Second, 5*time.Millisecond)
+	idle.assertClosed(5 * time.Second)
+
+	u.let()
+	resp, body := busy.read(http.MethodGet)
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, "slow answer\n", body, "the request in flight got its whole answer")
+	assert.True(t, resp.Close, "the answer tells the client not to reuse the connection")
+	busy.assertClosed(5 * time.Second)
+	select {
+	case err := <-stopped:
+		assert.NoError(t, err, "nothing was cut")
+	case <-time.After(5 * time.Second):
+		assert.Fail(t, "Shutdown did not return once the last request ended")
+	}
+}
+
+func TestH1ServerForwardsClientAddress(t *testing.T) {
+	u, _, addr := h1sSetup(t, "")
+	c := h1sDial(t, addr)
+	resp, _ := c.do(http.MethodGet, "GET /api/hello HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	seen := u.lastHeader()
+	require.NotNil(t, seen)
+	assert.Equal(t, "127.0.0.1", seen.Get("X-Forwarded-For"))
+	assert.Equal(t, "shop.test", seen.Get("X-Forwarded-Host"))
+	assert.Equal(t, "http", seen.Get("X-Forwarded-Proto"))
+}
