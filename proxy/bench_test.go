@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"net"
 	"net/http"
@@ -316,14 +317,17 @@ func BenchmarkLoopProxyRoundRobin(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			if first && !strings.HasPrefix(string(line), "HTTP/1.1 200 ") {
+			if first && !bytes.HasPrefix(line, []byte("HTTP/1.1 200 ")) {
 				b.Fatalf("answer %q", line)
 			}
 			if len(line) <= 2 {
 				break
 			}
-			if v, ok := strings.CutPrefix(string(line), "Content-Length: "); ok {
-				length, _ = strconv.Atoi(strings.TrimSpace(v))
+			if v, ok := bytes.CutPrefix(line, []byte("Content-Length: ")); ok {
+				length = 0
+				for _, c := range bytes.TrimSpace(v) {
+					length = length*10 + int(c-'0')
+				}
 			}
 		}
 		if length < 0 {

@@ -276,6 +276,7 @@ func (c *compiler) pool(name string, pc *PoolConfig) (*Pool, error) {
 		eps = append(eps, ep)
 		p.targets = append(p.targets, balance.Target{Addr: u.Host, Weight: e.Weight, EP: ep})
 		p.schemes = append(p.schemes, u.Scheme)
+		p.keys = append(p.keys, u.Scheme+"://"+u.Host)
 		p.attempts = append(p.attempts, newCodeCounters(m.Upstream.MustCurryWith(prometheus.Labels{"pool": name, "endpoint": u.Host})))
 	}
 	t, commit, err := env.transports.get(name, pc)

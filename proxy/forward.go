@@ -81,7 +81,7 @@ func (p *Pool) forward(w http.ResponseWriter, r *http.Request, t *h1Transport, i
 		}
 		tg.EP.Begin()
 		start := time.Now()
-		x, err := t.exchange(ctx, r, p.schemes[i], tg.Addr, &fwd)
+		x, err := t.exchange(ctx, r, p.keys[i], p.schemes[i], tg.Addr, &fwd)
 		p.duration.Observe(time.Since(start).Seconds())
 		if err == nil {
 			status := x.status
@@ -226,10 +226,10 @@ type exchange struct {
 	resp   *http.Response
 }
 
-// exchange sends r to addr and reads the answer's head. A kept-alive
+// exchange sends r to addr (key is scheme://addr, the idle pool's key) and
+// reads the answer's head. A kept-alive
 // connection the upstream had closed is replaced, as RoundTrip does.
-func (t *h1Transport) exchange(ctx context.Context, r *http.Request, scheme, addr string, fwd *forwardedValues) (exchange, error) {
-	key := scheme + "://" + addr
+func (t *h1Transport) exchange(ctx context.Context, r *http.Request, key, scheme, addr string, fwd *forwardedValues) (exchange, error) {
 	for {
 		c, err := t.get(ctx, key, scheme, addr)
 		if err != nil {

@@ -26,14 +26,16 @@ import (
 var ErrNoReadyEndpoint = errors.New("no ready endpoint")
 
 // Pool is a set of replicas of one service, as an http.Handler: it picks an
-// available endpoint with its balance policy and forwards the request there
-// with httputil.ReverseProxy, retrying on another endpoint a request that
-// never reached the first one. A Pool is immutable once compiled and safe
+// available endpoint with its balance policy and forwards the request there,
+// retrying on another endpoint a request that never reached the first one.
+// httputil.ReverseProxy forwards, but for the bodyless requests with plain
+// answers that the direct path (forward.go) relays itself. A Pool is immutable once compiled and safe
 // for concurrent use; endpoint state lives in the health.Registry.
 type Pool struct {
 	name      string
 	targets   []balance.Target
 	schemes   []string
+	keys      []string // scheme://address per target: the transport's idle pool keys
 	policy    balance.Policy
 	group     *health.Group
 	retries   int
