@@ -15,7 +15,7 @@
 #
 # Environment (defaults in brackets), see bench/README.md:
 #   BENCH_MODE        whole | percore                              [whole]
-#   BENCH_DURATION    seconds per measured round                   [6]
+#   BENCH_DURATION    seconds per measured round                   [5]
 #   BENCH_ROUNDS      rounds per target                            [3]
 #   BENCH_WARMUP      seconds of warm-up before a target's 1st round [1]
 #   BENCH_SCENARIOS   subset of: plain ip_hash shard split scatter tls
@@ -35,7 +35,7 @@ ROOT=$(dirname "$BENCH_DIR")
 export PATH=$PATH:/usr/sbin:/sbin
 
 MODE=${BENCH_MODE:-whole}
-DURATION=${BENCH_DURATION:-6}
+DURATION=${BENCH_DURATION:-5}
 ROUNDS=${BENCH_ROUNDS:-3}
 WARMUP=${BENCH_WARMUP:-1}
 SCENARIOS=${BENCH_SCENARIOS:-plain ip_hash shard split scatter tls}
@@ -84,9 +84,12 @@ targets() {
   local candidates t out=()
   case $1 in
   plain) candidates="sekisho refproxy haproxy nginx nginx-1w caddy" ;;
-  ip_hash | shard | split) candidates="sekisho haproxy nginx caddy" ;;
+  # Stage scenarios measure sekisho's plain proxy too (sekisho-plain), in
+  # the same interleaved rounds, so that what a stage costs is read against
+  # it rather than against another scenario's minutes.
+  ip_hash | shard | split) candidates="sekisho-plain sekisho haproxy nginx caddy" ;;
   scatter) candidates="sekisho-plain sekisho" ;;
-  tls) candidates="sekisho nginx caddy" ;;
+  tls) candidates="sekisho-plain sekisho nginx caddy" ;;
   esac
   for t in $candidates; do
     has_word "$PROXIES" "${t%-plain}" && out+=("$t")
@@ -329,7 +332,7 @@ start_target() {
   sekisho | sekisho-plain)
     port=$((18100 + idx))
     local kind=$scenario
-    [[ $target == sekisho-plain ]] && port=$((18700 + idx)) kind=plain
+    [[ $target == sekisho-plain ]] && port=$((18700 + idx)) kind=plain scheme=http
     conf_sekisho "$kind" "$port" $((port + 50)) >"$WORK/conf/$name.yaml"
     start "$name" "${PIN_PROXY[@]}" "${GO_ENV[@]}" "$WORK/bin/sekisho" run -config "$WORK/conf/$name.yaml"
     ;;
