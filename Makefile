@@ -39,6 +39,7 @@ fuzz:
 	$(GO) test ./scatter -run '^$$' -fuzz '^FuzzMergeObject$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./scatter -run '^$$' -fuzz '^FuzzMergeNDJSON$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./proxy -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./proxy -run '^$$' -fuzz '^FuzzParseRequestHead$$' -fuzztime $(FUZZTIME)
 
 clean:
 	rm -rf $(BIN) .demo

@@ -157,6 +157,21 @@ func TestDirectPathRewritesTheRequestHead(t *testing.T) {
 	assert.Equal(t, []string{"http"}, h["x-forwarded-proto"])
 	assert.Equal(t, []string{"one", "two"}, h["x-multi"])
 	assert.Len(t, h["x-request-id"], 1)
+
+	// The target goes upstream byte for byte, sub-delimiters and escapes
+	// as the client wrote them.
+	c, err := net.Dial("tcp", strings.TrimPrefix(td.url("edge"), "http://"))
+	require.NoError(t, err)
+	defer c.Close()
+	for _, target := range []string{"/x!y'(z)*", "/a%2fb%41?q=%7e!", "/p;q=1?", "/~user/./..//"} {
+		_, err = io.WriteString(c, "GET "+target+" HTTP/1.1\r\nHost: h\r\n\r\n")
+		require.NoError(t, err)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		require.NoError(t, err)
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		assert.True(t, strings.HasPrefix(up.lastHead(), "GET "+target+" HTTP/1.1\r\n"), "%s: %s", target, up.lastHead())
+	}
 }
 
 // Every shape of answer arrives whole: the plain ones on the direct path,

@@ -602,8 +602,9 @@ func (sc *serverConn) parseTarget(r *http.Request, target string) bool {
 		if err != nil {
 			return false
 		}
-		u.Host = pu.Host
-		r.Host = pu.Host
+		*u = *pu
+		u.Scheme = "" // as net/http reads an authority
+		r.Host = u.Host
 		return true
 	}
 	if target[0] == '/' && plainTarget(target) {
@@ -622,16 +623,38 @@ func (sc *serverConn) parseTarget(r *http.Request, target string) bool {
 	return true
 }
 
-// plainTarget reports whether t has nothing url's parser would change:
-// printable ASCII, no escapes, no fragment.
+// plainTarget reports whether t reads the same split by hand as parsed by
+// url: a path of bytes that URL.EscapedPath leaves as they are, and a query
+// of printable bytes, with no escapes and no fragment.
 func plainTarget(t string) bool {
-	for i := 0; i < len(t); i++ {
-		if c := t[i]; c <= ' ' || c >= 0x7f || c == '%' || c == '#' {
+	path, query, _ := strings.Cut(t, "?")
+	for i := 0; i < len(path); i++ {
+		if c := path[i]; c >= 0x80 || !pathTable[c] {
+			return false
+		}
+	}
+	for i := 0; i < len(query); i++ {
+		if c := query[i]; c <= ' ' || c >= 0x7f || c == '%' || c == '#' {
 			return false
 		}
 	}
 	return true
 }
+
+// pathTable holds the bytes URL.EscapedPath writes unescaped.
+var pathTable = func() (t [128]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+		t[c-'a'+'A'] = true
+	}
+	for _, c := range "-._~$&+,/:;=@" {
+		t[c] = true
+	}
+	return t
+}()
 
 // validHost reports whether h may be a Host header (net/http's rule: the
 // bytes of a host, a port, an IPv6 literal or a percent-escape).
