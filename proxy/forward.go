@@ -347,13 +347,16 @@ func (h *respHead) parse(br *bufio.Reader, head bool) (ok bool, err error) {
 		if _, err = br.Peek(want); err != nil {
 			return false, err
 		}
+		from := max(len(buf)-3, 0) // what was searched before, but a split CRLFCRLF
 		buf, _ = br.Peek(br.Buffered())
-		end = bytes.Index(buf, crlfcrlf)
+		if end = bytes.Index(buf[from:], crlfcrlf); end >= 0 {
+			end += from
+		}
 	}
 	h.n = end + 4
 	s := string(buf[:end+2]) // the status line and each header line, CRLF-terminated
 	line, rest, _ := strings.Cut(s, "\r\n")
-	if len(line) < 12 || line[:9] != "HTTP/1.1 " || len(line) > 12 && line[12] != ' ' {
+	if len(line) < 12 || line[:9] != "HTTP/1.1 " || len(line) > 12 && line[12] != ' ' || !validValue(line[12:]) {
 		return false, nil
 	}
 	status := 0

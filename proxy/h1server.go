@@ -409,7 +409,10 @@ func (sc *serverConn) readHead() (head []byte, consumed int, err error) {
 			return nil, 0, err
 		}
 	}
+	// Line by line from here; the head ends with the first empty line,
+	// which may be the first line the loop below reads whole.
 	sc.big = sc.big[:0]
+	whole := true // the last line ended in sc.big
 	for {
 		line, err := sc.br.ReadSlice('\n')
 		sc.big = append(sc.big, line...)
@@ -418,10 +421,12 @@ func (sc *serverConn) readHead() (head []byte, consumed int, err error) {
 		}
 		switch err {
 		case nil:
-			if end := headEnd(sc.big); end >= 0 {
-				return sc.big[:end], 0, nil
+			if whole && (len(line) == 1 || len(line) == 2 && line[0] == '\r') {
+				return sc.big, 0, nil
 			}
+			whole = true
 		case bufio.ErrBufferFull:
+			whole = false
 		default:
 			return nil, 0, err
 		}

@@ -74,3 +74,56 @@ func FuzzParseRequestHead(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseResponseHead checks the direct path's answer parser against
+// http.ReadResponse: an answer it takes as plain, ReadResponse reads with
+// the same status, length, keep-alive and header values.
+func FuzzParseResponseHead(f *testing.F) {
+	for _, seed := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+		"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n",
+		"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\nETag: \"x\"\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nContent-Length: 0\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"HTTP/1.1 500\r\nContent-Length: 1\r\nSet-Cookie: a\r\nSet-Cookie: b\r\n\r\nx",
+	} {
+		f.Add([]byte(seed), false)
+	}
+	f.Fuzz(func(t *testing.T, raw []byte, head bool) {
+		h := &respHead{}
+		plain, err := h.parse(bufio.NewReaderSize(bytes.NewReader(raw), 4096), head)
+		if err != nil || !plain {
+			return
+		}
+		method := http.MethodGet
+		if head {
+			method = http.MethodHead
+		}
+		std, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(raw)), &http.Request{Method: method})
+		if err != nil {
+			t.Fatalf("plain to the direct path, refused by ReadResponse (%v):\n%q", err, raw)
+		}
+		if std.StatusCode != h.status {
+			t.Fatalf("status: direct %d, ReadResponse %d", h.status, std.StatusCode)
+		}
+		wantLength := std.ContentLength
+		if head || std.StatusCode == http.StatusNoContent || std.StatusCode == http.StatusNotModified {
+			wantLength = 0
+		}
+		if wantLength != h.length {
+			t.Fatalf("length: direct %d, ReadResponse %d:\n%q", h.length, std.ContentLength, raw)
+		}
+		if std.Close == h.keepAlive {
+			t.Fatalf("keep-alive: direct %v, ReadResponse close=%v:\n%q", h.keepAlive, std.Close, raw)
+		}
+		got := http.Header{}
+		for i, k := range h.keys {
+			got[k] = append(got[k], h.vals[i])
+		}
+		for k, vs := range std.Header {
+			if !slices.Equal(vs, got[k]) {
+				t.Fatalf("header %q: direct %q, ReadResponse %q", k, got[k], vs)
+			}
+		}
+	})
+}
