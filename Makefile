@@ -40,6 +40,7 @@ fuzz:
 	$(GO) test ./scatter -run '^$$' -fuzz '^FuzzMergeNDJSON$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./proxy -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./proxy -run '^$$' -fuzz '^FuzzParseRequestHead$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./proxy -run '^$$' -fuzz '^FuzzParseResponseHead$$' -fuzztime $(FUZZTIME)
 
 clean:
 	rm -rf $(BIN) .demo
