@@ -1,0 +1,578 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+)
+
+// The HTTP/1.x loop's reading side: the request head, its parsing, the
+// request body (Content-Length or chunked) and 100 Continue.
+
+var errRequestHeadTooLarge = errors.New("request head too large")
+
+// readHead returns the request's head up to and including its empty line:
+// a view of br's buffer (consumed bytes to discard once parsed) or, for a
+// head larger than the buffer, a copy gathered in big.
+func (sc *serverConn) readHead() (head []byte, consumed int, err error) {
+	limit := sc.fs.maxHeader + 4<<10 // net/http's slack for the request line
+	tightened := false
+	for {
+		buf, _ := sc.br.Peek(sc.br.Buffered())
+		if end := headEnd(buf); end >= 0 {
+			return buf[:end], end, nil
+		}
+		if len(buf) >= limit {
+			return nil, 0, errRequestHeadTooLarge
+		}
+		if len(buf) == sc.br.Size() {
+			break
+		}
+		if !tightened {
+			// The head did not come in one piece: from here on the header
+			// timeout, not the idle one, bounds the wait.
+			tightened = true
+			if to := sc.fs.timeouts.ReadHeader.D(); to > 0 && sc.served > 0 {
+				sc.c.SetReadDeadline(time.Now().Add(to))
+			}
+		}
+		if _, err := sc.br.Peek(len(buf) + 1); err != nil {
+			return nil, 0, err
+		}
+	}
+	// Line by line from here; the head ends with the first empty line,
+	// which may be the first line the loop below reads whole.
+	sc.big = sc.big[:0]
+	whole := true // the last line ended in sc.big
+	for {
+		line, err := sc.br.ReadSlice('\n')
+		sc.big = append(sc.big, line...)
+		if len(sc.big) >= limit {
+			return nil, 0, errRequestHeadTooLarge
+		}
+		switch err {
+		case nil:
+			if whole && (len(line) == 1 || len(line) == 2 && line[0] == '\r') {
+				return sc.big, 0, nil
+			}
+			whole = true
+		case bufio.ErrBufferFull:
+			whole = false
+		default:
+			return nil, 0, err
+		}
+	}
+}
+
+// headEnd returns the length of the head in b (through its empty line), or
+// -1 while it is incomplete. Lines end in CRLF or a bare LF.
+func headEnd(b []byte) int {
+	for i := 0; ; {
+		j := bytes.IndexByte(b[i:], '\n')
+		if j < 0 {
+			return -1
+		}
+		i += j + 1
+		switch {
+		case i < len(b) && b[i] == '\n':
+			return i + 1
+		case i+1 < len(b) && b[i] == '\r' && b[i+1] == '\n':
+			return i + 2
+		}
+	}
+}
+
+// parse builds the request from its head, or returns the status and
+// message of a refusal.
+func (sc *serverConn) parse(head []byte) (*http.Request, int, string) {
+	s := string(head) // one allocation; every string of the request is a slice of it
+	line, rest := cutLine(s)
+	method, after, ok1 := strings.Cut(line, " ")
+	target, proto, ok2 := strings.Cut(after, " ")
+	if !ok1 || !ok2 || method == "" || target == "" {
+		return nil, http.StatusBadRequest, "malformed HTTP request"
+	}
+	for i := 0; i < len(method); i++ {
+		if !tokenByte(method[i]) {
+			return nil, http.StatusBadRequest, "invalid method"
+		}
+	}
+	r := &sc.req
+	*r = *sc.base
+	switch proto {
+	case "HTTP/1.1":
+		r.Proto, r.ProtoMajor, r.ProtoMinor = proto, 1, 1
+	case "HTTP/1.0":
+		r.Proto, r.ProtoMajor, r.ProtoMinor = proto, 1, 0
+	default:
+		major, minor, ok := http.ParseHTTPVersion(proto)
+		if !ok {
+			return nil, http.StatusBadRequest, "malformed HTTP version"
+		}
+		if major != 1 {
+			return nil, http.StatusHTTPVersionNotSupported, "unsupported protocol version"
+		}
+		r.Proto, r.ProtoMajor, r.ProtoMinor = proto, major, minor
+	}
+	r.Method, r.RequestURI, r.RemoteAddr, r.TLS = method, target, sc.remote, sc.tls
+	if !sc.parseTarget(r, target) {
+		return nil, http.StatusBadRequest, "invalid request target"
+	}
+
+	h := sc.header
+	clear(h)
+	sc.vals = sc.vals[:0]
+	hosts := 0
+	for rest != "" {
+		line, rest = cutLine(rest)
+		if line == "" {
+			break
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			return nil, http.StatusBadRequest, "obsolete line folding"
+		}
+		colon := strings.IndexByte(line, ':')
+		if colon <= 0 {
+			return nil, http.StatusBadRequest, "malformed MIME header line"
+		}
+		key, ok := canonicalKey(line[:colon])
+		if !ok {
+			return nil, http.StatusBadRequest, "invalid header name"
+		}
+		val := strings.Trim(line[colon+1:], " \t")
+		if !validValue(val) {
+			return nil, http.StatusBadRequest, "invalid header value"
+		}
+		if key == "Host" {
+			hosts++
+		}
+		sc.vals = append(sc.vals, val)
+		i := len(sc.vals) - 1
+		if old, ok := h[key]; ok {
+			h[key] = append(old, val)
+			continue
+		}
+		h[key] = sc.vals[i : i+1 : i+1]
+	}
+	r.Header = h
+
+	switch {
+	case hosts > 1:
+		return nil, http.StatusBadRequest, "too many Host headers"
+	case hosts == 0 && r.ProtoMinor >= 1 && r.URL.Host == "" && r.Method != http.MethodConnect:
+		return nil, http.StatusBadRequest, "missing required Host header"
+	}
+	if r.Host == "" { // an absolute target's host wins
+		r.Host = h.Get("Host")
+	}
+	if !validHost(r.Host) {
+		return nil, http.StatusBadRequest, "malformed Host header"
+	}
+	delete(h, "Host")
+
+	// Framing of the body.
+	if te := h["Transfer-Encoding"]; len(te) > 0 {
+		if len(te) != 1 || !strings.EqualFold(te[0], "chunked") {
+			return nil, http.StatusNotImplemented, "unsupported transfer encoding"
+		}
+		if r.ProtoMinor == 0 {
+			return nil, http.StatusBadRequest, "chunked body on HTTP/1.0"
+		}
+		r.TransferEncoding = []string{"chunked"}
+		r.ContentLength = -1
+		delete(h, "Content-Length") // chunked wins, as in net/http
+		delete(h, "Transfer-Encoding")
+	} else if cl := h["Content-Length"]; len(cl) > 0 {
+		for _, v := range cl[1:] {
+			if v != cl[0] {
+				return nil, http.StatusBadRequest, "conflicting Content-Length"
+			}
+		}
+		if r.ContentLength = parseLength(cl[0]); r.ContentLength < 0 {
+			return nil, http.StatusBadRequest, "bad Content-Length"
+		}
+		if len(cl) > 1 {
+			h["Content-Length"] = cl[:1]
+		}
+	}
+	if r.ContentLength > 0 || r.ContentLength < 0 {
+		if tr := h["Trailer"]; len(tr) > 0 {
+			r.Trailer = http.Header{}
+			for _, v := range tr {
+				for _, k := range strings.Split(v, ",") {
+					if k = textprotoKey(strings.TrimSpace(k)); k != "" {
+						r.Trailer[k] = nil
+					}
+				}
+			}
+		}
+	}
+	r.Close = closeRequested(r)
+	return r, 0, ""
+}
+
+func cutLine(s string) (line, rest string) {
+	line, rest, _ = strings.Cut(s, "\n")
+	return strings.TrimSuffix(line, "\r"), rest
+}
+
+func textprotoKey(k string) string {
+	if k == "" {
+		return ""
+	}
+	c, ok := canonicalKey(k)
+	if !ok {
+		return ""
+	}
+	return c
+}
+
+// parseTarget sets r.URL (and r.Host for an absolute target). A plain
+// origin-form path is split by hand; anything else goes to url's parser.
+func (sc *serverConn) parseTarget(r *http.Request, target string) bool {
+	u := &sc.url
+	*u = url.URL{}
+	r.URL = u
+	if r.Method == http.MethodConnect && target[0] != '/' {
+		pu, err := url.ParseRequestURI("http://" + target)
+		if err != nil {
+			return false
+		}
+		*u = *pu
+		u.Scheme = "" // as net/http reads an authority
+		r.Host = u.Host
+		return true
+	}
+	if target[0] == '/' && plainTarget(target) {
+		path, query, hasQuery := strings.Cut(target, "?")
+		u.Path, u.RawQuery, u.ForceQuery = path, query, hasQuery && query == ""
+		return true
+	}
+	pu, err := url.ParseRequestURI(target)
+	if err != nil {
+		return false
+	}
+	*u = *pu
+	if u.Host != "" {
+		r.Host = u.Host
+	}
+	return true
+}
+
+// plainTarget reports whether t reads the same split by hand as parsed by
+// url: a path of bytes that URL.EscapedPath leaves as they are, and a query
+// of printable bytes, with no escapes and no fragment.
+func plainTarget(t string) bool {
+	path, query, _ := strings.Cut(t, "?")
+	for i := 0; i < len(path); i++ {
+		if c := path[i]; c >= 0x80 || !pathTable[c] {
+			return false
+		}
+	}
+	for i := 0; i < len(query); i++ {
+		if c := query[i]; c <= ' ' || c >= 0x7f || c == '%' || c == '#' {
+			return false
+		}
+	}
+	return true
+}
+
+// pathTable holds the bytes URL.EscapedPath writes unescaped.
+var pathTable = func() (t [128]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+		t[c-'a'+'A'] = true
+	}
+	for _, c := range "-._~$&+,/:;=@" {
+		t[c] = true
+	}
+	return t
+}()
+
+// validHost reports whether h may be a Host header (net/http's rule: the
+// bytes of a host, a port, an IPv6 literal or a percent-escape).
+func validHost(h string) bool {
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		if c >= 0x80 || !hostTable[c] {
+			return false
+		}
+	}
+	return true
+}
+
+var hostTable = func() (t [128]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+		t[c-'a'+'A'] = true
+	}
+	for _, c := range "!$%&'()*+,-.:;=[]_~" {
+		t[c] = true
+	}
+	return t
+}()
+
+// closeRequested reports whether the client wants the connection closed
+// after this request.
+func closeRequested(r *http.Request) bool {
+	conn := r.Header["Connection"]
+	if r.ProtoMajor == 1 && r.ProtoMinor == 0 {
+		return !hasToken(conn, "keep-alive")
+	}
+	return len(conn) > 0 && hasToken(conn, "close")
+}
+
+// reqBody is a request's body on the loop: Content-Length or chunked, read
+// from the connection's buffer. It is safe for the concurrent Read and
+// Close of a Transport's writer and the server.
+type reqBody struct {
+	mu      sync.Mutex
+	sc      *serverConn
+	left    int64 // bytes left of a Content-Length body; -1 for chunked
+	chunked io.Reader
+	trailer http.Header
+	expect  bool // a 100 Continue is owed before the first read
+	eof     bool
+	closed  bool
+	err     error
+}
+
+func (b *reqBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return 0, http.ErrBodyReadAfterClose
+	}
+	return b.read(p)
+}
+
+func (b *reqBody) read(p []byte) (int, error) {
+	if b.eof {
+		return 0, io.EOF
+	}
+	if b.err != nil {
+		return 0, b.err
+	}
+	if b.expect {
+		b.expect = false
+		b.sc.sendContinue()
+	}
+	br := b.sc.br
+	if b.left >= 0 {
+		if int64(len(p)) > b.left {
+			p = p[:b.left]
+		}
+		n, err := br.Read(p)
+		b.left -= int64(n)
+		if b.left == 0 {
+			b.eof = true
+			return n, io.EOF
+		}
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		b.err = err
+		return n, err
+	}
+	if b.chunked == nil {
+		b.chunked = newChunkedReader(br)
+	}
+	n, err := b.chunked.Read(p)
+	if err == io.EOF {
+		if err = b.readTrailer(); err == nil {
+			b.eof = true
+			return n, io.EOF
+		}
+	}
+	b.err = err
+	return n, err
+}
+
+// readTrailer reads the trailer section after the last chunk into the
+// announced keys of the request's Trailer.
+func (b *reqBody) readTrailer() error {
+	total := 0
+	for {
+		line, err := b.sc.br.ReadSlice('\n')
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+		if total += len(line); total > b.sc.fs.maxHeader {
+			return errors.New("request trailer too large")
+		}
+		l := strings.TrimRight(string(line), "\r\n")
+		if l == "" {
+			return nil
+		}
+		k, v, ok := strings.Cut(l, ":")
+		if !ok {
+			return errors.New("malformed trailer line")
+		}
+		if key := textprotoKey(k); key != "" && b.trailer != nil {
+			if _, announced := b.trailer[key]; announced {
+				b.trailer[key] = append(b.trailer[key], strings.TrimSpace(v))
+			}
+		}
+	}
+}
+
+// Close is the Transport's or the handler's: the server reads what is
+// left after the handler returns.
+func (b *reqBody) Close() error { return nil }
+
+// finish ends the body after the handler: what it left unread is read and
+// dropped when it is small, so the connection can carry the next request.
+// It reports whether the connection can stay open.
+func (b *reqBody) finish() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.closed = true
+	if b.eof {
+		return true
+	}
+	if b.err != nil || b.expect && !b.sc.continued {
+		// Broken, or the client still waits for a 100 Continue before it
+		// sends the body: the connection cannot be reused.
+		return false
+	}
+	if b.left > maxDrain {
+		return false
+	}
+	var buf [4 << 10]byte
+	for drained := 0; drained <= maxDrain; {
+		n, err := b.read(buf[:])
+		drained += n
+		if err == io.EOF {
+			return true
+		}
+		if err != nil {
+			return false
+		}
+	}
+	return false
+}
+
+// sendContinue writes the interim 100 Continue unless the answer's head
+// has gone already.
+func (sc *serverConn) sendContinue() {
+	sc.wmu.Lock()
+	defer sc.wmu.Unlock()
+	if sc.continued {
+		return
+	}
+	sc.continued = true
+	sc.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+	sc.bw.Flush()
+}
+
+// newChunkedReader reads a chunked body up to (not including) its trailer.
+func newChunkedReader(br *bufio.Reader) io.Reader { return &chunkedReader{br: br} }
+
+// chunkedReader decodes chunked transfer coding (RFC 9112 section 7.1),
+// leaving the trailer section to its caller.
+type chunkedReader struct {
+	br   *bufio.Reader
+	left int64 // bytes left in the current chunk
+	done bool
+}
+
+func (c *chunkedReader) Read(p []byte) (int, error) {
+	for c.left == 0 {
+		if c.done {
+			return 0, io.EOF
+		}
+		size, err := c.chunkSize()
+		if err != nil {
+			return 0, err
+		}
+		if size == 0 {
+			c.done = true
+			return 0, io.EOF
+		}
+		c.left = size
+	}
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.br.Read(p)
+	c.left -= int64(n)
+	if c.left == 0 && err == nil {
+		err = c.crlf()
+	}
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+var errChunk = errors.New("malformed chunked encoding")
+
+func (c *chunkedReader) chunkSize() (int64, error) {
+	line, err := c.br.ReadSlice('\n')
+	if err != nil {
+		if err == bufio.ErrBufferFull {
+			return 0, errChunk
+		}
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, err
+	}
+	line = bytes.TrimRight(line, "\r\n")
+	if i := bytes.IndexByte(line, ';'); i >= 0 {
+		line = line[:i] // chunk extensions are ignored
+	}
+	line = bytes.TrimRight(line, " \t")
+	if len(line) == 0 || len(line) > 16 {
+		return 0, errChunk
+	}
+	var n int64
+	for _, b := range line {
+		var d byte
+		switch {
+		case '0' <= b && b <= '9':
+			d = b - '0'
+		case 'a' <= b && b <= 'f':
+			d = b - 'a' + 10
+		case 'A' <= b && b <= 'F':
+			d = b - 'A' + 10
+		default:
+			return 0, errChunk
+		}
+		n = n<<4 | int64(d)
+	}
+	if n < 0 {
+		return 0, errChunk
+	}
+	return n, nil
+}
+
+func (c *chunkedReader) crlf() error {
+	b, err := c.br.Peek(2)
+	if err != nil {
+		if err == io.EOF {
+			return io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	if b[0] != '\r' || b[1] != '\n' {
+		return errChunk
+	}
+	c.br.Discard(2)
+	return nil
+}

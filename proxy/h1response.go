@@ -1,0 +1,398 @@
+package proxy
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// The HTTP/1.x loop's writing side: the ResponseWriter, the answer's
+// framing, trailers and the Date header.
+
+// respWriter is the http.ResponseWriter of the loop, reused per request.
+// It holds an answer without a Content-Length back while it is short, so
+// that it can go with one; a longer one goes chunked (HTTP/1.1) or until
+// the close (HTTP/1.0).
+type respWriter struct {
+	sc          *serverConn
+	req         *http.Request
+	header      http.Header
+	status      int
+	wroteHeader bool
+	headSent    bool
+	length      int64 // declared Content-Length, or -1
+	written     int64
+	chunked     bool
+	noBody      bool // HEAD, 204, 304: bytes written are dropped
+	closeAfter  bool
+	hijacked    bool
+	pending     []byte
+}
+
+var (
+	_ http.ResponseWriter = (*respWriter)(nil)
+	_ http.Flusher        = (*respWriter)(nil)
+	_ http.Hijacker       = (*respWriter)(nil)
+)
+
+func (w *respWriter) reset(r *http.Request) {
+	clear(w.header)
+	*w = respWriter{sc: w.sc, req: r, header: w.header, length: -1, pending: w.pending[:0]}
+}
+
+func (w *respWriter) Header() http.Header { return w.header }
+
+func (w *respWriter) WriteHeader(code int) {
+	if w.hijacked || w.wroteHeader {
+		return
+	}
+	if code < 100 || code > 999 {
+		panic(fmt.Sprintf("invalid WriteHeader code %v", code))
+	}
+	if code < 200 && code != http.StatusSwitchingProtocols {
+		w.interim(code)
+		return
+	}
+	w.wroteHeader, w.status = true, code
+	if cl := w.header["Content-Length"]; len(cl) > 0 {
+		if w.length = parseLength(strings.TrimSpace(cl[0])); w.length < 0 {
+			delete(w.header, "Content-Length")
+		}
+	}
+	switch {
+	case code == http.StatusNoContent:
+		delete(w.header, "Content-Length")
+		w.length = -1
+		w.noBody = true
+	case code == http.StatusNotModified || w.req.Method == http.MethodHead:
+		w.noBody = true
+	}
+}
+
+// interim sends a 1xx answer with the header as it stands.
+func (w *respWriter) interim(code int) {
+	if w.req.ProtoMinor == 0 {
+		return
+	}
+	sc := w.sc
+	sc.wmu.Lock()
+	defer sc.wmu.Unlock()
+	if w.headSent {
+		return
+	}
+	if code == http.StatusContinue {
+		if sc.continued {
+			return
+		}
+		sc.continued = true
+	}
+	sc.bw.WriteString(statusLine(code))
+	w.writeFields(false)
+	sc.bw.WriteString("\r\n")
+	sc.bw.Flush()
+}
+
+func (w *respWriter) Write(p []byte) (int, error) {
+	if w.hijacked {
+		return 0, http.ErrHijacked
+	}
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.noBody {
+		if w.req.Method == http.MethodHead {
+			w.written += int64(len(p))
+			return len(p), nil
+		}
+		return 0, http.ErrBodyNotAllowed
+	}
+	if w.length >= 0 && w.written+int64(len(p)) > w.length {
+		return 0, http.ErrContentLength
+	}
+	w.written += int64(len(p))
+	if !w.headSent {
+		if w.length < 0 && len(w.pending)+len(p) <= pendingMax {
+			w.pending = append(w.pending, p...)
+			return len(p), nil
+		}
+		w.sendHead()
+	}
+	return w.writeBody(p)
+}
+
+func (w *respWriter) writeBody(p []byte) (int, error) {
+	bw := w.sc.bw
+	if !w.chunked {
+		return bw.Write(p)
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	bw.Write(strconv.AppendInt(w.sc.scratch[:0], int64(len(p)), 16))
+	bw.WriteString("\r\n")
+	n, err := bw.Write(p)
+	if err == nil {
+		_, err = bw.WriteString("\r\n")
+	}
+	return n, err
+}
+
+// sendHead writes the status line and header; a body whose length is
+// still unknown goes chunked, or until the close for HTTP/1.0.
+func (w *respWriter) sendHead() {
+	sc := w.sc
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	sc.wmu.Lock()
+	w.headSent = true
+	sc.continued = true
+	sc.wmu.Unlock()
+	streaming := w.length < 0
+	r := w.req
+	if r.Close || sc.fs.shutting.Load() || hasToken(w.header["Connection"], "close") {
+		w.closeAfter = true
+	}
+	if streaming && !w.noBody {
+		if r.ProtoMinor >= 1 {
+			w.chunked = true
+		} else {
+			w.closeAfter = true // the close ends the body
+		}
+	}
+	bw := sc.bw
+	bw.WriteString(statusLine(w.status))
+	w.writeFields(true)
+	if _, ok := w.header["Date"]; !ok {
+		bw.WriteString("Date: ")
+		bw.Write(sc.date())
+		bw.WriteString("\r\n")
+	}
+	switch {
+	case w.chunked:
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+	case w.length >= 0 && w.status != http.StatusNoContent:
+		bw.WriteString("Content-Length: ")
+		bw.Write(strconv.AppendInt(sc.scratch[:0], w.length, 10))
+		bw.WriteString("\r\n")
+	}
+	switch {
+	case w.closeAfter:
+		bw.WriteString("Connection: close\r\n")
+	case r.ProtoMinor == 0:
+		bw.WriteString("Connection: keep-alive\r\n")
+	}
+	bw.WriteString("\r\n")
+}
+
+// writeFields writes the header's fields but the ones the framing owns
+// (those too when all is false). Line breaks in values become spaces, as
+// net/http does.
+func (w *respWriter) writeFields(skipFraming bool) {
+	bw := w.sc.bw
+	// Values set for declared trailers go at the end, not in the head.
+	trailers := w.header["Trailer"]
+	for k, vs := range w.header {
+		if skipFraming {
+			switch k {
+			case "Content-Length", "Transfer-Encoding", "Connection":
+				continue
+			}
+			if strings.HasPrefix(k, http.TrailerPrefix) || len(trailers) > 0 && k != "Trailer" && hasToken(trailers, k) {
+				continue
+			}
+		}
+		if !fieldName(k) {
+			continue
+		}
+		for _, v := range vs {
+			bw.WriteString(k)
+			bw.WriteString(": ")
+			if strings.ContainsAny(v, "\r\n") {
+				v = newlineToSpace.Replace(v)
+			}
+			bw.WriteString(v)
+			bw.WriteString("\r\n")
+		}
+	}
+}
+
+var newlineToSpace = strings.NewReplacer("\r", " ", "\n", " ")
+
+func fieldName(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		if !tokenByte(k[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// Flush sends what is held back and the buffer.
+func (w *respWriter) Flush() {
+	if w.hijacked {
+		return
+	}
+	if !w.headSent {
+		w.sendHead()
+		if len(w.pending) > 0 {
+			w.writeBody(w.pending)
+			w.pending = w.pending[:0]
+		}
+	}
+	if err := w.sc.bw.Flush(); err != nil {
+		w.closeAfter = true
+	}
+}
+
+// finish completes the answer after the handler returned.
+func (w *respWriter) finish() {
+	if w.hijacked {
+		return
+	}
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	bw := w.sc.bw
+	if !w.headSent {
+		if w.length < 0 && !w.wantsTrailers() {
+			switch {
+			case !w.noBody:
+				w.length = int64(len(w.pending))
+			case w.req.Method == http.MethodHead && w.written > 0:
+				w.length = w.written
+			}
+		}
+		w.sendHead()
+		if len(w.pending) > 0 {
+			w.writeBody(w.pending)
+		}
+	}
+	switch {
+	case w.chunked:
+		bw.WriteString("0\r\n")
+		w.writeTrailers()
+		bw.WriteString("\r\n")
+	case w.length >= 0 && w.written < w.length && !w.noBody:
+		w.closeAfter = true // short of its length: the client must not wait
+	}
+	if err := bw.Flush(); err != nil {
+		w.closeAfter = true
+	}
+	w.pending = w.pending[:0]
+}
+
+// wantsTrailers reports whether the handler announced trailers or set
+// some with http.TrailerPrefix.
+func (w *respWriter) wantsTrailers() bool {
+	if len(w.header["Trailer"]) > 0 {
+		return w.req.ProtoMinor >= 1
+	}
+	for k := range w.header {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			return w.req.ProtoMinor >= 1
+		}
+	}
+	return false
+}
+
+func (w *respWriter) writeTrailers() {
+	bw := w.sc.bw
+	write := func(k string, vs []string) {
+		if !fieldName(k) {
+			return
+		}
+		for _, v := range vs {
+			bw.WriteString(k)
+			bw.WriteString(": ")
+			bw.WriteString(newlineToSpace.Replace(v))
+			bw.WriteString("\r\n")
+		}
+	}
+	for _, list := range w.header["Trailer"] {
+		for _, k := range strings.Split(list, ",") {
+			if k = textprotoKey(strings.TrimSpace(k)); k != "" {
+				write(k, w.header[k])
+			}
+		}
+	}
+	for k, vs := range w.header {
+		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
+			write(name, vs)
+		}
+	}
+}
+
+// Hijack hands the connection to the handler (an upgrade): the loop lets
+// go of it, and Shutdown no longer waits for it.
+func (w *respWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if w.hijacked {
+		return nil, nil, http.ErrHijacked
+	}
+	sc := w.sc
+	if w.headSent {
+		sc.bw.Flush()
+	}
+	w.hijacked = true
+	sc.hijack = true
+	sc.unwatch() // the connection is the handler's alone now
+	sc.c.SetDeadline(time.Time{})
+	sc.fs.forget(sc)
+	return sc.c, bufio.NewReadWriter(sc.br, sc.bw), nil
+}
+
+// SetReadDeadline and SetWriteDeadline serve http.ResponseController.
+func (w *respWriter) SetReadDeadline(t time.Time) error { return w.sc.c.SetReadDeadline(t) }
+
+func (w *respWriter) SetWriteDeadline(t time.Time) error { return w.sc.c.SetWriteDeadline(t) }
+
+// EnableFullDuplex serves http.ResponseController: the loop always lets a
+// handler read the body while it writes the answer.
+func (w *respWriter) EnableFullDuplex() error { return nil }
+
+// statusLine returns "HTTP/1.1 CODE TEXT\r\n".
+func statusLine(code int) string {
+	if code >= 100 && code < 600 {
+		if s := statusLines[code]; s != "" {
+			return s
+		}
+	}
+	return "HTTP/1.1 " + strconv.Itoa(code) + " " + http.StatusText(code) + "\r\n"
+}
+
+var statusLines = func() (t [600]string) {
+	for c := 100; c < 600; c++ {
+		if text := http.StatusText(c); text != "" {
+			t[c] = "HTTP/1.1 " + strconv.Itoa(c) + " " + text + "\r\n"
+		}
+	}
+	return t
+}()
+
+// date returns the Date header's value for now, formatted once a second.
+func (sc *serverConn) date() []byte {
+	d := currentDate.Load()
+	now := time.Now().Unix()
+	if d == nil || d.unix != now {
+		d = &httpDate{unix: now}
+		d.text = time.Unix(now, 0).UTC().AppendFormat(d.buf[:0], http.TimeFormat)
+		currentDate.Store(d)
+	}
+	return d.text
+}
+
+type httpDate struct {
+	unix int64
+	buf  [32]byte
+	text []byte
+}
+
+var currentDate atomic.Pointer[httpDate]
