@@ -504,7 +504,10 @@ func tokenByte(c byte) bool {
 	return c < 0x80 && tokenTable[c]
 }
 
-var tokenTable = func() (t [128]bool) {
+var tokenTable = asciiTable("!#$%&'*+-.^_`|~")
+
+// asciiTable marks the letters, the digits and the bytes of extra.
+func asciiTable(extra string) (t [128]bool) {
 	for c := '0'; c <= '9'; c++ {
 		t[c] = true
 	}
@@ -512,8 +515,8 @@ var tokenTable = func() (t [128]bool) {
 		t[c] = true
 		t[c-'a'+'A'] = true
 	}
-	for _, c := range "!#$%&'*+-.^_`|~" {
-		t[c] = true
+	for i := 0; i < len(extra); i++ {
+		t[extra[i]] = true
 	}
 	return t
-}()
+}

@@ -284,19 +284,7 @@ func plainTarget(t string) bool {
 }
 
 // pathTable holds the bytes URL.EscapedPath writes unescaped.
-var pathTable = func() (t [128]bool) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c] = true
-		t[c-'a'+'A'] = true
-	}
-	for _, c := range "-._~$&+,/:;=@" {
-		t[c] = true
-	}
-	return t
-}()
+var pathTable = asciiTable("-._~$&+,/:;=@")
 
 // validHost reports whether h may be a Host header (net/http's rule: the
 // bytes of a host, a port, an IPv6 literal or a percent-escape).
@@ -310,19 +298,7 @@ func validHost(h string) bool {
 	return true
 }
 
-var hostTable = func() (t [128]bool) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c] = true
-		t[c-'a'+'A'] = true
-	}
-	for _, c := range "!$%&'()*+,-.:;=[]_~" {
-		t[c] = true
-	}
-	return t
-}()
+var hostTable = asciiTable("!$%&'()*+,-.:;=[]_~")
 
 // closeRequested reports whether the client wants the connection closed
 // after this request.
