@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"net"
 	"net/http"
@@ -172,9 +171,15 @@ var forwardingHeaders = map[string]bool{
 	"Forwarded": true, "X-Forwarded-For": true, "X-Forwarded-Host": true, "X-Forwarded-Proto": true,
 }
 
-// writeForwardHead writes the head of r as the upstream is to see it.
-func writeForwardHead(w *bufio.Writer, r *http.Request, fwd *forwardedValues) error {
-	writeRequestLine(w, r, r.Host)
+// writeForwardHead writes the head of r as the upstream at addr is to see
+// it; a request without a Host (HTTP/1.0) gets addr, as http.Transport
+// gives it.
+func writeForwardHead(w *bufio.Writer, r *http.Request, fwd *forwardedValues, addr string) error {
+	host := r.Host
+	if host == "" {
+		host = addr
+	}
+	writeRequestLine(w, r, host)
 	conn := r.Header["Connection"]
 	for k, vs := range r.Header {
 		if k == "Host" || hopHeaders[k] || forwardingHeaders[k] || len(conn) > 0 && hasToken(conn, k) {
@@ -256,6 +261,13 @@ func (c *h1Conn) exchange(ctx context.Context, r *http.Request, fwd *forwardedVa
 	if err != nil {
 		respHeads.Put(h)
 		return exchange{}, c.wrapErr(ctx, err, false)
+	}
+	if ok && c.reused && h.status == http.StatusRequestTimeout {
+		// An upstream closing an idle connection may say so with a 408
+		// before the request arrived: the request goes again on a fresh
+		// connection, as http.Transport does.
+		respHeads.Put(h)
+		return exchange{}, errStaleConn
 	}
 	if ok {
 		if err := h.consume(c.br); err != nil {
@@ -347,14 +359,18 @@ func (h *respHead) parse(br *bufio.Reader, head bool) (ok bool, err error) {
 		if _, err = br.Peek(want); err != nil {
 			return false, err
 		}
-		from := max(len(buf)-3, 0) // what was searched before, but a split CRLFCRLF
+		from := max(len(buf)-2, 0) // what was searched before, but a split end
 		buf, _ = br.Peek(br.Buffered())
-		if end = bytes.Index(buf[from:], crlfcrlf); end >= 0 {
-			end += from
+		end = headEndFrom(buf, from)
+	}
+	raw := buf[:end]
+	for i, c := range raw {
+		if c == '\n' && (i == 0 || raw[i-1] != '\r') {
+			return false, nil // bare LF line ends: ReadResponse's case
 		}
 	}
-	h.n = end + 4
-	s := string(buf[:end+2]) // the status line and each header line, CRLF-terminated
+	h.n = end
+	s := string(raw[:end-2]) // the status line and each header line, CRLF-terminated
 	line, rest, _ := strings.Cut(s, "\r\n")
 	if len(line) < 12 || line[:9] != "HTTP/1.1 " || len(line) > 12 && line[12] != ' ' || !validValue(line[12:]) {
 		return false, nil
@@ -417,8 +433,6 @@ func (h *respHead) parse(br *bufio.Reader, head bool) (ok bool, err error) {
 	}
 	return true, nil
 }
-
-var crlfcrlf = []byte("\r\n\r\n")
 
 // consume takes the parsed head out of br.
 func (h *respHead) consume(br *bufio.Reader) error {

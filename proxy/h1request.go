@@ -72,8 +72,12 @@ func (sc *serverConn) readHead() (head []byte, consumed int, err error) {
 
 // headEnd returns the length of the head in b (through its empty line), or
 // -1 while it is incomplete. Lines end in CRLF or a bare LF.
-func headEnd(b []byte) int {
-	for i := 0; ; {
+func headEnd(b []byte) int { return headEndFrom(b, 0) }
+
+// headEndFrom is headEnd for a b whose bytes before from (but the last
+// two) were searched already.
+func headEndFrom(b []byte, from int) int {
+	for i := from; ; {
 		j := bytes.IndexByte(b[i:], '\n')
 		if j < 0 {
 			return -1
@@ -448,7 +452,7 @@ func (b *reqBody) finish() bool {
 func (sc *serverConn) sendContinue() {
 	sc.wmu.Lock()
 	defer sc.wmu.Unlock()
-	if sc.continued {
+	if sc.continued || sc.w.headSent {
 		return
 	}
 	sc.continued = true
@@ -509,7 +513,16 @@ func (c *chunkedReader) chunkSize() (int64, error) {
 		}
 		return 0, err
 	}
-	line = bytes.TrimRight(line, "\r\n")
+	// A bare LF or a stray CR before the CRLF is refused, as by net/http:
+	// a proxy in front that reads them otherwise would frame the body
+	// differently.
+	if len(line) < 2 || line[len(line)-2] != '\r' {
+		return 0, errChunk
+	}
+	line = line[:len(line)-2]
+	if bytes.IndexByte(line, '\r') >= 0 {
+		return 0, errChunk
+	}
 	if i := bytes.IndexByte(line, ';'); i >= 0 {
 		line = line[:i] // chunk extensions are ignored
 	}

@@ -65,7 +65,7 @@ func (w *respWriter) WriteHeader(code int) {
 		}
 	}
 	switch {
-	case code == http.StatusNoContent:
+	case code == http.StatusNoContent || code == http.StatusSwitchingProtocols:
 		delete(w.header, "Content-Length")
 		w.length = -1
 		w.noBody = true
@@ -120,9 +120,32 @@ func (w *respWriter) Write(p []byte) (int, error) {
 			w.pending = append(w.pending, p...)
 			return len(p), nil
 		}
+		w.sniff(p)
 		w.sendHead()
+		if len(w.pending) > 0 {
+			w.writeBody(w.pending)
+			w.pending = w.pending[:0]
+		}
 	}
 	return w.writeBody(p)
+}
+
+// sniff sets the Content-Type from the body's first bytes when the handler
+// set none, as net/http does.
+func (w *respWriter) sniff(p []byte) {
+	if w.noBody || w.status == http.StatusSwitchingProtocols {
+		return
+	}
+	if _, ok := w.header["Content-Type"]; ok || len(w.header["Content-Encoding"]) > 0 || len(w.header["Transfer-Encoding"]) > 0 {
+		return
+	}
+	if len(w.pending) > 0 {
+		p = w.pending
+	}
+	if len(p) == 0 {
+		return
+	}
+	w.header.Set("Content-Type", http.DetectContentType(p[:min(len(p), 512)]))
 }
 
 func (w *respWriter) writeBody(p []byte) (int, error) {
@@ -150,8 +173,7 @@ func (w *respWriter) sendHead() {
 		w.WriteHeader(http.StatusOK)
 	}
 	sc.wmu.Lock()
-	w.headSent = true
-	sc.continued = true
+	w.headSent = true // no 100 Continue may follow
 	sc.wmu.Unlock()
 	streaming := w.length < 0
 	r := w.req
@@ -167,7 +189,8 @@ func (w *respWriter) sendHead() {
 	}
 	bw := sc.bw
 	bw.WriteString(statusLine(w.status))
-	w.writeFields(true)
+	upgrade := w.status == http.StatusSwitchingProtocols
+	w.writeFields(!upgrade) // a 101 keeps its Connection: Upgrade
 	if _, ok := w.header["Date"]; !ok {
 		bw.WriteString("Date: ")
 		bw.Write(sc.date())
@@ -182,6 +205,7 @@ func (w *respWriter) sendHead() {
 		bw.WriteString("\r\n")
 	}
 	switch {
+	case upgrade:
 	case w.closeAfter:
 		bw.WriteString("Connection: close\r\n")
 	case r.ProtoMinor == 0:
@@ -242,6 +266,7 @@ func (w *respWriter) Flush() {
 		return
 	}
 	if !w.headSent {
+		w.sniff(nil)
 		w.sendHead()
 		if len(w.pending) > 0 {
 			w.writeBody(w.pending)
@@ -271,6 +296,7 @@ func (w *respWriter) finish() {
 				w.length = w.written
 			}
 		}
+		w.sniff(nil)
 		w.sendHead()
 		if len(w.pending) > 0 {
 			w.writeBody(w.pending)
@@ -338,6 +364,15 @@ func (w *respWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, http.ErrHijacked
 	}
 	sc := w.sc
+	if w.wroteHeader && !w.headSent {
+		// What the handler wrote before taking the connection goes first,
+		// as net/http sends it.
+		w.sendHead()
+		if len(w.pending) > 0 && !w.noBody {
+			w.writeBody(w.pending)
+			w.pending = w.pending[:0]
+		}
+	}
 	if w.headSent {
 		sc.bw.Flush()
 	}

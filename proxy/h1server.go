@@ -12,7 +12,6 @@ import (
 	"net/url"
 	"runtime/debug"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -241,8 +240,8 @@ type serverConn struct {
 	hijack  bool
 	big     []byte   // a head larger than br's buffer, gathered
 	scratch [24]byte // number formatting
-	// continued is set once this request's 100 Continue (or the answer's
-	// head) has gone, so that no other is sent.
+	// continued is set once this request's 100 Continue has gone: the
+	// client sends its body. None goes after the answer's head.
 	continued bool
 
 	// The watch of a long bodyless request: a read of the connection that
@@ -251,7 +250,9 @@ type serverConn struct {
 	watchTimer *time.Timer
 	watchMu    sync.Mutex
 	watchOff   bool          // the request ended: a late timer does nothing
-	watchDone  chan struct{} // closed when the watch's read has returned
+	watching   bool          // a watch's read has started
+	watchArmed bool          // the timer was set for the request in flight
+	watchFired chan struct{} // each run of the timer's function ends with a send
 	watchBuf   [1]byte
 	peeked     bool
 	gone       atomic.Bool // the client went away during a request
@@ -307,6 +308,7 @@ func (sc *serverConn) serve() {
 	ctx := router.ContextWithSlot(sc.ctx, &sc.slot)
 	sc.base = (&http.Request{}).WithContext(ctx)
 	sc.br = bufio.NewReaderSize(connReader{sc}, 4<<10)
+	sc.watchFired = make(chan struct{}, 1)
 	sc.watchTimer = time.AfterFunc(time.Hour, sc.watch)
 	sc.watchTimer.Stop()
 	defer sc.watchTimer.Stop()
@@ -409,16 +411,19 @@ func (sc *serverConn) lingerClose() {
 // request.
 func (sc *serverConn) run(r *http.Request) bool {
 	fs := sc.fs
+	// Expect is 100-continue on an HTTP/1.1 request with a body, or it is
+	// refused, as net/http has it.
+	expect := false
+	if e := r.Header["Expect"]; len(e) > 0 && e[0] != "" {
+		if !hasToken(e[:1], "100-continue") || r.ProtoMinor == 0 || r.ContentLength == 0 {
+			sc.refuse(http.StatusExpectationFailed, "")
+			return false
+		}
+		expect = true
+	}
 	var body *reqBody
 	if r.ContentLength != 0 {
-		body = &reqBody{sc: sc, left: r.ContentLength, trailer: r.Trailer}
-		if e := r.Header["Expect"]; len(e) > 0 {
-			if len(e) > 1 || !strings.EqualFold(e[0], "100-continue") {
-				sc.refuse(http.StatusExpectationFailed, "")
-				return false
-			}
-			body.expect = r.ProtoMinor >= 1
-		}
+		body = &reqBody{sc: sc, left: r.ContentLength, trailer: r.Trailer, expect: expect}
 		r.Body = body
 		// The body is read while the handler runs: the whole-request
 		// timeout, or none, replaces the idle one left from before.
@@ -442,6 +447,7 @@ func (sc *serverConn) run(r *http.Request) bool {
 		sc.watchMu.Lock()
 		sc.watchOff = false
 		sc.watchMu.Unlock()
+		sc.watchArmed = true
 		sc.watchTimer.Reset(watchAfter)
 	}
 	var ok bool
@@ -466,37 +472,35 @@ func (sc *serverConn) run(r *http.Request) bool {
 		}
 		return false
 	}
-	sc.state.Store(connIdle)
-	if fs.shutting.Load() {
-		return false
-	}
+	// The idle deadline goes before the state says idle: Shutdown's
+	// deadline in the past, set once it sees the state, must come last.
 	if to := fs.timeouts.Idle.D(); to > 0 {
 		sc.c.SetReadDeadline(time.Now().Add(to))
 	} else if body != nil || watched {
 		sc.c.SetReadDeadline(time.Time{})
 	}
-	return true
+	sc.state.Store(connIdle)
+	return !fs.shutting.Load()
 }
 
 // watch runs on the watch timer's goroutine once a bodyless request has run
 // for watchAfter.
 func (sc *serverConn) watch() {
+	defer func() { sc.watchFired <- struct{}{} }() // unwatch waits for it
 	sc.watchMu.Lock()
 	if sc.watchOff {
 		sc.watchMu.Unlock()
 		return
 	}
 	sc.fs.watches.Add(1)
-	done := make(chan struct{})
-	sc.watchDone = done
+	sc.watching = true
 	// No deadline but unwatch's: an idle deadline left from before must
 	// not end the watch of a long request.
 	sc.c.SetReadDeadline(time.Time{})
 	sc.watchMu.Unlock()
-	defer close(done)
 	n, err := sc.c.Read(sc.watchBuf[:])
 	if n == 1 {
-		sc.peeked = true // read by the loop once done is closed
+		sc.peeked = true // read by the loop after unwatch's receive
 		return
 	}
 	var ne net.Error
@@ -510,20 +514,26 @@ func (sc *serverConn) watch() {
 // read to return; it reports whether a watch had started (and moved the
 // read deadline).
 func (sc *serverConn) unwatch() bool {
+	if !sc.watchArmed {
+		return false
+	}
+	sc.watchArmed = false
 	if sc.watchTimer.Stop() {
 		return false
 	}
+	// The timer fired: its watch runs, or is about to. Turn it off or cut
+	// its read, then wait until it has returned, so that no late watch
+	// can start during the next request.
 	sc.watchMu.Lock()
 	sc.watchOff = true
-	done := sc.watchDone
-	sc.watchDone = nil
+	started := sc.watching
+	sc.watching = false
 	sc.watchMu.Unlock()
-	if done == nil {
-		return false
+	if started {
+		sc.c.SetReadDeadline(aLongTimeAgo)
 	}
-	sc.c.SetReadDeadline(aLongTimeAgo)
-	<-done
-	return true
+	<-sc.watchFired
+	return started
 }
 
 // connReader is what br reads: the byte a watch read first, then the

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -73,6 +74,7 @@ type h1Conn struct {
 	br      *bufio.Reader
 	bw      *bufio.Writer
 	key     string
+	addr    string
 	idleAt  time.Time
 	reused  bool
 	t       *h1Transport
@@ -144,18 +146,46 @@ func (t *h1Transport) get(ctx context.Context, key, scheme, addr string) (*h1Con
 		c := list[len(list)-1]
 		list[len(list)-1] = nil
 		t.idle[key] = list[:len(list)-1]
-		if t.idleTimeout > 0 && now.Sub(c.idleAt) > t.idleTimeout {
+		idle := now.Sub(c.idleAt)
+		if t.idleTimeout > 0 && idle > t.idleTimeout {
 			t.mu.Unlock()
 			c.conn.Close()
 			t.mu.Lock()
 			continue
 		}
 		t.mu.Unlock()
+		if idle >= checkIdleAfter && c.unsolicited() {
+			c.conn.Close()
+			t.mu.Lock()
+			continue
+		}
 		c.reused = true
 		return c, nil
 	}
 	t.mu.Unlock()
 	return t.dial(ctx, key, scheme, addr)
+}
+
+// checkIdleAfter is how long a connection may sit idle before it is
+// checked, when taken again, for anything its upstream sent meanwhile (a
+// 408 or a close on its idle timeout): an answer to no request must not
+// become the next request's answer. A 408 on a connection taken sooner is
+// caught where the answer is read.
+const checkIdleAfter = time.Second
+
+// unsolicited reports whether the upstream sent anything, or closed, while
+// c sat idle. It waits a millisecond at most (a deadline already past would
+// not even look at the socket); TLS messages after the handshake (session
+// tickets) are absorbed by tls.Conn and do not count.
+func (c *h1Conn) unsolicited() bool {
+	if c.br.Buffered() > 0 {
+		return true
+	}
+	c.conn.SetReadDeadline(time.Now().Add(time.Millisecond))
+	_, err := c.br.Peek(1)
+	c.conn.SetReadDeadline(time.Time{})
+	var ne net.Error
+	return !(errors.As(err, &ne) && ne.Timeout())
 }
 
 func (t *h1Transport) dial(ctx context.Context, key, scheme, addr string) (*h1Conn, error) {
@@ -183,7 +213,7 @@ func (t *h1Transport) dial(ctx context.Context, key, scheme, addr string) (*h1Co
 		conn = tc
 	}
 	lim := &headLimit{conn: conn, budget: -1}
-	c := &h1Conn{conn: conn, lim: lim, br: bufio.NewReaderSize(lim, 16<<10), bw: bufio.NewWriterSize(conn, 4<<10), key: key, t: t}
+	c := &h1Conn{conn: conn, lim: lim, br: bufio.NewReaderSize(lim, 16<<10), bw: bufio.NewWriterSize(conn, 4<<10), key: key, addr: addr, t: t}
 	c.cut = func() { c.conn.SetDeadline(aLongTimeAgo) }
 	return c, nil
 }
@@ -246,7 +276,7 @@ func (c *h1Conn) send(ctx context.Context, r *http.Request, fwd *forwardedValues
 	c.stopCtx = context.AfterFunc(ctx, c.cut)
 	var err error
 	if fwd != nil {
-		err = writeForwardHead(c.bw, r, fwd)
+		err = writeForwardHead(c.bw, r, fwd, c.addr)
 	} else {
 		err = writeRequestHead(c.bw, r)
 	}
@@ -254,7 +284,9 @@ func (c *h1Conn) send(ctx context.Context, r *http.Request, fwd *forwardedValues
 		return c.wrapErr(ctx, err, false)
 	}
 	if err := c.bw.Flush(); err != nil {
-		return c.wrapErr(ctx, err, false)
+		// A kept-alive connection the upstream had closed can fail as
+		// early as the write.
+		return c.wrapErr(ctx, err, c.reused)
 	}
 	if c.t.headerTimeout > 0 {
 		c.conn.SetReadDeadline(time.Now().Add(c.t.headerTimeout))
@@ -284,6 +316,11 @@ func (c *h1Conn) readResponse(ctx context.Context, r *http.Request) (*http.Respo
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			break
 		}
+	}
+	if c.reused && resp.StatusCode == http.StatusRequestTimeout {
+		// An idle connection's 408, sent before the request arrived: the
+		// caller sends the request again on a fresh connection.
+		return nil, errStaleConn
 	}
 	c.endHead(ctx)
 	body := &h1Body{rc: resp.Body, c: c, reuse: !resp.Close && !r.Close && resp.ProtoAtLeast(1, 1)}
@@ -395,7 +432,8 @@ func (c *h1Conn) wrapErr(ctx context.Context, err error, firstByte bool) error {
 	if errors.As(err, &ne) && ne.Timeout() {
 		return timeoutError{c.t.headerTimeout}
 	}
-	if firstByte && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isConnReset(err)) {
+	if firstByte && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isConnReset(err) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)) {
 		return errStaleConn
 	}
 	return err
