@@ -8,7 +8,6 @@ import (
 	"net/textproto"
 	"strings"
 	"sync"
-	"time"
 
 	"sekisho/router"
 )
@@ -31,18 +30,7 @@ import (
 
 // directable reports whether r may take the direct path.
 func directable(r *http.Request) bool {
-	switch r.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions:
-	default:
-		return false
-	}
-	if r.Body != nil && r.Body != http.NoBody || r.ContentLength > 0 || len(r.TransferEncoding) > 0 || r.URL.Opaque != "" {
-		return false
-	}
-	if len(r.Header["Upgrade"]) > 0 || len(r.Header["Expect"]) > 0 {
-		return false
-	}
-	return headerSafe(r.Header) && !strings.ContainsAny(r.Host, "\r\n ")
+	return bodylessIdempotent(r) && r.URL.Opaque == "" && headerSafe(r.Header) && !strings.ContainsAny(r.Host, "\r\n ")
 }
 
 // prepared is an answer the direct path received but does not forward
@@ -73,38 +61,20 @@ func (p *Pool) forward(w http.ResponseWriter, r *http.Request, t *h1Transport, i
 			}
 			break
 		}
-		tg := &p.targets[i]
-		info.Pool, info.Upstream = p.name, tg.Addr
-		if info.Tried != nil {
-			info.Tried.Add(tg.Addr)
-		}
-		tg.EP.Begin()
-		start := time.Now()
-		x, err := t.exchange(ctx, r, p.keys[i], p.schemes[i], tg.Addr, &fwd)
-		p.duration.Observe(time.Since(start).Seconds())
+		start := p.begin(i, info)
+		x, err := t.exchange(ctx, r, p.keys[i], p.schemes[i], p.targets[i].Addr, &fwd)
 		if err == nil {
-			status := x.status
 			if x.resp != nil {
-				status = x.resp.StatusCode
-			}
-			p.attempts[i].inc(status)
-			tg.EP.ObserveResult(status < 500 || !p.group.Counts5xx())
-			if x.resp != nil {
+				p.answered(i, start, x.resp.StatusCode)
 				p.relayPrepared(w, r, x.resp, i)
 				return
 			}
-			x.relay(w, r, tg.EP)
+			p.answered(i, start, x.status)
+			x.relay(w, r, p.targets[i].EP)
 			return
 		}
-		tg.EP.End()
-		p.attempts[i].inc(0)
-		if ctx.Err() != nil {
-			lastErr = err
-			break
-		}
-		tg.EP.ObserveResult(false)
 		lastErr = err
-		if !retryable(r, err, nil) {
+		if !p.failed(i, start, r, err, nil) {
 			break
 		}
 		pk.exclude(i)
@@ -232,8 +202,10 @@ type exchange struct {
 }
 
 // exchange sends r to addr (key is scheme://addr, the idle pool's key) and
-// reads the answer's head. A kept-alive
-// connection the upstream had closed is replaced, as RoundTrip does.
+// reads the answer's head, on the direct path when fwd is not nil and on
+// the lean path otherwise. A kept-alive connection the upstream had closed
+// fails before a byte of the answer; the request is idempotent and
+// bodyless, so it goes again on a fresh connection, as http.Transport does.
 func (t *h1Transport) exchange(ctx context.Context, r *http.Request, key, scheme, addr string, fwd *forwardedValues) (exchange, error) {
 	for {
 		c, err := t.get(ctx, key, scheme, addr)
@@ -252,32 +224,31 @@ func (t *h1Transport) exchange(ctx context.Context, r *http.Request, key, scheme
 	}
 }
 
+// exchange writes r and reads the answer's head: parsed in place when the
+// direct path (fwd not nil) meets a plain answer, an *http.Response
+// otherwise. A 408, which a reused connection may carry from before the
+// request, is always read the second way, where readResponse tells it.
 func (c *h1Conn) exchange(ctx context.Context, r *http.Request, fwd *forwardedValues) (exchange, error) {
 	if err := c.send(ctx, r, fwd); err != nil {
 		return exchange{}, err
 	}
-	h := respHeads.Get().(*respHead)
-	ok, err := h.parse(c.br, r.Method == http.MethodHead)
-	if err != nil {
-		respHeads.Put(h)
-		return exchange{}, c.wrapErr(ctx, err, false)
-	}
-	if ok && c.reused && h.status == http.StatusRequestTimeout {
-		// An upstream closing an idle connection may say so with a 408
-		// before the request arrived: the request goes again on a fresh
-		// connection, as http.Transport does.
-		respHeads.Put(h)
-		return exchange{}, errStaleConn
-	}
-	if ok {
-		if err := h.consume(c.br); err != nil {
+	if fwd != nil {
+		h := respHeads.Get().(*respHead)
+		ok, err := h.parse(c.br, r.Method == http.MethodHead)
+		switch {
+		case err != nil:
 			respHeads.Put(h)
 			return exchange{}, c.wrapErr(ctx, err, false)
+		case ok && h.status != http.StatusRequestTimeout:
+			if err := h.consume(c.br); err != nil {
+				respHeads.Put(h)
+				return exchange{}, c.wrapErr(ctx, err, false)
+			}
+			c.endHead(ctx)
+			return exchange{c: c, status: h.status, length: h.length, reuse: h.keepAlive && !r.Close, head: h}, nil
 		}
-		c.endHead(ctx)
-		return exchange{c: c, status: h.status, length: h.length, reuse: h.keepAlive && !r.Close, head: h}, nil
+		respHeads.Put(h)
 	}
-	respHeads.Put(h)
 	resp, err := c.readResponse(ctx, r)
 	if err != nil {
 		return exchange{}, err
@@ -499,7 +470,7 @@ func canonicalKey(k string) (string, bool) {
 	canonical := true
 	for i := 0; i < len(k); i++ {
 		c := k[i]
-		if !tokenByte(c) {
+		if !router.TokenByte(c) {
 			return "", false
 		}
 		if upper && 'a' <= c && c <= 'z' || !upper && 'A' <= c && c <= 'Z' {
@@ -512,13 +483,6 @@ func canonicalKey(k string) (string, bool) {
 	}
 	return textproto.CanonicalMIMEHeaderKey(k), true
 }
-
-// tokenByte reports whether c may appear in a header name (RFC 9110 tchar).
-func tokenByte(c byte) bool {
-	return c < 0x80 && tokenTable[c]
-}
-
-var tokenTable = asciiTable("!#$%&'*+-.^_`|~")
 
 // asciiTable marks the letters, the digits and the bytes of extra.
 func asciiTable(extra string) (t [128]bool) {

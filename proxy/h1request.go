@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"sekisho/router"
 )
 
 // The HTTP/1.x loop's reading side: the request head, its parsing, the
@@ -102,10 +104,8 @@ func (sc *serverConn) parse(head []byte) (*http.Request, int, string) {
 	if !ok1 || !ok2 || method == "" || target == "" {
 		return nil, http.StatusBadRequest, "malformed HTTP request"
 	}
-	for i := 0; i < len(method); i++ {
-		if !tokenByte(method[i]) {
-			return nil, http.StatusBadRequest, "invalid method"
-		}
+	if !router.ValidToken(method) {
+		return nil, http.StatusBadRequest, "invalid method"
 	}
 	r := &sc.req
 	*r = *sc.base
@@ -205,16 +205,10 @@ func (sc *serverConn) parse(head []byte) (*http.Request, int, string) {
 			h["Content-Length"] = cl[:1]
 		}
 	}
-	if r.ContentLength > 0 || r.ContentLength < 0 {
-		if tr := h["Trailer"]; len(tr) > 0 {
-			r.Trailer = http.Header{}
-			for _, v := range tr {
-				for _, k := range strings.Split(v, ",") {
-					if k = textprotoKey(strings.TrimSpace(k)); k != "" {
-						r.Trailer[k] = nil
-					}
-				}
-			}
+	if tr := h["Trailer"]; len(tr) > 0 && r.ContentLength != 0 {
+		r.Trailer = http.Header{}
+		for _, k := range trailerKeys(tr) {
+			r.Trailer[k] = nil
 		}
 	}
 	r.Close = closeRequested(r)
@@ -226,15 +220,18 @@ func cutLine(s string) (line, rest string) {
 	return strings.TrimSuffix(line, "\r"), rest
 }
 
-func textprotoKey(k string) string {
-	if k == "" {
-		return ""
+// trailerKeys returns the canonical names a Trailer header's values
+// announce, leaving out what is not a name.
+func trailerKeys(vs []string) []string {
+	var keys []string
+	for _, v := range vs {
+		for _, k := range strings.Split(v, ",") {
+			if k, ok := canonicalKey(strings.TrimSpace(k)); ok && k != "" {
+				keys = append(keys, k)
+			}
+		}
 	}
-	c, ok := canonicalKey(k)
-	if !ok {
-		return ""
-	}
-	return c
+	return keys
 }
 
 // parseTarget sets r.URL (and r.Host for an absolute target). A plain
@@ -403,7 +400,7 @@ func (b *reqBody) readTrailer() error {
 		if !ok {
 			return errors.New("malformed trailer line")
 		}
-		if key := textprotoKey(k); key != "" && b.trailer != nil {
+		if key, ok := canonicalKey(k); ok && b.trailer != nil {
 			if _, announced := b.trailer[key]; announced {
 				b.trailer[key] = append(b.trailer[key], strings.TrimSpace(v))
 			}
@@ -433,19 +430,14 @@ func (b *reqBody) finish() bool {
 	if b.left > maxDrain {
 		return false
 	}
-	var buf [4 << 10]byte
-	for drained := 0; drained <= maxDrain; {
-		n, err := b.read(buf[:])
-		drained += n
-		if err == io.EOF {
-			return true
-		}
-		if err != nil {
-			return false
-		}
-	}
-	return false
+	_, err := io.Copy(io.Discard, io.LimitReader(heldBody{b}, maxDrain+1))
+	return err == nil && b.eof
 }
+
+// heldBody reads a reqBody whose lock the reader holds.
+type heldBody struct{ b *reqBody }
+
+func (h heldBody) Read(p []byte) (int, error) { return h.b.read(p) }
 
 // sendContinue writes the interim 100 Continue unless the answer's head
 // has gone already.

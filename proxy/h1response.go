@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"sekisho/router"
 )
 
 // The HTTP/1.x loop's writing side: the ResponseWriter, the answer's
@@ -193,7 +195,7 @@ func (w *respWriter) sendHead() {
 	w.writeFields(!upgrade) // a 101 keeps its Connection: Upgrade
 	if _, ok := w.header["Date"]; !ok {
 		bw.WriteString("Date: ")
-		bw.Write(sc.date())
+		bw.Write(httpDateNow())
 		bw.WriteString("\r\n")
 	}
 	switch {
@@ -231,7 +233,7 @@ func (w *respWriter) writeFields(skipFraming bool) {
 				continue
 			}
 		}
-		if !fieldName(k) {
+		if !router.ValidToken(k) {
 			continue
 		}
 		for _, v := range vs {
@@ -247,18 +249,6 @@ func (w *respWriter) writeFields(skipFraming bool) {
 }
 
 var newlineToSpace = strings.NewReplacer("\r", " ", "\n", " ")
-
-func fieldName(k string) bool {
-	if k == "" {
-		return false
-	}
-	for i := 0; i < len(k); i++ {
-		if !tokenByte(k[i]) {
-			return false
-		}
-	}
-	return true
-}
 
 // Flush sends what is held back and the buffer.
 func (w *respWriter) Flush() {
@@ -333,7 +323,7 @@ func (w *respWriter) wantsTrailers() bool {
 func (w *respWriter) writeTrailers() {
 	bw := w.sc.bw
 	write := func(k string, vs []string) {
-		if !fieldName(k) {
+		if !router.ValidToken(k) {
 			return
 		}
 		for _, v := range vs {
@@ -343,12 +333,8 @@ func (w *respWriter) writeTrailers() {
 			bw.WriteString("\r\n")
 		}
 	}
-	for _, list := range w.header["Trailer"] {
-		for _, k := range strings.Split(list, ",") {
-			if k = textprotoKey(strings.TrimSpace(k)); k != "" {
-				write(k, w.header[k])
-			}
-		}
+	for _, k := range trailerKeys(w.header["Trailer"]) {
+		write(k, w.header[k])
 	}
 	for k, vs := range w.header {
 		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
@@ -412,8 +398,9 @@ var statusLines = func() (t [600]string) {
 	return t
 }()
 
-// date returns the Date header's value for now, formatted once a second.
-func (sc *serverConn) date() []byte {
+// httpDateNow returns the Date header's value for now, formatted once a
+// second and shared by every connection.
+func httpDateNow() []byte {
 	d := currentDate.Load()
 	now := time.Now().Unix()
 	if d == nil || d.unix != now {

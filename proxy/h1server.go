@@ -11,7 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"runtime/debug"
-	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,7 +42,6 @@ type frontServer struct {
 	hand      *handoffListener
 	timeouts  ListenerTimeouts
 	maxHeader int
-	h2c       bool
 
 	mu       sync.Mutex
 	ln       net.Listener
@@ -76,7 +75,6 @@ func newFrontServer(s *Server, lc *ListenerConfig, h http.Handler, fallback *htt
 		hand:      &handoffListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})},
 		timeouts:  lc.Timeouts,
 		maxHeader: lc.MaxHeaderBytes,
-		h2c:       true,
 		conns:     map[*serverConn]struct{}{},
 	}
 }
@@ -340,7 +338,6 @@ func (sc *serverConn) handOver(c net.Conn) {
 
 // next reads and serves one request; false ends the connection.
 func (sc *serverConn) next() bool {
-	fs := sc.fs
 	// Wait for the request's first byte, skipping the empty lines a client
 	// may send between requests.
 	for skipped := 0; ; skipped++ {
@@ -363,7 +360,7 @@ func (sc *serverConn) next() bool {
 		}
 		return false
 	}
-	if sc.served == 0 && sc.tls == nil && fs.h2c && bytes.HasPrefix(head, []byte("PRI * HTTP/2.0\r\n")) {
+	if sc.served == 0 && sc.tls == nil && bytes.HasPrefix(head, []byte("PRI * HTTP/2.0\r\n")) {
 		sc.handOver(&replayConn{Conn: sc.c, br: sc.br})
 		return false
 	}
@@ -383,12 +380,12 @@ func (sc *serverConn) next() bool {
 // connection the way net/http does, letting the client read the answer
 // before the socket goes.
 func (sc *serverConn) refuse(status int, msg string) {
-	text := strconv.Itoa(status) + " " + http.StatusText(status)
+	line := statusLine(status) // "HTTP/1.1 400 Bad Request\r\n"
+	text := strings.TrimSuffix(line[len("HTTP/1.1 "):], "\r\n")
 	if msg != "" {
 		text += ": " + msg
 	}
-	sc.bw.WriteString("HTTP/1.1 " + strconv.Itoa(status) + " " + http.StatusText(status) +
-		"\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n" + text)
+	sc.bw.WriteString(line + "Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n" + text)
 	sc.bw.Flush()
 	sc.fs.s.log.Debug("refused a request", zap.String("listener", sc.fs.listener), zap.String("peer", sc.remote),
 		zap.Int("status", status), zap.String("reason", msg))

@@ -96,6 +96,13 @@ func newH1Transport(fallback *http.Transport, tlsConfig *tls.Config, pc *PoolCon
 
 // lean reports whether r can take the lean path.
 func lean(r *http.Request) bool {
+	return bodylessIdempotent(r) && (r.URL.Scheme == "http" || r.URL.Scheme == "https")
+}
+
+// bodylessIdempotent reports whether r is a GET, HEAD or OPTIONS without a
+// body, an upgrade or an expectation: what the lean and the direct paths
+// can send over a pooled connection and send again on a fresh one.
+func bodylessIdempotent(r *http.Request) bool {
 	switch r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
 	default:
@@ -104,10 +111,7 @@ func lean(r *http.Request) bool {
 	if r.Body != nil && r.Body != http.NoBody || r.ContentLength > 0 || len(r.TransferEncoding) > 0 {
 		return false
 	}
-	if r.Header.Get("Upgrade") != "" || r.Header.Get("Expect") != "" {
-		return false
-	}
-	return r.URL.Scheme == "http" || r.URL.Scheme == "https"
+	return r.Header.Get("Upgrade") == "" && r.Header.Get("Expect") == ""
 }
 
 // RoundTrip sends r, on the lean path when it can.
@@ -115,25 +119,8 @@ func (t *h1Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if !lean(r) {
 		return t.fallback.RoundTrip(r)
 	}
-	key := r.URL.Scheme + "://" + r.URL.Host
-	for {
-		c, err := t.get(r.Context(), key, r.URL.Scheme, r.URL.Host)
-		if err != nil {
-			return nil, err
-		}
-		resp, err := c.roundTrip(r)
-		if err == nil {
-			return resp, nil
-		}
-		c.close()
-		// A kept-alive connection the upstream had closed fails before a
-		// byte of the answer; the request is idempotent and bodyless, so it
-		// goes again on a fresh connection, as http.Transport does.
-		if c.reused && r.Context().Err() == nil && errors.Is(err, errStaleConn) {
-			continue
-		}
-		return nil, err
-	}
+	x, err := t.exchange(r.Context(), r, r.URL.Scheme+"://"+r.URL.Host, r.URL.Scheme, r.URL.Host, nil)
+	return x.resp, err
 }
 
 var errStaleConn = errors.New("upstream closed the kept-alive connection")
@@ -251,16 +238,6 @@ func (c *h1Conn) close() {
 		c.stopCtx = nil
 	}
 	c.conn.Close()
-}
-
-// roundTrip writes r and reads the response head. The body is read by the
-// caller; the connection goes back to the pool when the body ends cleanly.
-func (c *h1Conn) roundTrip(r *http.Request) (*http.Response, error) {
-	ctx := r.Context()
-	if err := c.send(ctx, r, nil); err != nil {
-		return nil, err
-	}
-	return c.readResponse(ctx, r)
 }
 
 // send writes r's head (rewritten for the direct path when fwd is not nil)

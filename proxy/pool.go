@@ -138,19 +138,10 @@ func (p *Pool) RoundTrip(out *http.Request) (*http.Response, error) {
 		}
 		t := &p.targets[i]
 		out.URL.Scheme, out.URL.Host = p.schemes[i], t.Addr
-		if info != nil {
-			info.Pool, info.Upstream = p.name, t.Addr
-			if info.Tried != nil {
-				info.Tried.Add(t.Addr)
-			}
-		}
-		t.EP.Begin()
-		start := time.Now()
+		start := p.begin(i, info)
 		resp, err := p.transport.RoundTrip(out)
-		p.duration.Observe(time.Since(start).Seconds())
 		if err == nil {
-			p.attempts[i].inc(resp.StatusCode)
-			t.EP.ObserveResult(resp.StatusCode < 500 || !p.group.Counts5xx())
+			p.answered(i, start, resp.StatusCode)
 			if len(resp.Trailer) > 0 && resp.ContentLength >= 0 {
 				// An HTTP/2 upstream may state a length along with
 				// trailers; passed on to an HTTP/1.1 client, it would rule
@@ -161,21 +152,53 @@ func (p *Pool) RoundTrip(out *http.Request) (*http.Response, error) {
 			resp.Body = wrapBody(resp.Body, t.EP)
 			return resp, nil
 		}
-		t.EP.End()
-		p.attempts[i].inc(0)
-		if out.Context().Err() != nil {
-			// The client left or its deadline passed: not the endpoint's fault.
-			return nil, err
-		}
-		t.EP.ObserveResult(false)
 		lastErr = err
-		if !retryable(out, err, guard) {
+		if !p.failed(i, start, out, err, guard) {
 			return nil, err
 		}
 		pk.exclude(i)
-		p.log.Debug("retrying on another endpoint", zap.String("pool", p.name), zap.String("endpoint", t.Addr), zap.Error(err))
 	}
 	return nil, lastErr
+}
+
+// begin starts an attempt on target i: the Info names it, it joins the
+// request's tried endpoints and counts one more request in flight.
+func (p *Pool) begin(i int, info *router.Info) time.Time {
+	t := &p.targets[i]
+	if info != nil {
+		info.Pool, info.Upstream = p.name, t.Addr
+		if info.Tried != nil {
+			info.Tried.Add(t.Addr)
+		}
+	}
+	t.EP.Begin()
+	return time.Now()
+}
+
+// answered records an attempt on target i that got an answer with status;
+// the endpoint stays in flight until the answer's body ends.
+func (p *Pool) answered(i int, start time.Time, status int) {
+	p.duration.Observe(time.Since(start).Seconds())
+	p.attempts[i].inc(status)
+	p.targets[i].EP.ObserveResult(status < 500 || !p.group.Counts5xx())
+}
+
+// failed records an attempt on target i that got no answer, and reports
+// whether the request may go to another endpoint.
+func (p *Pool) failed(i int, start time.Time, r *http.Request, err error, guard *replayGuard) bool {
+	p.duration.Observe(time.Since(start).Seconds())
+	t := &p.targets[i]
+	t.EP.End()
+	p.attempts[i].inc(0)
+	if r.Context().Err() != nil {
+		return false // the client left or its deadline passed: not the endpoint's fault
+	}
+	t.EP.ObserveResult(false)
+	if !retryable(r, err, guard) {
+		return false
+	}
+	p.log.Debug("retrying on another endpoint", zap.String("pool", p.name), zap.String("endpoint", t.Addr), zap.Error(err))
+	return true
 }
 
 // picker is one request's state across its attempts, as the balance

@@ -30,7 +30,7 @@ func (o HeaderOps) validate(side string, request bool) []error {
 	var errs []error
 	check := func(op, name, value string) {
 		switch {
-		case !validToken(name):
+		case !ValidToken(name):
 			errs = append(errs, fmt.Errorf("%s.%s: %q is not a header name", side, op, name))
 		case request && strings.EqualFold(name, "Host"):
 			errs = append(errs, fmt.Errorf("%s.%s: Host is the request's authority, not a header here; the pool decides the upstream Host", side, op))

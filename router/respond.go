@@ -40,7 +40,7 @@ func (s Respond) Validate() error {
 	for _, name := range sortedKeys(s.Headers) {
 		v := s.Headers[name]
 		switch {
-		case !validToken(name):
+		case !ValidToken(name):
 			errs = append(errs, fmt.Errorf("header %q: not a header name", name))
 		case strings.EqualFold(name, "Content-Length"), strings.EqualFold(name, "Transfer-Encoding"):
 			errs = append(errs, fmt.Errorf("header %q: computed from the body, cannot be set", name))

@@ -57,12 +57,12 @@ func (m Match) Validate() error {
 		errs = append(errs, fmt.Errorf("path_prefix %q: must start with /", m.PathPrefix))
 	}
 	for _, meth := range m.Methods {
-		if !validToken(meth) {
+		if !ValidToken(meth) {
 			errs = append(errs, fmt.Errorf("method %q: not an HTTP method token", meth))
 		}
 	}
 	for _, name := range sortedKeys(m.Headers) {
-		if !validToken(name) {
+		if !ValidToken(name) {
 			errs = append(errs, fmt.Errorf("header %q: not a header name", name))
 		}
 	}
@@ -251,20 +251,28 @@ func sortedKeys[V any](m map[string]V) []string {
 	return keys
 }
 
-// validToken reports whether s is an RFC 9110 token, the syntax of header
+// ValidToken reports whether s is an RFC 9110 token, the syntax of header
 // names and methods.
-func validToken(s string) bool {
+func ValidToken(s string) bool {
 	if s == "" {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
+		if !TokenByte(s[i]) {
 			return false
 		}
 	}
 	return true
 }
+
+// TokenByte reports whether c may appear in a token (an RFC 9110 tchar).
+func TokenByte(c byte) bool { return c < 0x80 && tokenBytes[c] }
+
+var tokenBytes = func() (t [128]bool) {
+	for c := range t {
+		b := byte(c)
+		t[c] = 'a' <= b && b <= 'z' || 'A' <= b && b <= 'Z' || '0' <= b && b <= '9' ||
+			strings.IndexByte("!#$%&'*+-.^_`|~", b) >= 0
+	}
+	return t
+}()

@@ -135,7 +135,7 @@ func NewSplit(s Split) (*SplitStage, error) {
 	if len(s.Arms) > 0 && total == 0 {
 		errs = append(errs, errors.New("weights sum to 0: at least one arm needs a positive weight"))
 	}
-	if s.OverrideHeader != "" && !validToken(s.OverrideHeader) {
+	if s.OverrideHeader != "" && !ValidToken(s.OverrideHeader) {
 		errs = append(errs, fmt.Errorf("override_header %q: not a header name", s.OverrideHeader))
 	}
 	if len(errs) > 0 {
