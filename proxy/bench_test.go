@@ -148,16 +148,20 @@ func BenchmarkProxyRoundRobin(b *testing.B) {
 	benchServe(b, h, nil)
 }
 
-// roundRobinConfig proxies everything to three tiny upstreams.
-func roundRobinConfig(b *testing.B) string {
-	return fmt.Sprintf(`
-version: 1
+// benchPreamble starts every benchmark's config: no admin server, no
+// access log, one listener on 127.0.0.1 port 0; its routes and the pools
+// follow.
+const benchPreamble = `version: 1
 admin: {listen: "off"}
 log: {access: off}
 listeners:
   - name: edge
     listen: 127.0.0.1:0
-    routes: [{name: all, pipeline: [{proxy: web}]}]
+`
+
+// roundRobinConfig proxies everything to three tiny upstreams.
+func roundRobinConfig(b *testing.B) string {
+	return fmt.Sprintf(benchPreamble+`    routes: [{name: all, pipeline: [{proxy: web}]}]
 pools:
   web: {endpoints: [%s, %s, %s]}
 `, tinyUpstream(b, "a"), tinyUpstream(b, "b"), tinyUpstream(b, "c"))
@@ -166,14 +170,7 @@ pools:
 // BenchmarkRespond is the request path without an upstream: route match and
 // a respond stage, with metrics; the floor under every other figure.
 func BenchmarkRespond(b *testing.B) {
-	h := benchDaemon(b, `
-version: 1
-admin: {listen: "off"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes: [{name: all, pipeline: [{respond: {body: ok}}]}]
+	h := benchDaemon(b, benchPreamble+`    routes: [{name: all, pipeline: [{respond: {body: ok}}]}]
 `)
 	benchServe(b, h, nil)
 }
@@ -181,14 +178,7 @@ listeners:
 // BenchmarkProxyIPHash is BenchmarkProxyRoundRobin with balance: ip_hash,
 // client addresses varying over 256 values.
 func BenchmarkProxyIPHash(b *testing.B) {
-	h := benchDaemon(b, fmt.Sprintf(`
-version: 1
-admin: {listen: "off"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes: [{name: all, pipeline: [{proxy: web}]}]
+	h := benchDaemon(b, fmt.Sprintf(benchPreamble+`    routes: [{name: all, pipeline: [{proxy: web}]}]
 pools:
   web: {endpoints: [%s, %s, %s], balance: ip_hash}
 `, tinyUpstream(b, "a"), tinyUpstream(b, "b"), tinyUpstream(b, "c")))
@@ -206,14 +196,7 @@ pools:
 // BenchmarkShard is the shard stage on a header key over three shards, in
 // the full chain.
 func BenchmarkShard(b *testing.B) {
-	h := benchDaemon(b, fmt.Sprintf(`
-version: 1
-admin: {listen: "off"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes:
+	h := benchDaemon(b, fmt.Sprintf(benchPreamble+`    routes:
       - name: users
         pipeline: [{shard: {key: header:X-User-ID, shards: [s0, s1, s2], partitions: 4099, replication_factor: 50}}]
 pools:
@@ -234,14 +217,7 @@ pools:
 
 // BenchmarkSplit is a 90/10 split keyed by a cookie, in the full chain.
 func BenchmarkSplit(b *testing.B) {
-	h := benchDaemon(b, fmt.Sprintf(`
-version: 1
-admin: {listen: "off"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes:
+	h := benchDaemon(b, fmt.Sprintf(benchPreamble+`    routes:
       - name: web
         pipeline:
           - split:
@@ -270,14 +246,7 @@ func BenchmarkScatter(b *testing.B) {
 	leaf := func(name string) string {
 		return rawUpstream(b, name, `{"results":[{"id":"`+name+`-1","score":0.9},{"id":"`+name+`-2","score":0.4}]}`)
 	}
-	h := benchDaemon(b, fmt.Sprintf(`
-version: 1
-admin: {listen: "off"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes:
+	h := benchDaemon(b, fmt.Sprintf(benchPreamble+`    routes:
       - name: search
         pipeline:
           - scatter:

@@ -47,14 +47,7 @@ listeners:
 // certificate subject sent by the client never reaches the upstream.
 func TestClientCannotForgeSekishoHeaders(t *testing.T) {
 	up := newBackend(t, "up")
-	td := startDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes: [{name: all, pipeline: [{proxy: up}]}]
+	td := startDaemon(t, fmt.Sprintf(edgePreamble+`    routes: [{name: all, pipeline: [{proxy: up}]}]
 pools:
   up: {endpoints: [%s]}
 `, up.addr()))

@@ -173,14 +173,7 @@ func waitServing(t *testing.T, td *testDaemon, pool string, want float64, bs ...
 func TestReadinessFlipMovesTraffic(t *testing.T) {
 	noLeaks(t)
 	a, b, c := newBackend(t, "a"), newBackend(t, "b"), newBackend(t, "c")
-	td := startPoolDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes: [{name: all, pipeline: [{proxy: web}]}]
+	td := startPoolDaemon(t, fmt.Sprintf(edgePreamble+`    routes: [{name: all, pipeline: [{proxy: web}]}]
 pools:
   web:
     endpoints: [%s, %s, %s]
@@ -221,14 +214,7 @@ func TestBackendKilledMidStreamLosesNoRequest(t *testing.T) {
 		// when it dies, not only idle connections.
 		be.delay.Store(int64(2 * time.Millisecond))
 	}
-	td := startPoolDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes: [{name: all, pipeline: [{proxy: web}]}]
+	td := startPoolDaemon(t, fmt.Sprintf(edgePreamble+`    routes: [{name: all, pipeline: [{proxy: web}]}]
 pools:
   web:
     endpoints: [%s, %s, %s]
@@ -304,14 +290,7 @@ pools:
 func TestIPHashIsStickyAndMovesOnlyTheLostEndpointsKeys(t *testing.T) {
 	noLeaks(t)
 	bs := []*backend{newBackend(t, "a"), newBackend(t, "b"), newBackend(t, "c"), newBackend(t, "d")}
-	td := startPoolDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    client_ip: {trusted_proxies: [127.0.0.0/8]}
+	td := startPoolDaemon(t, fmt.Sprintf(edgePreamble+`    client_ip: {trusted_proxies: [127.0.0.0/8]}
     routes: [{name: all, pipeline: [{proxy: web}]}]
 pools:
   web:
@@ -397,14 +376,7 @@ func TestLeastRequestAvoidsTheBusyEndpoint(t *testing.T) {
 	slow.delay.Store(int64(time.Minute)) // released by cancelling the held requests
 	f1.ready.Store(false)
 	f2.ready.Store(false)
-	td := startPoolDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes: [{name: all, pipeline: [{proxy: web}]}]
+	td := startPoolDaemon(t, fmt.Sprintf(edgePreamble+`    routes: [{name: all, pipeline: [{proxy: web}]}]
 pools:
   web:
     endpoints: [%s, %s, %s]
@@ -453,14 +425,7 @@ func TestSlowStartRampsANewlyReadyEndpoint(t *testing.T) {
 	const ramp = 2 * time.Second
 	old, fresh := newBackend(t, "old"), newBackend(t, "fresh")
 	fresh.ready.Store(false)
-	td := startPoolDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes: [{name: all, pipeline: [{proxy: web}]}]
+	td := startPoolDaemon(t, fmt.Sprintf(edgePreamble+`    routes: [{name: all, pipeline: [{proxy: web}]}]
 pools:
   web:
     endpoints: [%s, %s]
@@ -534,14 +499,7 @@ func TestMaxEjectedPercentCapsEjections(t *testing.T) {
 		addr, _ := statusBackend(t, http.StatusInternalServerError)
 		failing = append(failing, addr)
 	}
-	td := startPoolDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes: [{name: all, pipeline: [{proxy: web}]}]
+	td := startPoolDaemon(t, fmt.Sprintf(edgePreamble+`    routes: [{name: all, pipeline: [{proxy: web}]}]
 pools:
   web:
     endpoints: [%s, %s, %s, %s]
@@ -574,14 +532,7 @@ func TestPanicModeWhenNoEndpointIsReady(t *testing.T) {
 	for _, b := range []*backend{p1, p2, s1, s2} {
 		b.ready.Store(false)
 	}
-	td := startPoolDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes:
+	td := startPoolDaemon(t, fmt.Sprintf(edgePreamble+`    routes:
       - {name: panic, match: {path_prefix: /panic}, pipeline: [{proxy: panicky}]}
       - {name: strict, match: {path_prefix: /strict}, pipeline: [{proxy: strict}]}
 pools:
@@ -640,14 +591,7 @@ func TestRetryOnlyWhatCanBeReplayed(t *testing.T) {
 	noLeaks(t)
 	good := newBackend(t, "good")
 	resetAddr, resetHits := resetBackend(t, 1024)
-	td := startPoolDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes: [{name: all, pipeline: [{proxy: web}]}]
+	td := startPoolDaemon(t, fmt.Sprintf(edgePreamble+`    routes: [{name: all, pipeline: [{proxy: web}]}]
 pools:
   web: {endpoints: [%s, %s], retries: 1}
 `, resetAddr, good.addr()))

@@ -104,13 +104,7 @@ type reloadAnswer struct {
 
 // respondConfig is a one-listener config whose only route answers body.
 func respondConfig(body string) string {
-	return fmt.Sprintf(`version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes:
+	return fmt.Sprintf(edgePreamble+`    routes:
       - name: all
         pipeline:
           - respond: {status: 200, body: %q}
@@ -139,13 +133,7 @@ var positioned = regexp.MustCompile(`\.yaml:\d+:\d+: `)
 // Their rings are small: the default ring takes long to build under the
 // race detector, and each reload builds the one of its changed shard set.
 func steadyConfigs(bs map[string]*backend) ([2]string, [2]map[string][]string) {
-	a := fmt.Sprintf(`version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes:
+	a := fmt.Sprintf(edgePreamble+`    routes:
       - {name: web, match: {path_prefix: /web}, pipeline: [{proxy: web}]}
       - {name: shard, match: {path_prefix: /shard}, pipeline: [{shard: {key: header:X-User, shards: [s0, s1], partitions: 271, replication_factor: 20}}]}
       - name: split
@@ -164,13 +152,7 @@ pools:
   arm-a: {endpoints: [%s]}
   arm-b-old: {endpoints: [%s]}
 `, bs["w1"].addr(), bs["w2"].addr(), bs["s0"].addr(), bs["s1"].addr(), bs["arm-a"].addr(), bs["arm-b-old"].addr())
-	b := fmt.Sprintf(`version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes:
+	b := fmt.Sprintf(edgePreamble+`    routes:
       - {name: web, match: {path_prefix: /web}, pipeline: [{proxy: web}]}
       - {name: extra, match: {path_prefix: /web/extra}, pipeline: [{proxy: extra}]}
       - {name: shard, match: {path_prefix: /shard}, pipeline: [{shard: {key: header:X-User, shards: [s0, s1, s2], partitions: 271, replication_factor: 20}}]}
@@ -412,13 +394,7 @@ func (u *upgraded) echo(msg string) {
 // listener's timeouts (so a new http.Server takes the socket), the pool's
 // transport settings, a second listener and the routes.
 func upgradeConfig(i int, up, other, side string) string {
-	text := fmt.Sprintf(`version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    timeouts: {idle: %ds}
+	text := fmt.Sprintf(edgePreamble+`    timeouts: {idle: %ds}
     routes:
       - {name: ws, match: {path_prefix: /ws}, pipeline: [{proxy: up}]}
       - {name: other-%d, match: {path_prefix: /other}, pipeline: [{proxy: other}]}
@@ -756,13 +732,7 @@ func TestFailedApplyLeavesSharedStateAlone(t *testing.T) {
 	require.NoError(t, err)
 	defer busy.Close()
 	conf := func(readiness, listeners, pools string) string {
-		return fmt.Sprintf(`version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes: [{name: all, pipeline: [{proxy: web}]}]
+		return fmt.Sprintf(edgePreamble+`    routes: [{name: all, pipeline: [{proxy: web}]}]
 %spools:
   web: {endpoints: [%s]%s}
 %s`, listeners, b.addr(), readiness, pools)
@@ -844,13 +814,7 @@ func TestReloadKeepsWhatDidNotChange(t *testing.T) {
 	dead := freeAddr(t)
 	s := [3]*countingBackend{newCountingBackend(t, "s0"), newCountingBackend(t, "s1"), newCountingBackend(t, "s2")}
 	conf := func(shards, pools string) string {
-		return fmt.Sprintf(`version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes:
+		return fmt.Sprintf(edgePreamble+`    routes:
       - {name: web, match: {path_prefix: /web}, pipeline: [{proxy: web}]}
       - {name: flaky, match: {path_prefix: /flaky}, pipeline: [{proxy: flaky}]}
       - {name: kept, match: {path_prefix: /kept}, pipeline: [{shard: {key: header:X-User, shards: [s0, s1], partitions: 271, replication_factor: 20}}]}
@@ -967,13 +931,7 @@ func TestReloadListeners(t *testing.T) {
 	certFile := writeTestCert(t, certDir)
 	side, more, secureAddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	conf := func(i int) string {
-		text := fmt.Sprintf(`version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    timeouts: {idle: %ds}
+		text := fmt.Sprintf(edgePreamble+`    timeouts: {idle: %ds}
     routes:
       - {name: slow, match: {path_prefix: /slow}, pipeline: [{proxy: slow}]}
       - {name: all, pipeline: [{respond: {status: 200, body: "edge-%d"}}]}

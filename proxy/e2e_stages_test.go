@@ -383,14 +383,7 @@ func TestMirrorStageEndToEnd(t *testing.T) {
 		}
 	}))
 	t.Cleanup(shadow.Close)
-	td := startDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes:
+	td := startDaemon(t, fmt.Sprintf(edgePreamble+`    routes:
       - name: web
         pipeline:
           - mirror: {pool: shadow, percent: 100, max_in_flight: 5, timeout: 3s}

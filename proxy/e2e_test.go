@@ -24,14 +24,7 @@ func TestRoutePrecedence(t *testing.T) {
 		bs[n] = newBackend(t, n)
 		pools += fmt.Sprintf("  %s: {endpoints: [%s]}\n", n, bs[n].addr())
 	}
-	td := startDaemon(t, `
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes:
+	td := startDaemon(t, edgePreamble+`    routes:
       - {name: any-short, match: {path_prefix: /api}, pipeline: [{proxy: any-short}]}
       - {name: first, match: {path_prefix: /dup}, pipeline: [{proxy: first}]}
       - {name: second, match: {path_prefix: /dup}, pipeline: [{proxy: second}]}
@@ -78,14 +71,7 @@ pools:
 
 func TestRoundRobinSpreadsEvenly(t *testing.T) {
 	a, b, c := newBackend(t, "a"), newBackend(t, "b"), newBackend(t, "c")
-	td := startDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes: [{name: all, pipeline: [{proxy: web}]}]
+	td := startDaemon(t, fmt.Sprintf(edgePreamble+`    routes: [{name: all, pipeline: [{proxy: web}]}]
 pools:
   web: {endpoints: [%s, %s, %s], balance: round_robin}
 `, a.addr(), b.addr(), c.addr()))
@@ -119,14 +105,7 @@ pools:
 
 func TestHeadersRespondRedirect(t *testing.T) {
 	up := newBackend(t, "up")
-	td := startDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes:
+	td := startDaemon(t, fmt.Sprintf(edgePreamble+`    routes:
       - name: hello
         match: {path_prefix: /hello}
         pipeline: [{respond: {status: 418, body: "short and stout\n", headers: {X-Teapot: "yes"}}}]
@@ -179,14 +158,7 @@ func TestErrorMapping(t *testing.T) {
 	slow.delay.Store(int64(2 * time.Second))
 	unready := newBackend(t, "unready")
 	unready.ready.Store(false)
-	td := startDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes:
+	td := startDaemon(t, fmt.Sprintf(edgePreamble+`    routes:
       - {name: refused, match: {path_prefix: /refused}, pipeline: [{proxy: dead}]}
       - {name: none, match: {path_prefix: /none}, pipeline: [{proxy: unready}]}
       - {name: timeout, match: {path_prefix: /timeout}, pipeline: [{proxy: slow}]}
@@ -225,14 +197,7 @@ pools:
 
 func TestDialFailureRetriesOnLiveEndpoint(t *testing.T) {
 	live := newBackend(t, "live")
-	td := startDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes: [{name: all, pipeline: [{proxy: web}]}]
+	td := startDaemon(t, fmt.Sprintf(edgePreamble+`    routes: [{name: all, pipeline: [{proxy: web}]}]
 pools:
   web: {endpoints: [%s, %s], retries: 1}
 `, freeAddr(t), live.addr()))
@@ -254,14 +219,7 @@ pools:
 
 func TestForwardedHeadersAndRequestID(t *testing.T) {
 	up := newBackend(t, "up")
-	td := startDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes: [{name: all, pipeline: [{proxy: up}]}]
+	td := startDaemon(t, fmt.Sprintf(edgePreamble+`    routes: [{name: all, pipeline: [{proxy: up}]}]
   - name: behind-lb
     listen: 127.0.0.2:0
     client_ip: {trusted_proxies: [127.0.0.0/8]}
@@ -325,14 +283,7 @@ pools:
 
 func TestMetricsAfterKnownRequests(t *testing.T) {
 	up := newBackend(t, "up")
-	td := startDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes:
+	td := startDaemon(t, fmt.Sprintf(edgePreamble+`    routes:
       - {name: web, match: {path_prefix: /web}, pipeline: [{proxy: up}]}
       - {name: gone, match: {path_prefix: /gone}, pipeline: [{respond: {status: 410}}]}
 pools:
@@ -360,14 +311,7 @@ pools:
 
 func TestAdminEndpoints(t *testing.T) {
 	up := newBackend(t, "up")
-	td := startDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes: [{name: all, pipeline: [{proxy: up}]}]
+	td := startDaemon(t, fmt.Sprintf(edgePreamble+`    routes: [{name: all, pipeline: [{proxy: up}]}]
 pools:
   up:
     endpoints: [%s]
@@ -391,14 +335,7 @@ pools:
 
 func TestBadRequestsGetClearStatuses(t *testing.T) {
 	up := newBackend(t, "up")
-	td := startDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    max_header_bytes: 4096
+	td := startDaemon(t, fmt.Sprintf(edgePreamble+`    max_header_bytes: 4096
     routes: [{name: all, pipeline: [{proxy: up}]}]
 pools:
   up: {endpoints: [%s]}
@@ -461,14 +398,7 @@ pools:
 }
 
 func TestHandlerPanicIsRecovered(t *testing.T) {
-	td := startDaemon(t, `
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes: [{name: boom, pipeline: [{respond: {body: never}}]}]
+	td := startDaemon(t, edgePreamble+`    routes: [{name: boom, pipeline: [{respond: {body: never}}]}]
 `)
 	rt := td.d.Server().Runtime()
 	for _, lr := range rt.listeners {

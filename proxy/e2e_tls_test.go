@@ -527,14 +527,7 @@ func TestUpstreamTLS(t *testing.T) {
 	client := ca.IssueClient(t, dir, "sekisho-proxy")
 	upstream := tlsUpstream(t, ca, dir)
 	ep := upstream.URL // https://127.0.0.1:port
-	td := startDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes:
+	td := startDaemon(t, fmt.Sprintf(edgePreamble+`    routes:
       - {name: mtls, match: {path_prefix: /mtls}, pipeline: [{proxy: mtls}]}
       - {name: h2, match: {path_prefix: /h2}, pipeline: [{proxy: h2}]}
       - {name: nocert, match: {path_prefix: /nocert}, pipeline: [{proxy: nocert}]}

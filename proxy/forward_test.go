@@ -108,14 +108,7 @@ func headerLines(head string) map[string][]string {
 }
 
 func directDaemon(t *testing.T, up string) *testDaemon {
-	return startDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    routes: [{name: all, pipeline: [{proxy: up}]}]
+	return startDaemon(t, fmt.Sprintf(edgePreamble+`    routes: [{name: all, pipeline: [{proxy: up}]}]
 pools:
   up: {endpoints: [%s], retries: 0}
 `, up))

@@ -141,14 +141,7 @@ func (u *h1sUpstream) serve(w http.ResponseWriter, r *http.Request) {
 func h1sSetup(t *testing.T, listener string) (*h1sUpstream, *testDaemon, string) {
 	t.Helper()
 	u := newH1sUpstream(t)
-	td := startDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-%s    routes:
+	td := startDaemon(t, fmt.Sprintf(edgePreamble+`%s    routes:
       - {name: api, match: {path_prefix: /api}, pipeline: [{proxy: up}]}
       - {name: fixed, match: {path_prefix: /fixed}, pipeline: [{respond: {status: 200, body: "fixed\n"}}]}
 pools:

@@ -25,6 +25,17 @@ import (
 	"sekisho/proxy/certs/certstest"
 )
 
+// edgePreamble starts most test configs: the admin server and one
+// listener, edge, on 127.0.0.1 port 0, with the access log off. The rest of
+// the listener's keys (routes first) and the pools follow it.
+const edgePreamble = `version: 1
+admin: {listen: "127.0.0.1:0"}
+log: {access: off}
+listeners:
+  - name: edge
+    listen: 127.0.0.1:0
+`
+
 // testDaemon is a real sekisho on 127.0.0.1 port 0, from a config file.
 type testDaemon struct {
 	t      *testing.T
