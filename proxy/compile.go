@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"maps"
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -123,7 +125,7 @@ func Compile(cfg *Config, env *Env) (rt *Runtime, err error) {
 			c.rt.Close()
 		}
 	}()
-	for _, name := range sortedKeys(cfg.Pools) {
+	for _, name := range slices.Sorted(maps.Keys(cfg.Pools)) {
 		p, err := c.pool(name, cfg.Pools[name])
 		if err != nil {
 			return nil, fmt.Errorf("pool %q: %w", name, err)

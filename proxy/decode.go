@@ -2,8 +2,9 @@ package proxy
 
 import (
 	"fmt"
+	"maps"
 	"reflect"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -149,13 +150,13 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 	seen := d.pairs(n, func(k, val *yaml.Node, key string) {
 		idx, ok := fields[key]
 		if !ok {
-			d.errorf(k, "unknown key %q%s (known: %s)", key, inWhat(path), strings.Join(sortedKeys(fields), ", "))
+			d.errorf(k, "unknown key %q%s (known: %s)", key, inWhat(path), strings.Join(slices.Sorted(maps.Keys(fields)), ", "))
 			return
 		}
 		d.decode(val, v.Field(idx), joinPath(path, key))
 	})
 	if reflect.PointerTo(v.Type()).Implements(oneOfType) && len(seen) != 1 {
-		keys := sortedKeys(seen)
+		keys := slices.Sorted(maps.Keys(seen))
 		if len(keys) == 0 {
 			d.errorf(n, "a stage is a one-key map such as `proxy: POOL`; got an empty map")
 		} else {
@@ -312,15 +313,6 @@ func yamlFields(t reflect.Type) map[string]int {
 		m[tag] = i
 	}
 	return m
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 func describe(n *yaml.Node) string {

@@ -3,9 +3,11 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -103,7 +105,7 @@ func (c *Config) validate() ConfigErrors {
 		}
 		v.listener(l, p)
 	}
-	for _, name := range sortedKeys(c.Pools) {
+	for _, name := range slices.Sorted(maps.Keys(c.Pools)) {
 		v.pool(name, c.Pools[name], "pools."+name)
 	}
 	return v.errs

@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/textproto"
+	"slices"
 	"strings"
 )
 
@@ -41,10 +43,10 @@ func (o HeaderOps) validate(side string, request bool) []error {
 	for _, name := range o.Remove {
 		check("remove", name, "")
 	}
-	for _, name := range sortedKeys(o.Set) {
+	for _, name := range slices.Sorted(maps.Keys(o.Set)) {
 		check("set", name, o.Set[name])
 	}
-	for _, name := range sortedKeys(o.Add) {
+	for _, name := range slices.Sorted(maps.Keys(o.Add)) {
 		check("add", name, o.Add[name])
 	}
 	return errs
@@ -64,10 +66,10 @@ func compileOps(o HeaderOps) compiledOps {
 	for _, name := range o.Remove {
 		c.remove = append(c.remove, textproto.CanonicalMIMEHeaderKey(name))
 	}
-	for _, name := range sortedKeys(o.Set) {
+	for _, name := range slices.Sorted(maps.Keys(o.Set)) {
 		c.set = append(c.set, headerPair{textproto.CanonicalMIMEHeaderKey(name), o.Set[name]})
 	}
-	for _, name := range sortedKeys(o.Add) {
+	for _, name := range slices.Sorted(maps.Keys(o.Add)) {
 		c.add = append(c.add, headerPair{textproto.CanonicalMIMEHeaderKey(name), o.Add[name]})
 	}
 	return c

@@ -3,8 +3,10 @@ package router
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/textproto"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -37,7 +39,7 @@ func (s Respond) Validate() error {
 	if !bodyAllowed(status) && s.Body != "" {
 		errs = append(errs, fmt.Errorf("status %d: a %d response has no body", status, status))
 	}
-	for _, name := range sortedKeys(s.Headers) {
+	for _, name := range slices.Sorted(maps.Keys(s.Headers)) {
 		v := s.Headers[name]
 		switch {
 		case !ValidToken(name):
@@ -72,7 +74,7 @@ func (s Respond) Wrap(next http.Handler) (http.Handler, error) {
 	}
 	h := &respondHandler{status: s.status(), body: []byte(s.Body)}
 	hasType := false
-	for _, name := range sortedKeys(s.Headers) {
+	for _, name := range slices.Sorted(maps.Keys(s.Headers)) {
 		canon := textproto.CanonicalMIMEHeaderKey(name)
 		hasType = hasType || canon == "Content-Type"
 		h.headers = append(h.headers, headerSlice{canon, []string{s.Headers[name]}})

@@ -3,9 +3,11 @@ package router
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/netip"
 	"net/textproto"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -61,7 +63,7 @@ func (m Match) Validate() error {
 			errs = append(errs, fmt.Errorf("method %q: not an HTTP method token", meth))
 		}
 	}
-	for _, name := range sortedKeys(m.Headers) {
+	for _, name := range slices.Sorted(maps.Keys(m.Headers)) {
 		if !ValidToken(name) {
 			errs = append(errs, fmt.Errorf("header %q: not a header name", name))
 		}
@@ -150,7 +152,7 @@ func NewTable(routes []Route) *Table {
 		for _, meth := range m.Methods {
 			c.methods = append(c.methods, strings.ToUpper(meth))
 		}
-		for _, name := range sortedKeys(m.Headers) {
+		for _, name := range slices.Sorted(maps.Keys(m.Headers)) {
 			v := m.Headers[name]
 			c.headers = append(c.headers, headerMatch{
 				name:  textproto.CanonicalMIMEHeaderKey(name),
@@ -240,15 +242,6 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // ValidToken reports whether s is an RFC 9110 token, the syntax of header

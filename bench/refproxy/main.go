@@ -9,7 +9,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -19,12 +18,11 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"os"
-	"os/signal"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
+
+	"sekisho/bench/internal/serve"
 )
 
 func main() {
@@ -101,29 +99,10 @@ func run(listen string, handler http.Handler, cert, key string) error {
 		ErrorLog:          log.New(io.Discard, "", 0),
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	served := make(chan error, 1)
-	go func() {
+	return serve.Until(srv, func() error {
 		if cert != "" || key != "" {
-			served <- srv.ServeTLS(ln, cert, key)
-			return
+			return srv.ServeTLS(ln, cert, key)
 		}
-		served <- srv.Serve(ln)
-	}()
-
-	select {
-	case err := <-served:
-		return err
-	case <-ctx.Done():
-	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil {
-		return fmt.Errorf("shutting down: %w", err)
-	}
-	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
+		return srv.Serve(ln)
+	})
 }
