@@ -562,3 +562,17 @@ pools:
 		`19:27: overflow_retry_after is only used with max_in_flight`,
 	}, got)
 }
+
+// BenchmarkProxyLimits is BenchmarkProxyRoundRobin with every limit set:
+// the listener's body limit (the request has no body), the route's
+// timeout and the pool's max_in_flight. Against BenchmarkProxyRoundRobin,
+// it is what the limits cost a plain request.
+func BenchmarkProxyLimits(b *testing.B) {
+	h := benchDaemon(b, fmt.Sprintf(benchPreamble+`    max_body_bytes: 1048576
+    max_connections: 1000
+    routes: [{name: all, timeout: 10s, pipeline: [{proxy: web}]}]
+pools:
+  web: {endpoints: [%s, %s, %s], max_in_flight: 1000}
+`, tinyUpstream(b, "a"), tinyUpstream(b, "b"), tinyUpstream(b, "c")))
+	benchServe(b, h, nil)
+}
