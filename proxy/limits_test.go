@@ -186,6 +186,11 @@ func TestMaxBodyBytesHTTP1(t *testing.T) {
 		{name: "chunked growing past the limit", raw: "POST /small HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" +
 			chunked("01234567", "89abcdef", "GHIJKLMN", strings.Repeat("z", 100000)),
 			status: 413, maxCut: 16, closeConn: true},
+		// The client stalls after sending past the limit: the 413 comes at
+		// once, not after a wait for the rest of the body.
+		{name: "chunked past the limit, then stalled", raw: "POST /small HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" +
+			strings.TrimSuffix(chunked("01234567", "89abcdef", "GHIJKLMN"), "0\r\n\r\n"),
+			status: 413, maxCut: 16, closeConn: true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
