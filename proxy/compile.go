@@ -104,6 +104,7 @@ type routeEntry struct {
 	handler  http.Handler
 	requests *codeCounters
 	duration prometheus.Observer
+	limits   *routeLimits // nil when the route sets no body limit or timeout
 }
 
 func (e *routeEntry) ServeHTTP(w http.ResponseWriter, r *http.Request) { e.handler.ServeHTTP(w, r) }
@@ -165,6 +166,7 @@ func (c *compiler) listener(lc *ListenerConfig) (*listenerRuntime, error) {
 			handler:  h,
 			requests: newCodeCounters(m.Requests.MustCurryWith(prometheus.Labels{"listener": lc.Name, "route": rc.Name})),
 			duration: m.RequestDuration.WithLabelValues(lc.Name, rc.Name),
+			limits:   newRouteLimits(lc, rc),
 		}
 		routes = append(routes, router.Route{Name: rc.Name, Handler: entry, Match: router.Match{
 			Host: rc.Match.Host, PathPrefix: rc.Match.PathPrefix, Methods: rc.Match.Methods, Headers: rc.Match.Headers,
@@ -268,6 +270,7 @@ func (c *compiler) pool(name string, pc *PoolConfig) (*Pool, error) {
 	p := &Pool{name: name, policy: policy, group: group, retries: *pc.Retries, panicMode: pc.PanicMode,
 		log: env.Log, duration: m.UpstreamDuration.WithLabelValues(name)}
 	p.gatesReadyz = pc.Readiness != nil && pc.Readiness.GatesReadyz
+	p.gate = newInFlightGate(name, pc, m)
 	eps := make([]*health.Endpoint, 0, len(pc.Endpoints))
 	for _, e := range pc.Endpoints {
 		u, err := parseEndpoint(e.Address)

@@ -42,7 +42,14 @@ type ListenerConfig struct {
 	ProxyProtocol  bool             `yaml:"proxy_protocol,omitempty"`
 	Timeouts       ListenerTimeouts `yaml:"timeouts,omitempty"`
 	MaxHeaderBytes int              `yaml:"max_header_bytes,omitempty"` // default 64 KiB
-	Routes         []RouteConfig    `yaml:"routes,omitempty"`
+	// MaxBodyBytes bounds a request body; a route's own max_body_bytes
+	// overrides it (default 0: no limit).
+	MaxBodyBytes int64 `yaml:"max_body_bytes,omitempty"`
+	// MaxConnections bounds the client connections open at once; when it is
+	// reached the listener stops accepting and new connections wait in the
+	// kernel's backlog (default 0: no limit).
+	MaxConnections int           `yaml:"max_connections,omitempty"`
+	Routes         []RouteConfig `yaml:"routes,omitempty"`
 }
 
 // TLSConfig makes a listener terminate TLS.
@@ -79,6 +86,12 @@ type RouteConfig struct {
 	Name     string        `yaml:"name,omitempty"`
 	Match    MatchConfig   `yaml:"match,omitempty"`
 	Pipeline []StageConfig `yaml:"pipeline,omitempty"`
+	// MaxBodyBytes bounds a request body on this route (default: the
+	// listener's max_body_bytes; 0: no limit).
+	MaxBodyBytes *int64 `yaml:"max_body_bytes,omitempty"`
+	// Timeout bounds the whole request, every attempt and retry included
+	// (default 0: none).
+	Timeout Duration `yaml:"timeout,omitempty"`
 }
 
 // MatchConfig selects requests for a route. Every field set must match.
@@ -274,6 +287,12 @@ type PoolConfig struct {
 	TLS       *UpstreamTLS     `yaml:"tls,omitempty"`
 	// MaxIdlePerEndpoint bounds kept-alive connections per endpoint (default 256).
 	MaxIdlePerEndpoint int `yaml:"max_idle_per_endpoint,omitempty"`
+	// MaxInFlight is a circuit breaker: with that many requests in flight to
+	// the pool, another one is answered 503 at once (default 0: no limit).
+	MaxInFlight int `yaml:"max_in_flight,omitempty"`
+	// OverflowRetryAfter is the Retry-After of that 503, rounded up to whole
+	// seconds (default 1s).
+	OverflowRetryAfter Duration `yaml:"overflow_retry_after,omitempty"`
 }
 
 // EndpointConfig is one replica: `host:port`, `http://host:port`,

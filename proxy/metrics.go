@@ -33,6 +33,9 @@ type Metrics struct {
 	CertReloadErrs   *prometheus.CounterVec // listener
 	Panics           prometheus.Counter
 	ProxyProtoErrs   *prometheus.CounterVec // listener
+	Connections      *prometheus.GaugeVec   // listener
+	ConnsLimited     *prometheus.CounterVec // listener
+	PoolOverflow     *prometheus.CounterVec // pool
 }
 
 // NewMetrics registers every metric, with the Go runtime and process
@@ -77,6 +80,11 @@ func NewMetrics() *Metrics {
 	m.Panics = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "sekisho", Name: "handler_panics_total", Help: "Panics recovered on the request path (answered 500)."})
 	f(m.Panics)
 	m.ProxyProtoErrs = counter("proxy_protocol_errors_total", "Connections closed for a bad or unexpected PROXY protocol header.", "listener")
+	m.Connections = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "sekisho", Name: "listener_connections",
+		Help: "Client connections open, by listener."}, []string{"listener"})
+	f(m.Connections)
+	m.ConnsLimited = counter("listener_connections_limited_total", "Times a listener stopped accepting because max_connections were open.", "listener")
+	m.PoolOverflow = counter("pool_overflow_total", "Requests refused 503 because the pool had max_in_flight requests in flight.", "pool")
 	m.ReloadOK.Set(1)
 	return m
 }

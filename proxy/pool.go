@@ -49,6 +49,7 @@ type Pool struct {
 	checker   *health.Checker // nil without readiness probes
 	// gatesReadyz holds /readyz at 503 while no endpoint is available.
 	gatesReadyz bool
+	gate        *inFlightGate // max_in_flight; nil without
 }
 
 var (
@@ -62,6 +63,13 @@ func (p *Pool) Name() string { return p.name }
 
 // ServeHTTP forwards r to one of the pool's endpoints.
 func (p *Pool) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if g := p.gate; g != nil {
+		if !g.enter() {
+			g.refuse(w, r, p.name)
+			return
+		}
+		defer g.leave()
+	}
 	if p.lean != nil && directable(r) {
 		if info := router.InfoFrom(r); info != nil {
 			p.forward(w, r, p.lean, info)

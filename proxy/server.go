@@ -140,6 +140,9 @@ func (s *Server) Apply(cfg *Config) error {
 		lc := &cfg.Listeners[i]
 		sig := listenerSignature(lc)
 		bl := s.listeners[lc.Listen]
+		if bl != nil {
+			bl.sock.setLimit(newConnLimit(lc, s.env.Metrics)) // max_connections may change without a new server
+		}
 		switch {
 		case bl == nil:
 			bl = &boundListener{addr: lc.Listen, sock: c.sockets[lc.Listen]}
@@ -199,7 +202,7 @@ func (s *Server) claim(cfg *Config) (*claim, error) {
 		lc := &cfg.Listeners[i]
 		bl := s.listeners[lc.Listen]
 		if bl == nil {
-			sock, err := listenSocket(lc.Listen)
+			sock, err := listenSocket(lc.Listen, newConnLimit(lc, s.env.Metrics))
 			if err != nil {
 				c.release()
 				return nil, fmt.Errorf("listener %q: %w", lc.Name, err)
@@ -557,7 +560,11 @@ func (h *listenerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			finish(rt, entry, info, r, sw, start, "panic")
 		}
 	}()
-	entry.handler.ServeHTTP(sw, r)
+	if entry.limits != nil {
+		entry.limits.serve(sw, r, entry.handler)
+	} else {
+		entry.handler.ServeHTTP(sw, r)
+	}
 	finish(rt, entry, info, r, sw, start, "")
 }
 

@@ -139,6 +139,12 @@ func (v *validation) listener(l *ListenerConfig, p string) {
 	if l.MaxHeaderBytes < 1024 {
 		v.at(p+".max_header_bytes", "max_header_bytes: %d is too small (at least 1024)", l.MaxHeaderBytes)
 	}
+	if l.MaxBodyBytes < 0 {
+		v.at(p+".max_body_bytes", "max_body_bytes: must not be negative (0: no limit)")
+	}
+	if l.MaxConnections < 0 {
+		v.at(p+".max_connections", "max_connections: must not be negative (0: no limit)")
+	}
 	for i, s := range l.ClientIP.TrustedProxies {
 		if _, err := parsePrefix(s); err != nil {
 			v.at(fmt.Sprintf("%s.client_ip.trusted_proxies[%d]", p, i), "trusted_proxies: %v", err)
@@ -163,6 +169,12 @@ func (v *validation) listener(l *ListenerConfig, p string) {
 			routes[r.Name] = posString(v.c.at(rp + ".name"))
 		}
 		v.match(&r.Match, rp+".match")
+		if r.MaxBodyBytes != nil && *r.MaxBodyBytes < 0 {
+			v.at(rp+".max_body_bytes", "max_body_bytes: must not be negative (0: no limit)")
+		}
+		if r.Timeout < 0 {
+			v.at(rp+".timeout", "timeout: must not be negative (0: none)")
+		}
 		v.pipeline(r.Pipeline, rp+".pipeline")
 	}
 }
@@ -330,6 +342,15 @@ func (v *validation) pool(name string, pc *PoolConfig, p string) {
 	}
 	if pc.MaxIdlePerEndpoint < 0 {
 		v.at(p+".max_idle_per_endpoint", "max_idle_per_endpoint: must not be negative")
+	}
+	if pc.MaxInFlight < 0 {
+		v.at(p+".max_in_flight", "max_in_flight: must not be negative (0: no limit)")
+	}
+	if pc.OverflowRetryAfter < 0 {
+		v.at(p+".overflow_retry_after", "overflow_retry_after: must not be negative")
+	}
+	if pc.OverflowRetryAfter != 0 && pc.MaxInFlight == 0 {
+		v.at(p+".overflow_retry_after", "overflow_retry_after is only used with max_in_flight")
 	}
 	switch pc.Protocol {
 	case "http1", "h2c", "h2":
