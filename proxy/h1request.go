@@ -390,7 +390,7 @@ func (b *reqBody) readTrailer() error {
 			return err
 		}
 		if total += len(line); total > b.sc.fs.maxHeader {
-			return errors.New("request trailer too large")
+			return errTrailerTooLarge
 		}
 		l := strings.TrimRight(string(line), "\r\n")
 		if l == "" {
@@ -398,7 +398,7 @@ func (b *reqBody) readTrailer() error {
 		}
 		k, v, ok := strings.Cut(l, ":")
 		if !ok {
-			return errors.New("malformed trailer line")
+			return errTrailerLine
 		}
 		if key, ok := canonicalKey(k); ok && b.trailer != nil {
 			if _, announced := b.trailer[key]; announced {
@@ -492,7 +492,17 @@ func (c *chunkedReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-var errChunk = errors.New("malformed chunked encoding")
+// bodyFramingError is a request body whose framing is broken (chunk
+// sizes, line ends, the trailer): the client's fault, answered 400.
+type bodyFramingError struct{ msg string }
+
+func (e *bodyFramingError) Error() string { return e.msg }
+
+var (
+	errChunk           = &bodyFramingError{"malformed chunked encoding"}
+	errTrailerTooLarge = &bodyFramingError{"request trailer too large"}
+	errTrailerLine     = &bodyFramingError{"malformed trailer line"}
+)
 
 func (c *chunkedReader) chunkSize() (int64, error) {
 	line, err := c.br.ReadSlice('\n')
