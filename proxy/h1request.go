@@ -189,23 +189,18 @@ func (sc *serverConn) parse(head []byte) (*http.Request, int, string) {
 	}
 	delete(h, "Host")
 
-	// Framing of the body.
-	if te := h["Transfer-Encoding"]; len(te) > 0 {
+	// Framing of the body. Content-Length is checked even when chunked
+	// overrides it, as net/http checks it.
+	te := h["Transfer-Encoding"]
+	if len(te) > 0 {
 		if len(te) != 1 || !strings.EqualFold(te[0], "chunked") {
 			return nil, http.StatusNotImplemented, "unsupported transfer encoding"
 		}
 		if r.ProtoMinor == 0 {
 			return nil, http.StatusBadRequest, "chunked body on HTTP/1.0"
 		}
-		r.TransferEncoding = []string{"chunked"}
-		r.ContentLength = -1
-		// Chunked wins, as in net/http; but a request with both may be an
-		// attempt at smuggling, so the connection closes after the answer
-		// (RFC 9112 6.1).
-		sc.ambiguous = len(h["Content-Length"]) > 0
-		delete(h, "Content-Length")
-		delete(h, "Transfer-Encoding")
-	} else if cl := h["Content-Length"]; len(cl) > 0 {
+	}
+	if cl := h["Content-Length"]; len(cl) > 0 {
 		for _, v := range cl[1:] {
 			if v != cl[0] {
 				return nil, http.StatusBadRequest, "conflicting Content-Length"
@@ -217,6 +212,16 @@ func (sc *serverConn) parse(head []byte) (*http.Request, int, string) {
 		if len(cl) > 1 {
 			h["Content-Length"] = cl[:1]
 		}
+	}
+	if len(te) > 0 {
+		r.TransferEncoding = []string{"chunked"}
+		r.ContentLength = -1
+		// Chunked wins, as in net/http; but a request with both may be an
+		// attempt at smuggling, so the connection closes after the answer
+		// (RFC 9112 6.1).
+		sc.ambiguous = len(h["Content-Length"]) > 0
+		delete(h, "Content-Length")
+		delete(h, "Transfer-Encoding")
 	}
 	if tr := h["Trailer"]; len(tr) > 0 && r.ContentLength != 0 {
 		r.Trailer = http.Header{}
