@@ -96,12 +96,14 @@ type listenerRuntime struct {
 	clientIP *router.ClientIPResolver
 	notFound *routeEntry
 	cfg      *ListenerConfig
+	inbound  inboundRules
 }
 
 // routeEntry is a route's compiled pipeline with its metric children.
 type routeEntry struct {
 	name     string
 	handler  http.Handler
+	upgrades routeUpgrades // the protocols a client may switch to
 	requests *codeCounters
 	duration prometheus.Observer
 	limits   *routeLimits // nil when the route sets no body limit or timeout
@@ -153,7 +155,8 @@ type compiler struct {
 
 func (c *compiler) listener(lc *ListenerConfig) (*listenerRuntime, error) {
 	m := c.env.Metrics
-	lr := &listenerRuntime{name: lc.Name, cfg: lc, clientIP: &router.ClientIPResolver{Trusted: trustedPrefixes(lc.ClientIP.TrustedProxies)}}
+	lr := &listenerRuntime{name: lc.Name, cfg: lc, clientIP: &router.ClientIPResolver{Trusted: trustedPrefixes(lc.ClientIP.TrustedProxies)},
+		inbound: newInboundRules(lc.Routes)}
 	routes := make([]router.Route, 0, len(lc.Routes))
 	for i := range lc.Routes {
 		rc := &lc.Routes[i]
@@ -164,6 +167,7 @@ func (c *compiler) listener(lc *ListenerConfig) (*listenerRuntime, error) {
 		entry := &routeEntry{
 			name:     rc.Name,
 			handler:  h,
+			upgrades: newRouteUpgrades(rc.Upgrades),
 			requests: newCodeCounters(m.Requests.MustCurryWith(prometheus.Labels{"listener": lc.Name, "route": rc.Name})),
 			duration: m.RequestDuration.WithLabelValues(lc.Name, rc.Name),
 			limits:   newRouteLimits(lc, rc),

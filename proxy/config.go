@@ -83,8 +83,14 @@ type ListenerTimeouts struct {
 
 // RouteConfig matches requests and runs them through a pipeline.
 type RouteConfig struct {
-	Name     string        `yaml:"name,omitempty"`
-	Match    MatchConfig   `yaml:"match,omitempty"`
+	Name  string      `yaml:"name,omitempty"`
+	Match MatchConfig `yaml:"match,omitempty"`
+	// Upgrades are the protocols a client may switch to on this route
+	// (Upgrade header, HTTP/1.1); an Upgrade for any other is stripped and
+	// the request goes on as a plain one. Default [websocket]; [] allows
+	// none; h2c is never allowed. Always written out, so that an empty
+	// list reads back as itself.
+	Upgrades []string      `yaml:"upgrades"`
 	Pipeline []StageConfig `yaml:"pipeline,omitempty"`
 	// MaxBodyBytes bounds a request body on this route (default: the
 	// listener's max_body_bytes; 0: no limit).

@@ -396,7 +396,7 @@ func (u *upgraded) echo(msg string) {
 func upgradeConfig(i int, up, other, side string) string {
 	text := fmt.Sprintf(edgePreamble+`    timeouts: {idle: %ds}
     routes:
-      - {name: ws, match: {path_prefix: /ws}, pipeline: [{proxy: up}]}
+      - {name: ws, match: {path_prefix: /ws}, upgrades: [echo], pipeline: [{proxy: up}]}
       - {name: other-%d, match: {path_prefix: /other}, pipeline: [{proxy: other}]}
 `, 60+i, i%2)
 	if i%2 == 1 {
@@ -1100,7 +1100,7 @@ listeners:
     listen: 127.0.0.1:0
     timeouts: {idle: %ds}
     routes:
-      - {name: ws, match: {path_prefix: /ws}, pipeline: [{proxy: up}]}
+      - {name: ws, match: {path_prefix: /ws}, upgrades: [echo], pipeline: [{proxy: up}]}
       - name: web
         pipeline:
           - mirror: {pool: shadow, timeout: 1s}

@@ -135,6 +135,7 @@ func (f *forwardedValues) set(in *http.Request, info *router.Info) {
 var hopHeaders = map[string]bool{
 	"Connection": true, "Proxy-Connection": true, "Keep-Alive": true, "Proxy-Authenticate": true,
 	"Proxy-Authorization": true, "Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
+	"Http2-Settings": true,
 }
 
 var forwardingHeaders = map[string]bool{

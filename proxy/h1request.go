@@ -21,16 +21,22 @@ var errRequestHeadTooLarge = errors.New("request head too large")
 
 // readHead returns the request's head up to and including its empty line:
 // a view of br's buffer (consumed bytes to discard once parsed) or, for a
-// head larger than the buffer, a copy gathered in big.
+// head larger than the buffer, a copy gathered in big. A head longer than
+// max_header_bytes, its request line and empty line included, is refused
+// exactly there: net/http allows 4 KiB more for the request line, and the
+// loop no longer does.
 func (sc *serverConn) readHead() (head []byte, consumed int, err error) {
-	limit := sc.fs.maxHeader + 4<<10 // net/http's slack for the request line
+	limit := sc.fs.maxHeader
 	tightened := false
 	for {
 		buf, _ := sc.br.Peek(sc.br.Buffered())
 		if end := headEnd(buf); end >= 0 {
+			if end > limit {
+				return nil, 0, errRequestHeadTooLarge
+			}
 			return buf[:end], end, nil
 		}
-		if len(buf) >= limit {
+		if len(buf) >= limit { // incomplete: the head is longer still
 			return nil, 0, errRequestHeadTooLarge
 		}
 		if len(buf) == sc.br.Size() {
@@ -55,7 +61,7 @@ func (sc *serverConn) readHead() (head []byte, consumed int, err error) {
 	for {
 		line, err := sc.br.ReadSlice('\n')
 		sc.big = append(sc.big, line...)
-		if len(sc.big) >= limit {
+		if len(sc.big) > limit {
 			return nil, 0, errRequestHeadTooLarge
 		}
 		switch err {
@@ -109,6 +115,7 @@ func (sc *serverConn) parse(head []byte) (*http.Request, int, string) {
 	}
 	r := &sc.req
 	*r = *sc.base
+	sc.ambiguous = false
 	switch proto {
 	case "HTTP/1.1":
 		r.Proto, r.ProtoMajor, r.ProtoMinor = proto, 1, 1
@@ -169,7 +176,9 @@ func (sc *serverConn) parse(head []byte) (*http.Request, int, string) {
 	switch {
 	case hosts > 1:
 		return nil, http.StatusBadRequest, "too many Host headers"
-	case hosts == 0 && r.ProtoMinor >= 1 && r.URL.Host == "" && r.Method != http.MethodConnect:
+	case hosts == 0 && r.ProtoMinor >= 1 && r.Method != http.MethodConnect:
+		// An absolute target does not stand in for Host (RFC 9112 3.2),
+		// where net/http lets it.
 		return nil, http.StatusBadRequest, "missing required Host header"
 	}
 	if r.Host == "" { // an absolute target's host wins
@@ -180,19 +189,18 @@ func (sc *serverConn) parse(head []byte) (*http.Request, int, string) {
 	}
 	delete(h, "Host")
 
-	// Framing of the body.
-	if te := h["Transfer-Encoding"]; len(te) > 0 {
+	// Framing of the body. Content-Length is checked even when chunked
+	// overrides it, as net/http checks it.
+	te := h["Transfer-Encoding"]
+	if len(te) > 0 {
 		if len(te) != 1 || !strings.EqualFold(te[0], "chunked") {
 			return nil, http.StatusNotImplemented, "unsupported transfer encoding"
 		}
 		if r.ProtoMinor == 0 {
 			return nil, http.StatusBadRequest, "chunked body on HTTP/1.0"
 		}
-		r.TransferEncoding = []string{"chunked"}
-		r.ContentLength = -1
-		delete(h, "Content-Length") // chunked wins, as in net/http
-		delete(h, "Transfer-Encoding")
-	} else if cl := h["Content-Length"]; len(cl) > 0 {
+	}
+	if cl := h["Content-Length"]; len(cl) > 0 {
 		for _, v := range cl[1:] {
 			if v != cl[0] {
 				return nil, http.StatusBadRequest, "conflicting Content-Length"
@@ -204,6 +212,16 @@ func (sc *serverConn) parse(head []byte) (*http.Request, int, string) {
 		if len(cl) > 1 {
 			h["Content-Length"] = cl[:1]
 		}
+	}
+	if len(te) > 0 {
+		r.TransferEncoding = []string{"chunked"}
+		r.ContentLength = -1
+		// Chunked wins, as in net/http; but a request with both may be an
+		// attempt at smuggling, so the connection closes after the answer
+		// (RFC 9112 6.1).
+		sc.ambiguous = len(h["Content-Length"]) > 0
+		delete(h, "Content-Length")
+		delete(h, "Transfer-Encoding")
 	}
 	if tr := h["Trailer"]; len(tr) > 0 && r.ContentLength != 0 {
 		r.Trailer = http.Header{}
@@ -390,7 +408,7 @@ func (b *reqBody) readTrailer() error {
 			return err
 		}
 		if total += len(line); total > b.sc.fs.maxHeader {
-			return errors.New("request trailer too large")
+			return errTrailerTooLarge
 		}
 		l := strings.TrimRight(string(line), "\r\n")
 		if l == "" {
@@ -398,7 +416,7 @@ func (b *reqBody) readTrailer() error {
 		}
 		k, v, ok := strings.Cut(l, ":")
 		if !ok {
-			return errors.New("malformed trailer line")
+			return errTrailerLine
 		}
 		if key, ok := canonicalKey(k); ok && b.trailer != nil {
 			if _, announced := b.trailer[key]; announced {
@@ -492,7 +510,17 @@ func (c *chunkedReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-var errChunk = errors.New("malformed chunked encoding")
+// bodyFramingError is a request body whose framing is broken (chunk
+// sizes, line ends, the trailer): the client's fault, answered 400.
+type bodyFramingError struct{ msg string }
+
+func (e *bodyFramingError) Error() string { return e.msg }
+
+var (
+	errChunk           = &bodyFramingError{"malformed chunked encoding"}
+	errTrailerTooLarge = &bodyFramingError{"request trailer too large"}
+	errTrailerLine     = &bodyFramingError{"malformed trailer line"}
+)
 
 func (c *chunkedReader) chunkSize() (int64, error) {
 	line, err := c.br.ReadSlice('\n')
@@ -556,4 +584,25 @@ func (c *chunkedReader) crlf() error {
 	}
 	c.br.Discard(2)
 	return nil
+}
+
+// expectsContinue reports whether an Expect value lists 100-continue,
+// with net/http's token rule (request.go's hasToken): the token anywhere
+// in v, bounded by the start, the end, a space, a tab or a comma, case
+// aside.
+func expectsContinue(v string) bool {
+	const token = "100-continue"
+	boundary := func(c byte) bool { return c == ' ' || c == ',' || c == '\t' }
+	for sp := 0; sp+len(token) <= len(v); sp++ {
+		if sp > 0 && !boundary(v[sp-1]) {
+			continue
+		}
+		if end := sp + len(token); end != len(v) && !boundary(v[end]) {
+			continue
+		}
+		if strings.EqualFold(v[sp:sp+len(token)], token) {
+			return true
+		}
+	}
+	return false
 }

@@ -241,6 +241,9 @@ type serverConn struct {
 	// continued is set once this request's 100 Continue has gone: the
 	// client sends its body. None goes after the answer's head.
 	continued bool
+	// ambiguous is set by parse for a request with both Content-Length
+	// and Transfer-Encoding: its connection closes after the answer.
+	ambiguous bool
 
 	// The watch of a long bodyless request: a read of the connection that
 	// either sees the client go (EOF, reset) and cancels the context, or
@@ -408,15 +411,16 @@ func (sc *serverConn) lingerClose() {
 // request.
 func (sc *serverConn) run(r *http.Request) bool {
 	fs := sc.fs
-	// Expect is 100-continue on an HTTP/1.1 request with a body, or it is
-	// refused, as net/http has it.
+	// Expect as net/http has it: 100-continue is honoured on an HTTP/1.1
+	// request with a body and ignored on any other; another expectation
+	// is refused with 417.
 	expect := false
 	if e := r.Header["Expect"]; len(e) > 0 && e[0] != "" {
-		if !hasToken(e[:1], "100-continue") || r.ProtoMinor == 0 || r.ContentLength == 0 {
+		if !expectsContinue(e[0]) {
 			sc.refuse(http.StatusExpectationFailed, "")
 			return false
 		}
-		expect = true
+		expect = r.ProtoMinor >= 1 && r.ContentLength != 0
 	}
 	var body *reqBody
 	if r.ContentLength != 0 {
@@ -437,6 +441,7 @@ func (sc *serverConn) run(r *http.Request) bool {
 	}
 	w := &sc.w
 	w.reset(r)
+	w.closeAfter = sc.ambiguous
 	sc.continued = false
 	if body == nil {
 		// A body is read by the handler; only a bodyless request's

@@ -143,6 +143,9 @@ func (c *Config) applyDefaults() {
 		}
 		for j := range l.Routes {
 			def(&l.Routes[j].Match.PathPrefix, "/")
+			if l.Routes[j].Upgrades == nil {
+				l.Routes[j].Upgrades = []string{"websocket"}
+			}
 		}
 	}
 	for _, p := range c.Pools {

@@ -160,6 +160,13 @@ func (p *Pool) RoundTrip(out *http.Request) (*http.Response, error) {
 			resp.Body = wrapBody(resp.Body, t.EP)
 			return resp, nil
 		}
+		if guard != nil {
+			if ce := guard.err.Load(); ce != nil {
+				// The client's body failed the attempt, whatever the
+				// Transport made of it.
+				err = ce
+			}
+		}
 		lastErr = err
 		if !p.failed(i, start, out, err, guard) {
 			return nil, err
@@ -198,8 +205,8 @@ func (p *Pool) failed(i int, start time.Time, r *http.Request, err error, guard 
 	t := &p.targets[i]
 	t.EP.End()
 	p.attempts[i].inc(0)
-	if r.Context().Err() != nil {
-		return false // the client left or its deadline passed: not the endpoint's fault
+	if r.Context().Err() != nil || clientFault(err) {
+		return false // the client left, its deadline passed or its body failed: not the endpoint's fault
 	}
 	t.EP.ObserveResult(false)
 	if !retryable(r, err, guard) {
@@ -322,15 +329,25 @@ func retryable(r *http.Request, err error, guard *replayGuard) bool {
 // remembers whether any byte was read (then the request cannot be retried)
 // and ignores the Transport's Close after a failed attempt so that a retry
 // can still send the untouched body. The server closes the real body.
+//
+// It also records the body's own failure (malformed framing, a client that
+// stops sending): that is the client's doing, never the endpoint's, and
+// the Transport reports it in terms of the upstream connection.
 type replayGuard struct {
 	body io.ReadCloser
-	read atomic.Bool // the Transport's writer reads; RoundTrip asks
+	read atomic.Bool                     // the Transport's writer reads; RoundTrip asks
+	err  atomic.Pointer[clientBodyError] // the first read error but EOF
 }
 
 func (g *replayGuard) Read(b []byte) (int, error) {
 	n, err := g.body.Read(b)
 	if n > 0 {
 		g.read.Store(true)
+	}
+	if err != nil && err != io.EOF {
+		ce := &clientBodyError{err: err}
+		g.err.CompareAndSwap(nil, ce)
+		return n, ce
 	}
 	return n, err
 }
@@ -398,6 +415,22 @@ func (p *Pool) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 	io.WriteString(w, msg)
 }
 
+// clientBodyError is a failure to read the client's request body: the
+// request ends there, answered 400 (408 for a read timeout), and it never
+// counts against the endpoint.
+type clientBodyError struct{ err error }
+
+func (e *clientBodyError) Error() string { return "reading the request body: " + e.err.Error() }
+
+func (e *clientBodyError) Unwrap() error { return e.err }
+
+// clientFault reports whether err is the client's failure, not the
+// upstream's.
+func clientFault(err error) bool {
+	var ce *clientBodyError
+	return errors.As(err, &ce)
+}
+
 // statusClientClosed is recorded for a request whose client left before an
 // answer (nginx's 499); it is never sent.
 const statusClientClosed = 499
@@ -408,6 +441,15 @@ func classify(r *http.Request, err error) (int, string) {
 		return http.StatusServiceUnavailable, "no ready endpoint\n"
 	case r.Context().Err() == context.Canceled || errors.Is(err, context.Canceled):
 		return statusClientClosed, ""
+	case clientFault(err):
+		var fe *bodyFramingError
+		switch {
+		case errors.As(err, &fe):
+			return http.StatusBadRequest, "malformed request body\n"
+		case isTimeout(err):
+			return http.StatusRequestTimeout, "request body timed out\n"
+		}
+		return http.StatusBadRequest, "request body could not be read\n"
 	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
 		return http.StatusGatewayTimeout, "upstream timed out\n"
 	default:

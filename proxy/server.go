@@ -505,6 +505,9 @@ func (h *listenerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "listener removed", http.StatusServiceUnavailable)
 		return
 	}
+	// Before anything reads the request: what the client said about its
+	// own connection goes, so that nothing sekisho adds can be removed by it.
+	lr.inbound.sanitize(r)
 	st := reqStates.Get().(*reqState)
 	*st = reqState{}
 	defer reqStates.Put(st) // runs last, after the access log line
@@ -538,6 +541,9 @@ func (h *listenerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	entry := lr.notFound
 	if route := lr.table.Match(r); route != nil {
 		entry = route.Handler.(*routeEntry)
+	}
+	if len(r.Header["Upgrade"]) > 0 {
+		entry.upgrades.apply(r.Header)
 	}
 	info.Route = entry.name
 	defer func() {

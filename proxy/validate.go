@@ -175,7 +175,22 @@ func (v *validation) listener(l *ListenerConfig, p string) {
 		if r.Timeout < 0 {
 			v.at(rp+".timeout", "timeout: must not be negative (0: none)")
 		}
+		v.upgrades(r.Upgrades, rp+".upgrades")
 		v.pipeline(r.Pipeline, rp+".pipeline")
+	}
+}
+
+// upgrades checks a route's upgrade protocols: names (tokens), never h2c,
+// whose tunnel would carry the client's later requests past every route.
+func (v *validation) upgrades(protos []string, p string) {
+	for i, proto := range protos {
+		ip := fmt.Sprintf("%s[%d]", p, i)
+		switch {
+		case !router.ValidToken(proto):
+			v.at(ip, "upgrades: %q is not a protocol name (a token, as websocket)", proto)
+		case strings.EqualFold(proto, "h2c"):
+			v.at(ip, "upgrades: h2c is never tunnelled (speak HTTP/2 to the listener with prior knowledge or TLS instead)")
+		}
 	}
 }
 
