@@ -33,6 +33,7 @@ type Metrics struct {
 	CertReloadErrs   *prometheus.CounterVec // listener
 	Panics           prometheus.Counter
 	ProxyProtoErrs   *prometheus.CounterVec // listener
+	HTTP2Closed      *prometheus.CounterVec // listener, reason
 }
 
 // NewMetrics registers every metric, with the Go runtime and process
@@ -77,6 +78,7 @@ func NewMetrics() *Metrics {
 	m.Panics = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "sekisho", Name: "handler_panics_total", Help: "Panics recovered on the request path (answered 500)."})
 	f(m.Panics)
 	m.ProxyProtoErrs = counter("proxy_protocol_errors_total", "Connections closed for a bad or unexpected PROXY protocol header.", "listener")
+	m.HTTP2Closed = counter("http2_connections_closed_total", "HTTP/2 client connections ended with GOAWAY for abuse, by reason (rapid_reset, header_timeout).", "listener", "reason")
 	m.ReloadOK.Set(1)
 	return m
 }
