@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -226,4 +227,30 @@ func TestFrameScanner(t *testing.T) {
 			assert.Equal(t, ends, gotEnds)
 		})
 	}
+}
+
+// TestHTTP2ConnectionsEndOnShutdown: the HTTP/2 connections the front
+// server serves itself are told to go (GOAWAY) and waited for by Shutdown,
+// which returns without cutting anything once they have gone.
+func TestHTTP2ConnectionsEndOnShutdown(t *testing.T) {
+	b := newBackend(t, "up")
+	td := startDaemon(t, fmt.Sprintf(edgePreamble+`    routes: [{name: all, pipeline: [{proxy: up}]}]
+pools:
+  up:
+    endpoints: [%s]
+`, b.addr()))
+	c := h2RawConn(t, strings.TrimPrefix(td.url("edge"), "http://"), nil)
+	seen := h2ReadAll(c, 5*time.Second)
+	_, err := c.Write(h2Frame(h2FrameHeaders, h2FlagEndHeaders|h2FlagEndStream, 1, h2GetBlock("http", "/")))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return b.hits.Load() == 1 }, 5*time.Second, 5*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	require.NoError(t, td.d.Shutdown(ctx))
+	assert.Less(t, time.Since(start), 4*time.Second)
+	got := <-seen
+	assert.True(t, got.goAway, "told to go (%v)", got.err)
+	var ne net.Error
+	assert.False(t, errors.As(got.err, &ne) && ne.Timeout(), "the connection was closed")
 }
