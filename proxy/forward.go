@@ -54,6 +54,10 @@ func (p *Pool) forward(w http.ResponseWriter, r *http.Request, t *h1Transport, i
 	defer pk.release()
 	var lastErr error
 	for attempt := 0; attempt <= p.retries; attempt++ {
+		if err := ctx.Err(); err != nil {
+			lastErr = err // the client has gone: no attempt, no dial
+			break
+		}
 		i := pk.pick(r, info)
 		if i < 0 {
 			if lastErr == nil {

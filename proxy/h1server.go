@@ -25,7 +25,8 @@ import (
 // its own loop, one goroutine per connection that reads a request, runs the
 // handler and writes the answer, with no goroutine of its own per request
 // and nothing allocated per request but the head's bytes. HTTP/2 (TLS with
-// ALPN h2, or h2c with prior knowledge) is handed to an http.Server.
+// ALPN h2, or h2c with prior knowledge) is served by an http.Server's
+// HTTP/2 side, behind an h2Guard (h2guard.go).
 //
 // The loop keeps net/http's contract with handlers (keep-alive, pipelining,
 // Content-Length and chunked bodies both ways, Expect: 100-continue,
@@ -48,6 +49,10 @@ type frontServer struct {
 	conns    map[*serverConn]struct{} // served by the loop, not hijacked
 	shutting atomic.Bool
 	watches  atomic.Int64 // watches started, for tests
+
+	h2conns map[*h2Guard]struct{} // under mu: served by the fallback's HTTP/2 side
+	// h2Closed counts the HTTP/2 connections a guard ends, by reason.
+	h2Closed func(reason string)
 }
 
 // Connection states, as Shutdown sees them.
@@ -72,10 +77,12 @@ const pendingMax = 4 << 10
 func newFrontServer(s *Server, lc *ListenerConfig, h http.Handler, fallback *http.Server, addr net.Addr) *frontServer {
 	return &frontServer{
 		s: s, listener: lc.Name, handler: h, fallback: fallback,
-		hand:      &handoffListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})},
+		hand:      newHandoffListener(addr),
 		timeouts:  lc.Timeouts,
 		maxHeader: lc.MaxHeaderBytes,
 		conns:     map[*serverConn]struct{}{},
+		h2conns:   map[*h2Guard]struct{}{},
+		h2Closed:  h2ClosedCounter(s, lc.Name),
 	}
 }
 
@@ -127,7 +134,8 @@ func (fs *frontServer) forget(sc *serverConn) {
 }
 
 // closeIdle wakes the connections waiting for a request so that they end,
-// and reports how many connections are left.
+// and reports how many connections are left, HTTP/2 ones included (the
+// fallback's Shutdown tells those to go).
 func (fs *frontServer) closeIdle() int {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
@@ -136,7 +144,7 @@ func (fs *frontServer) closeIdle() int {
 			sc.c.SetReadDeadline(aLongTimeAgo)
 		}
 	}
-	return len(fs.conns)
+	return len(fs.conns) + len(fs.h2conns)
 }
 
 // Shutdown stops accepting, closes idle connections, lets the requests in
@@ -173,34 +181,33 @@ func (fs *frontServer) Close() error {
 	for sc := range fs.conns {
 		sc.c.Close()
 	}
+	for g := range fs.h2conns {
+		g.Conn.Close()
+	}
 	fs.mu.Unlock()
 	return fs.fallback.Close()
 }
 
-// handoffListener feeds the fallback http.Server the connections the loop
-// hands over.
+// handoffListener is the fallback http.Server's listener. It yields no
+// connection: HTTP/2 connections reach the server's HTTP/2 side through
+// serveH2. Serving it sets that side up (ready closes once it is) and gives
+// Shutdown and Close their hold on it.
 type handoffListener struct {
-	addr net.Addr
-	ch   chan net.Conn
-	done chan struct{}
-	once sync.Once
+	addr      net.Addr
+	ready     chan struct{}
+	readyOnce sync.Once
+	done      chan struct{}
+	once      sync.Once
+}
+
+func newHandoffListener(addr net.Addr) *handoffListener {
+	return &handoffListener{addr: addr, ready: make(chan struct{}), done: make(chan struct{})}
 }
 
 func (l *handoffListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *handoffListener) push(c net.Conn) {
-	select {
-	case l.ch <- c:
-	case <-l.done:
-		c.Close()
-	}
+	l.readyOnce.Do(func() { close(l.ready) })
+	<-l.done
+	return nil, net.ErrClosed
 }
 
 func (l *handoffListener) Close() error {
@@ -217,6 +224,14 @@ type replayConn struct {
 }
 
 func (c *replayConn) Read(p []byte) (int, error) { return c.br.Read(p) }
+
+// CloseWrite closes the connection's writing side, when it has one.
+func (c *replayConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
 
 // serverConn is one client connection on the HTTP/1.x loop.
 type serverConn struct {
@@ -299,7 +314,7 @@ func (sc *serverConn) serve() {
 		}
 		cs := tc.ConnectionState()
 		if cs.NegotiatedProtocol == "h2" {
-			sc.handOver(sc.c)
+			sc.handOver(sc.c, &cs)
 			return
 		}
 		sc.tls = &cs
@@ -331,12 +346,65 @@ func looksLikeHTTP(hdr []byte) bool {
 	return false
 }
 
-// handOver gives c to the fallback server for the rest of its life.
-func (sc *serverConn) handOver(c net.Conn) {
+// handOver serves c, on which the client chose HTTP/2, with the fallback
+// server's HTTP/2 side for the rest of its life, behind an h2Guard. cs is
+// the TLS state, nil for h2c. The client preface is read here, within
+// read_header.
+func (sc *serverConn) handOver(c net.Conn, cs *tls.ConnectionState) {
+	fs := sc.fs
 	sc.handed = true
+	fs.forget(sc)
+	if to := fs.timeouts.ReadHeader.D(); to > 0 {
+		sc.c.SetReadDeadline(time.Now().Add(to))
+	}
+	var preface [len(h2ClientPreface)]byte
+	if _, err := io.ReadFull(c, preface[:]); err != nil || string(preface[:]) != h2ClientPreface {
+		c.Close()
+		return
+	}
 	sc.c.SetDeadline(time.Time{})
-	sc.fs.forget(sc)
-	sc.fs.hand.push(c)
+	g := newH2Guard(c, fs.timeouts.ReadHeader.D(), fs.h2Closed)
+	var conn net.Conn = g
+	if cs != nil {
+		conn = &h2TLSGuard{h2Guard: g, state: *cs}
+	}
+	fs.serveH2(g, conn)
+}
+
+// serveH2 runs the fallback server's HTTP/2 side on conn (g, or g with its
+// TLS state) until the connection ends. net/http serves HTTP/2 over TLS
+// only on a *tls.Conn of its own, and a guard is not one; it takes any
+// connection as HTTP/2 with prior knowledge, and the guard's
+// ConnectionState gives each request its TLS state.
+func (fs *frontServer) serveH2(g *h2Guard, conn net.Conn) {
+	fs.mu.Lock()
+	if fs.shutting.Load() {
+		fs.mu.Unlock()
+		g.Conn.Close()
+		return
+	}
+	fs.h2conns[g] = struct{}{}
+	fs.mu.Unlock()
+	defer func() {
+		fs.mu.Lock()
+		delete(fs.h2conns, g)
+		fs.mu.Unlock()
+		g.Close()
+	}()
+	select {
+	case <-fs.hand.ready: // the server has set up its HTTP/2 side
+	case <-fs.hand.done:
+		return
+	}
+	serve := fs.fallback.TLSNextProto[nextProtoH2]
+	if serve == nil {
+		return
+	}
+	ctx := fs.s.ctx
+	if cc := fs.fallback.ConnContext; cc != nil {
+		ctx = cc(ctx, conn)
+	}
+	serve(fs.fallback, tls.Client(h2HandOff{conn: conn}, nil), h2Entry{ctx: ctx, next: fs.handler, maxHeader: fs.maxHeader})
 }
 
 // next reads and serves one request; false ends the connection.
@@ -364,7 +432,7 @@ func (sc *serverConn) next() bool {
 		return false
 	}
 	if sc.served == 0 && sc.tls == nil && bytes.HasPrefix(head, []byte("PRI * HTTP/2.0\r\n")) {
-		sc.handOver(&replayConn{Conn: sc.c, br: sc.br})
+		sc.handOver(&replayConn{Conn: sc.c, br: sc.br}, nil)
 		return false
 	}
 	r, status, msg := sc.parse(head)

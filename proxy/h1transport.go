@@ -127,6 +127,9 @@ var errStaleConn = errors.New("upstream closed the kept-alive connection")
 
 // get returns an idle connection to key, or dials one to addr.
 func (t *h1Transport) get(ctx context.Context, key, scheme, addr string) (*h1Conn, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err // gone: neither a dial nor an idle connection spent on it
+	}
 	now := time.Now()
 	t.mu.Lock()
 	for list := t.idle[key]; len(list) > 0; list = t.idle[key] {
@@ -175,7 +178,39 @@ func (c *h1Conn) unsolicited() bool {
 	return !(errors.As(err, &ne) && ne.Timeout())
 }
 
+// dial makes a connection for a request. The connection is not the
+// request's: when the request is cancelled while it is being made (a
+// client resetting its streams), dial returns at once and the connection,
+// once made, waits in the idle pool for the next request, as
+// http.Transport's do, rather than costing the upstream a connection per
+// cancelled request. The connect timeout bounds it.
 func (t *h1Transport) dial(ctx context.Context, key, scheme, addr string) (*h1Conn, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	type dialed struct {
+		c   *h1Conn
+		err error
+	}
+	done := make(chan dialed, 1)
+	go func() {
+		c, err := t.connect(context.WithoutCancel(ctx), key, scheme, addr)
+		done <- dialed{c, err}
+	}()
+	select {
+	case d := <-done:
+		return d.c, d.err
+	case <-ctx.Done():
+		go func() {
+			if d := <-done; d.err == nil {
+				t.put(d.c)
+			}
+		}()
+		return nil, ctx.Err()
+	}
+}
+
+func (t *h1Transport) connect(ctx context.Context, key, scheme, addr string) (*h1Conn, error) {
 	conn, err := t.dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err

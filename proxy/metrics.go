@@ -36,6 +36,7 @@ type Metrics struct {
 	Connections      *prometheus.GaugeVec   // listener
 	ConnsLimited     *prometheus.CounterVec // listener
 	PoolOverflow     *prometheus.CounterVec // pool
+	HTTP2Closed      *prometheus.CounterVec // listener, reason
 }
 
 // NewMetrics registers every metric, with the Go runtime and process
@@ -85,6 +86,7 @@ func NewMetrics() *Metrics {
 	f(m.Connections)
 	m.ConnsLimited = counter("listener_connections_limited_total", "Times a listener stopped accepting because max_connections were open.", "listener")
 	m.PoolOverflow = counter("pool_overflow_total", "Requests refused 503 because the pool had max_in_flight requests in flight.", "pool")
+	m.HTTP2Closed = counter("http2_connections_closed_total", "HTTP/2 client connections ended with GOAWAY for abuse, by reason (rapid_reset, header_timeout).", "listener", "reason")
 	m.ReloadOK.Set(1)
 	return m
 }

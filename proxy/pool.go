@@ -137,6 +137,9 @@ func (p *Pool) RoundTrip(out *http.Request) (*http.Response, error) {
 	defer pk.release()
 	var lastErr error
 	for attempt := 0; attempt <= p.retries; attempt++ {
+		if err := out.Context().Err(); err != nil {
+			return nil, err // the client has gone: no attempt, no dial
+		}
 		i := pk.pick(out, info)
 		if i < 0 {
 			if lastErr != nil {

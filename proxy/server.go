@@ -332,7 +332,7 @@ func (s *Server) serve(bl *boundListener, lc *ListenerConfig, sig string) {
 		ReadTimeout:       lc.Timeouts.Read.D(),
 		WriteTimeout:      lc.Timeouts.Write.D(),
 		IdleTimeout:       lc.Timeouts.Idle.D(),
-		MaxHeaderBytes:    lc.MaxHeaderBytes,
+		MaxHeaderBytes:    h2HeaderHardBound(lc.MaxHeaderBytes), // it serves only HTTP/2; h2Entry answers 431 past max_header_bytes
 		ErrorLog:          log.New(&serverLogWriter{s: s, listener: lc.Name}, "", 0),
 		Protocols:         &protos,
 		BaseContext:       func(net.Listener) context.Context { return s.ctx },
