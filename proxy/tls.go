@@ -54,12 +54,15 @@ type tlsState struct {
 // never take each other's tickets.
 const (
 	// ticketKeyRotation is how often a listener's session ticket key is
-	// replaced by a new random one.
-	ticketKeyRotation = 24 * time.Hour
+	// replaced by a new random one: twice a day, so that with the previous
+	// key kept no key lives longer than a day.
+	ticketKeyRotation = 12 * time.Hour
 	// ticketKeysKept is how many keys decrypt tickets: the newest, which
 	// also encrypts, and the one before it. A ticket therefore resumes for
-	// at least one rotation period and at most two (24-48 h), after which
-	// the client does a full handshake.
+	// at least one rotation period and at most two (12-24 h), after which
+	// the client does a full handshake. (TLS 1.3 tickets still carry
+	// crypto/tls's fixed 7-day lifetime hint; a client that offers one
+	// later simply gets a full handshake.)
 	ticketKeysKept = 2
 )
 
