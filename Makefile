@@ -2,7 +2,7 @@ GO      ?= go
 BIN     ?= bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build run test bench lint fuzz clean
+.PHONY: all build run test bench lint fuzz clean testssl
 
 all: build
 
@@ -25,6 +25,13 @@ test:
 # End-to-end load against nginx, haproxy and caddy (installs them from Debian if missing).
 bench: build
 	bash bench/run.sh
+
+# testssl.sh's protocol, cipher and vulnerability checks against TLS listeners on
+# 127.0.0.1 (installs Debian's testssl.sh if missing); see docs/tls.md.
+testssl: build
+	@command -v testssl >/dev/null 2>&1 || \
+		{ echo "make testssl: installing testssl.sh"; apt-get update -qq && apt-get install -y -qq testssl.sh >/dev/null; }
+	BIN=$(BIN) bash scripts/testssl.sh
 
 lint:
 	@test -z "$$(gofmt -l .)" || (gofmt -l . && exit 1)

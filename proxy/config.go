@@ -60,6 +60,15 @@ type TLSConfig struct {
 	// ForwardClientCert sends the verified client certificate's subject
 	// upstream as X-Client-Cert-Subject (default false).
 	ForwardClientCert bool `yaml:"forward_client_cert,omitempty"`
+	// CipherSuites are the TLS 1.2 suites offered, by crypto/tls (IANA)
+	// name; only ECDHE suites with AES-GCM or ChaCha20-Poly1305 may be
+	// named. Default: all six of those (certs.DefaultCipherSuites). TLS 1.3
+	// suites are not configurable.
+	CipherSuites []string `yaml:"cipher_suites,omitempty"`
+	// CurvePreferences are the key exchanges offered (X25519MLKEM768,
+	// SecP256r1MLKEM768, SecP384r1MLKEM1024, X25519, P-256, P-384, P-521).
+	// Default: Go's, which is all of them.
+	CurvePreferences []string `yaml:"curve_preferences,omitempty"`
 }
 
 // CertConfig is one certificate and its key, both PEM files.

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -27,11 +28,83 @@ type tlsState struct {
 	sig      string
 	store    *certs.Store
 	conf     *tls.Config
+	tickets  *ticketKeys
 	cancel   context.CancelFunc
-	done     chan struct{}
+	wg       sync.WaitGroup // the certificate watch and the ticket key rotation
 	listener string
 	mu       sync.Mutex      // guards expiry: the watch writes it, a reload reads it
 	expiry   map[string]bool // the names the expiry metric has a series for
+}
+
+// Session ticket keys.
+//
+// crypto/tls keeps automatic ticket keys in the Config a server was made
+// with: here the outer Config that tls.NewListener holds and whose
+// GetConfigForClient hands out the TLS state's (dynamicTLS.config). It
+// rotates them lazily, on the first handshake a day after the last, and
+// takes tickets for seven days. That Config belongs to the listener's
+// server, not to its TLS state: a reload that replaced the TLS state (a
+// changed tls section) went on taking tickets issued under the old one, a
+// reload that replaced the server (changed timeouts) dropped them all, and
+// nothing bounded the keys' lifetime but Go's defaults. So each TLS state
+// owns its keys: random, set on its own Config with SetSessionTicketKeys
+// (which crypto/tls prefers to the outer Config's), replaced every
+// ticketKeyRotation by a goroutine that lives exactly as long as the state,
+// and shared with nothing: two listeners, or two states of one listener,
+// never take each other's tickets.
+const (
+	// ticketKeyRotation is how often a listener's session ticket key is
+	// replaced by a new random one: twice a day, so that with the previous
+	// key kept no key lives longer than a day.
+	ticketKeyRotation = 12 * time.Hour
+	// ticketKeysKept is how many keys decrypt tickets: the newest, which
+	// also encrypts, and the one before it. A ticket therefore resumes for
+	// at least one rotation period and at most two (12-24 h), after which
+	// the client does a full handshake. (TLS 1.3 tickets still carry
+	// crypto/tls's fixed 7-day lifetime hint; a client that offers one
+	// later simply gets a full handshake.)
+	ticketKeysKept = 2
+)
+
+// ticketKeys rotates the session ticket keys of one TLS state's Config.
+type ticketKeys struct {
+	conf *tls.Config
+	mu   sync.Mutex // serialises rotations
+	keys [][32]byte // newest first; at most ticketKeysKept
+}
+
+// newTicketKeys gives conf its first key, so that no handshake ever falls
+// back to the outer Config's automatic keys.
+func newTicketKeys(conf *tls.Config) *ticketKeys {
+	k := &ticketKeys{conf: conf}
+	k.rotate()
+	return k
+}
+
+// rotate puts a new random key first and drops the oldest beyond
+// ticketKeysKept. Tickets are encrypted with the new key from the next
+// handshake on.
+func (k *ticketKeys) rotate() {
+	var key [32]byte
+	rand.Read(key[:]) // never fails: since Go 1.24 it crashes the program rather than return an error
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.keys = append([][32]byte{key}, k.keys[:min(len(k.keys), ticketKeysKept-1)]...)
+	k.conf.SetSessionTicketKeys(k.keys)
+}
+
+// run rotates the keys every period until ctx ends.
+func (k *ticketKeys) run(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			k.rotate()
+		}
+	}
 }
 
 // tlsSignature is what decides whether a listener's TLS state is rebuilt.
@@ -62,12 +135,18 @@ func (s *Server) newTLSState(listener string, t *TLSConfig) (*tlsState, error) {
 			return nil, err
 		}
 	}
-	st := &tlsState{sig: tlsSignature(t), store: store, conf: certs.ServerConfig(store, minV, clientCAs, nil), done: make(chan struct{}), listener: listener}
+	suites, curves, err := tlsPolicy(t, minV)
+	if err != nil {
+		return nil, err
+	}
+	conf := certs.ServerConfig(store, minV, clientCAs, nil)
+	conf.CipherSuites, conf.CurvePreferences = suites, curves
+	st := &tlsState{sig: tlsSignature(t), store: store, conf: conf, tickets: newTicketKeys(conf), listener: listener}
 	s.certMetrics(st)
 	ctx, cancel := context.WithCancel(s.ctx)
 	st.cancel = cancel
-	go func() {
-		defer close(st.done)
+	st.wg.Go(func() { st.tickets.run(ctx, ticketKeyRotation) })
+	st.wg.Go(func() {
 		err := store.Watch(ctx, 200*time.Millisecond, func(err error) {
 			if err != nil {
 				s.env.Metrics.CertReloadErrs.WithLabelValues(listener).Inc()
@@ -80,8 +159,35 @@ func (s *Server) newTLSState(listener string, t *TLSConfig) (*tlsState, error) {
 		if err != nil {
 			s.log.Error("cannot watch certificate files; rotation needs a reload", zap.String("listener", listener), zap.Error(err))
 		}
-	}()
+	})
 	return st, nil
+}
+
+// tlsPolicy turns a tls section's cipher_suites and curve_preferences into
+// crypto/tls ids: the suites default to certs.DefaultCipherSuites(minV) (the
+// ECDHE AEAD suites, plus the CBC ones only TLS 1.0 and 1.1 need), the
+// curves to Go's default (nil). Validate has reported any bad name already.
+func tlsPolicy(t *TLSConfig, minV uint16) ([]uint16, []tls.CurveID, error) {
+	suites := certs.DefaultCipherSuites(minV)
+	if len(t.CipherSuites) > 0 {
+		suites = suites[:0]
+		for _, name := range t.CipherSuites {
+			id, err := certs.ParseCipherSuite(name)
+			if err != nil {
+				return nil, nil, err
+			}
+			suites = append(suites, id)
+		}
+	}
+	var curves []tls.CurveID
+	for _, name := range t.CurvePreferences {
+		id, err := certs.ParseCurve(name)
+		if err != nil {
+			return nil, nil, err
+		}
+		curves = append(curves, id)
+	}
+	return suites, curves, nil
 }
 
 // certMetrics publishes the expiry of each certificate in use and drops the
@@ -103,9 +209,11 @@ func (s *Server) certMetrics(st *tlsState) {
 	st.expiry = names
 }
 
+// stop ends the certificate watch and the ticket key rotation and waits
+// for both.
 func (st *tlsState) stop() {
 	st.cancel()
-	<-st.done
+	st.wg.Wait()
 }
 
 // dynamicTLS serves each handshake with the listener's TLS state in force.
@@ -178,9 +286,12 @@ func (v *validation) tls(t *TLSConfig, p string) {
 			v.pair(cp, c.CertFile, c.KeyFile)
 		}
 	}
-	if _, err := certs.ParseMinVersion(t.MinVersion); err != nil {
+	minV, err := certs.ParseMinVersion(t.MinVersion)
+	if err != nil {
 		v.at(p+".min_version", "min_version: %s", certsMessage(err))
 	}
+	v.cipherSuites(t, p, minV)
+	v.curves(t, p, minV)
 	if t.ClientCAFile != "" {
 		if _, err := certs.LoadCAPool(t.ClientCAFile); err != nil {
 			v.at(p+".client_ca_file", "client_ca_file: %s", certsMessage(err))
@@ -188,6 +299,69 @@ func (v *validation) tls(t *TLSConfig, p string) {
 	}
 	if t.ForwardClientCert && t.ClientCAFile == "" {
 		v.at(p+".forward_client_cert", "forward_client_cert needs client_ca_file: there is no verified client to forward")
+	}
+}
+
+// cipherSuites checks cipher_suites: each name known, TLS 1.2, ECDHE with
+// an AEAD, and listed once; and the list useful for min_version (minV 0:
+// min_version is bad and already reported).
+func (v *validation) cipherSuites(t *TLSConfig, p string, minV uint16) {
+	if len(t.CipherSuites) == 0 {
+		return
+	}
+	switch {
+	case minV == tls.VersionTLS13:
+		v.at(p+".cipher_suites", "cipher_suites: has no effect with min_version %q: TLS 1.3 suites are not configurable", t.MinVersion)
+		return
+	case minV != 0 && minV < tls.VersionTLS12:
+		v.at(p+".cipher_suites", "cipher_suites: TLS 1.0 and 1.1 have no AEAD suite, so with min_version %q their clients could not connect: "+
+			"leave cipher_suites unset (the default then adds the CBC suites they need) or raise min_version to 1.2", t.MinVersion)
+		return
+	}
+	seen := map[uint16]bool{}
+	for i, name := range t.CipherSuites {
+		ip := fmt.Sprintf("%s.cipher_suites[%d]", p, i)
+		id, err := certs.ParseCipherSuite(name)
+		switch {
+		case errors.Is(err, certs.ErrUnknownCipherSuite):
+			v.at(ip, "cipher_suites: %s (want a crypto/tls name such as TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)", certsMessage(err))
+		case errors.Is(err, certs.ErrWeakCipherSuite):
+			v.at(ip, "cipher_suites: %s (no CBC, RC4, 3DES or RSA key exchange)", certsMessage(err))
+		case err != nil:
+			v.at(ip, "cipher_suites: %s", certsMessage(err))
+		case seen[id]:
+			v.at(ip, "cipher_suites: %s is listed twice", name)
+		}
+		seen[id] = true
+	}
+}
+
+// curves checks curve_preferences: each name known and listed once, and a
+// classical curve among them while TLS 1.2 or older is allowed (minV 0:
+// min_version is bad and already reported).
+func (v *validation) curves(t *TLSConfig, p string, minV uint16) {
+	if len(t.CurvePreferences) == 0 {
+		return
+	}
+	seen := map[tls.CurveID]bool{}
+	classical := false
+	for i, name := range t.CurvePreferences {
+		id, err := certs.ParseCurve(name)
+		switch {
+		case err != nil:
+			names := certs.CurveNames()
+			v.at(fmt.Sprintf("%s.curve_preferences[%d]", p, i), "curve_preferences: %s (want %s or %s)",
+				certsMessage(err), strings.Join(names[:len(names)-1], ", "), names[len(names)-1])
+			continue
+		case seen[id]:
+			v.at(fmt.Sprintf("%s.curve_preferences[%d]", p, i), "curve_preferences: %s is listed twice", name)
+		}
+		seen[id] = true
+		classical = classical || !certs.HybridCurve(id)
+	}
+	if !classical && len(seen) > 0 && minV != 0 && minV < tls.VersionTLS13 {
+		v.at(p+".curve_preferences", "curve_preferences: TLS 1.2 and older need one of X25519, P-256, P-384 or P-521 "+
+			"(the ML-KEM hybrids are TLS 1.3 only), and min_version %q allows them", t.MinVersion)
 	}
 }
 
