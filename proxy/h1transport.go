@@ -319,7 +319,7 @@ func (c *h1Conn) readResponse(ctx context.Context, r *http.Request) (*http.Respo
 		return nil, errStaleConn
 	}
 	c.endHead(ctx)
-	body := &h1Body{rc: resp.Body, c: c, reuse: !resp.Close && !r.Close && resp.ProtoAtLeast(1, 1)}
+	body := &h1Body{rc: resp.Body, c: c, ctx: ctx, reuse: !resp.Close && !r.Close && resp.ProtoAtLeast(1, 1)}
 	if resp.Body == http.NoBody {
 		// HEAD, 204, 304: the answer is complete, the connection free now.
 		body.finish(true)
@@ -440,25 +440,71 @@ func isConnReset(err error) bool {
 	return errors.As(err, &op) && op.Op == "read"
 }
 
+// bodyIdleError ends an upstream body that sent nothing for the pool's
+// timeouts.body_idle.
+type bodyIdleError struct{ d time.Duration }
+
+func (e bodyIdleError) Error() string { return fmt.Sprintf("upstream body idle for %s", e.d) }
+func (bodyIdleError) Timeout() bool   { return true }
+func (bodyIdleError) Temporary() bool { return false }
+
+// awaitBody bounds the body read that is about to wait for the upstream by
+// idle (none when 0). The end of ctx still cuts it: were the context's cut
+// (a deadline in the past) to have run already, it is set again.
+func (c *h1Conn) awaitBody(ctx context.Context, idle time.Duration) {
+	if idle <= 0 {
+		return
+	}
+	c.bodyDeadline = true
+	c.conn.SetReadDeadline(time.Now().Add(idle))
+	if ctx.Err() != nil {
+		c.conn.SetDeadline(aLongTimeAgo)
+	}
+}
+
+// bodyErr tells a body read that outwaited awaitBody's deadline
+// (bodyIdleError) from the rest.
+func (c *h1Conn) bodyErr(ctx context.Context, err error, idle time.Duration) error {
+	var ne net.Error
+	if c.bodyDeadline && ctx.Err() == nil && errors.As(err, &ne) && ne.Timeout() {
+		return bodyIdleError{idle}
+	}
+	return err
+}
+
 // h1Body is a response body on the lean path: at its clean end the
 // connection goes back to the pool; closed early, the connection is closed
 // (what is left of the body would have to be read first).
 type h1Body struct {
 	rc    io.ReadCloser
 	c     *h1Conn
+	ctx   context.Context
 	reuse bool
 	done  bool
 	ep    interface{ End() } // set by the pool: the endpoint's in-flight count
+	// Set by the pool: a read that waits longer than idle for the
+	// upstream ends the body, counted by idleTimeouts.
+	idle         time.Duration
+	idleTimeouts interface{ Inc() }
 }
 
 func (b *h1Body) Read(p []byte) (int, error) {
 	if b.done {
 		return 0, io.EOF
 	}
+	if b.c.br.Buffered() == 0 {
+		b.c.awaitBody(b.ctx, b.idle)
+	}
 	n, err := b.rc.Read(p)
 	if err == io.EOF {
 		b.finish(true)
 	} else if err != nil {
+		if err = b.c.bodyErr(b.ctx, err, b.idle); b.idleTimeouts != nil {
+			var idle bodyIdleError
+			if errors.As(err, &idle) {
+				b.idleTimeouts.Inc()
+			}
+		}
 		b.finish(false)
 	}
 	return n, err

@@ -33,6 +33,11 @@ type Metrics struct {
 	CertReloadErrs   *prometheus.CounterVec // listener
 	Panics           prometheus.Counter
 	ProxyProtoErrs   *prometheus.CounterVec // listener
+	// UpstreamBodyTimeouts counts upstream bodies ended by the pool's
+	// timeouts.body_idle; ClientWriteTimeouts, answers ended by the
+	// listener's timeouts.write. Each cut the client's answer short.
+	UpstreamBodyTimeouts *prometheus.CounterVec // pool
+	ClientWriteTimeouts  *prometheus.CounterVec // listener
 }
 
 // NewMetrics registers every metric, with the Go runtime and process
@@ -77,6 +82,8 @@ func NewMetrics() *Metrics {
 	m.Panics = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "sekisho", Name: "handler_panics_total", Help: "Panics recovered on the request path (answered 500)."})
 	f(m.Panics)
 	m.ProxyProtoErrs = counter("proxy_protocol_errors_total", "Connections closed for a bad or unexpected PROXY protocol header.", "listener")
+	m.UpstreamBodyTimeouts = counter("upstream_body_timeouts_total", "Upstream bodies that stalled for the pool's timeouts.body_idle; the client's answer was cut.", "pool")
+	m.ClientWriteTimeouts = counter("client_write_timeouts_total", "Answers whose write to the client missed the listener's timeouts.write; the answer was cut.", "listener")
 	m.ReloadOK.Set(1)
 	return m
 }
