@@ -25,7 +25,7 @@ type rawBackend struct {
 	conns atomic.Int64
 }
 
-func newRawBackend(t *testing.T, handle func(c net.Conn, br *bufio.Reader)) *rawBackend {
+func newRawBackend(t testing.TB, handle func(c net.Conn, br *bufio.Reader)) *rawBackend {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)

@@ -130,6 +130,8 @@ func (t *h1Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 
 var errStaleConn = errors.New("upstream closed the kept-alive connection")
 
+var errBadStatus = errors.New("upstream answered with a status below 100")
+
 // When an upstream connection may be reused. A connection goes back to the
 // idle pool only when
 //
@@ -307,6 +309,11 @@ func (c *h1Conn) readResponse(ctx context.Context, r *http.Request) (*http.Respo
 		resp, err = http.ReadResponse(c.br, r)
 		if err != nil {
 			return nil, c.wrapErr(ctx, err, false)
+		}
+		if resp.StatusCode < 100 {
+			// Not an interim answer to skip: what follows it must not be
+			// taken for the answer (http.Transport fails it too).
+			return nil, errBadStatus
 		}
 		// Informational answers other than 101 are not forwarded.
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
