@@ -24,32 +24,46 @@ import (
 // client gets carries its own request's marker, or is an error, or the
 // connection is cut: never another client's answer.
 //
-// A byte that arrives after the next request was written is that request's
-// answer for any proxy (Go's Transport too): the backend sends its late
-// bytes only while no request is on the connection, and its late extra
-// answers are 502s, so that a client can get another client's marker only
-// through a connection kept after it went wrong.
+// The backend sends its late bytes only while the proxy holds the
+// connection idle (see late), and its late extra answers are 502s, so that
+// a client can get another client's marker only through a connection kept
+// after it went wrong.
 func TestResponseDesyncStress(t *testing.T) {
 	const clients, requests = 32, 30
 	const unsolicited = "HTTP/1.1 502 Bad Gateway\r\nX-Marker: unsolicited\r\nContent-Length: 11\r\n\r\nunsolicited"
-	var misbehaved atomic.Int64
+	var misbehaved, lateSent atomic.Int64
+	var lean atomic.Pointer[h1Transport] // the pool's, once the daemon runs
+	var up *rawBackend
 	var seed atomic.Uint64
-	up := newRawBackend(t, func(c net.Conn, br *bufio.Reader) {
+	up = newRawBackend(t, func(c net.Conn, br *bufio.Reader) {
 		rng := rand.New(rand.NewPCG(seed.Add(1), 13))
 		write := func(s string) error {
 			_, err := io.WriteString(c, s)
 			return err
 		}
-		// late writes s after a pause, unless the next request comes
-		// first: then the proxy took the connection again before the
-		// bytes came, and they would be that request's answer for any
-		// proxy.
+		// late writes s after a pause while the proxy holds the
+		// connection idle: under the idle pool's lock, so that the bytes
+		// are on the proxy's socket before anyone can take it again. Bytes
+		// that arrive after the next request was written are that
+		// request's answer for any proxy (Go's Transport too); those are
+		// not what this test is about, so none are sent while the
+		// connection is in use.
 		late := func(s string) {
 			c.SetReadDeadline(time.Now().Add(time.Duration(rng.IntN(20)) * time.Millisecond))
 			_, err := br.Peek(1)
 			c.SetReadDeadline(time.Time{})
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				write(s) // the misbehaviour under test: bytes after the answer
+			if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+				return // the next request came first
+			}
+			tr := lean.Load()
+			tr.mu.Lock()
+			defer tr.mu.Unlock()
+			for _, ic := range tr.idle["http://"+up.addr()] {
+				if ic.conn.LocalAddr().String() == c.RemoteAddr().String() {
+					write(s) // the misbehaviour under test: bytes after the answer
+					lateSent.Add(1)
+					return
+				}
 			}
 		}
 		for {
@@ -57,6 +71,7 @@ func TestResponseDesyncStress(t *testing.T) {
 			if err != nil {
 				return
 			}
+
 			head := fmt.Sprintf("X-Marker: %s\r\nSet-Cookie: who=%s\r\n", marker, marker)
 			roll := rng.IntN(8)
 			if roll < 5 {
@@ -101,6 +116,7 @@ func TestResponseDesyncStress(t *testing.T) {
 pools:
   up: {endpoints: [%s], retries: 0, max_idle_per_endpoint: 2, timeouts: {response_header: 2s, body_idle: 2s}}
 `, up.addr()))
+	lean.Store(td.d.Env().transports.entries["up"].t.(*h1Transport))
 	base := td.url("edge")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -160,8 +176,8 @@ pools:
 	}
 	wg.Wait()
 	require.NoError(t, ctx.Err(), "the clients finished in time")
-	t.Logf("%d answers with their own marker, %d errors or cut answers, %d misbehaving upstream answers, %d upstream connections",
-		answered.Load(), failed.Load(), misbehaved.Load(), up.conns.Load())
+	t.Logf("%d answers with their own marker, %d errors or cut answers, %d misbehaving upstream answers (%d late writes on idle connections), %d upstream connections",
+		answered.Load(), failed.Load(), misbehaved.Load(), lateSent.Load(), up.conns.Load())
 	assert.Zero(t, wrong.Load(), "answers that were another request's: %v", wrongs)
 	assert.Greater(t, answered.Load(), int64(clients*requests/4), "most requests got their answer")
 }
