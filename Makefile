@@ -48,6 +48,7 @@ fuzz:
 	$(GO) test ./proxy -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./proxy -run '^$$' -fuzz '^FuzzParseRequestHead$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./proxy -run '^$$' -fuzz '^FuzzParseResponseHead$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./proxy -run '^$$' -fuzz '^FuzzAnswerFraming$$' -fuzztime $(FUZZTIME)
 
 clean:
 	rm -rf $(BIN) .demo

@@ -69,7 +69,10 @@ func openAccessLog(target string) (*accessLog, error) {
 	return a, nil
 }
 
-func (a *accessLog) write(info *router.Info, r *http.Request, status int, bytes int64, elapsed time.Duration, note string) {
+// write logs one request: status and bytes are what the client got; cut
+// marks an answer that ended short of its framing (aborted upstream, or a
+// write to the client failed), and is left out when false.
+func (a *accessLog) write(info *router.Info, r *http.Request, status int, bytes int64, elapsed time.Duration, note string, cut bool) {
 	var buf [20]zap.Field
 	f := append(buf[:0],
 		zap.String("listener", info.Listener),
@@ -96,6 +99,9 @@ func (a *accessLog) write(info *router.Info, r *http.Request, status int, bytes 
 	}
 	if info.ClientCert != "" {
 		f = append(f, zap.String("client_cert", info.ClientCert))
+	}
+	if cut {
+		f = append(f, zap.Bool("cut", true))
 	}
 	if note != "" {
 		f = append(f, zap.String("error", note))

@@ -272,7 +272,8 @@ func (c *compiler) pool(name string, pc *PoolConfig) (*Pool, error) {
 		return nil, err
 	}
 	p := &Pool{name: name, policy: policy, group: group, retries: *pc.Retries, panicMode: pc.PanicMode,
-		log: env.Log, duration: m.UpstreamDuration.WithLabelValues(name)}
+		log: env.Log, duration: m.UpstreamDuration.WithLabelValues(name),
+		bodyIdle: pc.Timeouts.BodyIdle.D(), bodyTimeouts: m.UpstreamBodyTimeouts.WithLabelValues(name)}
 	p.gatesReadyz = pc.Readiness != nil && pc.Readiness.GatesReadyz
 	p.gate = newInFlightGate(name, pc, m)
 	eps := make([]*health.Endpoint, 0, len(pc.Endpoints))
@@ -301,6 +302,11 @@ func (c *compiler) pool(name string, pc *PoolConfig) (*Pool, error) {
 		BufferPool:   env.buffers,
 		ErrorHandler: p.errorHandler,
 		ErrorLog:     log.New(zapWriter{env.Log}, "", 0),
+		// Each piece of the body goes to the client as it comes: a body
+		// with a length is otherwise held in the client connection's
+		// buffer while the upstream is slow. ReverseProxy already flushes
+		// this way when the length is unknown.
+		FlushInterval: -1,
 	}
 	if r := pc.Readiness; r != nil {
 		expect, err := health.ParseStatusRanges(r.ExpectStatus)

@@ -352,6 +352,9 @@ type PoolTimeouts struct {
 	Connect        Duration `yaml:"connect,omitempty"`         // default 2s
 	ResponseHeader Duration `yaml:"response_header,omitempty"` // default 30s
 	Idle           Duration `yaml:"idle,omitempty"`            // idle keep-alive; default 90s
+	// BodyIdle ends an upstream body that sends nothing for this long
+	// between two of its bytes, cutting the client's answer; default 60s.
+	BodyIdle Duration `yaml:"body_idle,omitempty"`
 }
 
 // UpstreamTLS configures https endpoints.

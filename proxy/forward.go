@@ -3,11 +3,13 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"errors"
 	"net"
 	"net/http"
 	"net/textproto"
 	"strings"
 	"sync"
+	"time"
 
 	"sekisho/router"
 )
@@ -74,7 +76,15 @@ func (p *Pool) forward(w http.ResponseWriter, r *http.Request, t *h1Transport, i
 				return
 			}
 			p.answered(i, start, x.status)
-			x.relay(w, r, p.targets[i].EP)
+			if err := x.relay(ctx, w, p.targets[i].EP, p.bodyIdle); err != nil {
+				var idle bodyIdleError
+				if errors.As(err, &idle) {
+					p.bodyTimeouts.Inc()
+				}
+				// The head has gone: the client's answer can only be cut,
+				// as ReverseProxy cuts it.
+				panic(http.ErrAbortHandler)
+			}
 			return
 		}
 		lastErr = err
@@ -102,7 +112,7 @@ func (p *Pool) takePrepared(out *http.Request) (*http.Response, bool) {
 	}
 	resp := pr.resp
 	pr.resp = nil // a retry by ReverseProxy, were there one, must not reuse it
-	resp.Body = wrapBody(resp.Body, p.targets[pr.t].EP)
+	resp.Body = p.wrapBody(resp.Body, p.targets[pr.t].EP)
 	return resp, true
 }
 
@@ -262,9 +272,12 @@ func (c *h1Conn) exchange(ctx context.Context, r *http.Request, fwd *forwardedVa
 }
 
 // relay writes the answer to w: the header, the status and a body of
-// exactly x.length bytes, passed from the upstream connection's buffer.
-// A failure half-way aborts the client's connection, as ReverseProxy does.
-func (x *exchange) relay(w http.ResponseWriter, r *http.Request, ep interface{ End() }) {
+// exactly x.length bytes, passed from the upstream connection's buffer as
+// they arrive. Before it waits for the upstream, it flushes what the client
+// was given; a wait longer than idle (when not 0) ends the body with a
+// bodyIdleError. An error means the answer was cut half-way: the caller
+// aborts the client's answer.
+func (x *exchange) relay(ctx context.Context, w http.ResponseWriter, ep interface{ End() }, idle time.Duration) error {
 	h := x.head
 	h.fill(w.Header())
 	respHeads.Put(h)
@@ -273,15 +286,21 @@ func (x *exchange) relay(w http.ResponseWriter, r *http.Request, ep interface{ E
 	c := x.c
 	left := x.length
 	var err error
-	for left > 0 && err == nil {
-		var b []byte
+	for left > 0 {
 		if c.br.Buffered() == 0 {
+			// Nothing on hand: what the client was given goes out now,
+			// never held back while the upstream is slow.
+			if f, ok := w.(http.Flusher); ok {
+				f.Flush()
+			}
+			c.awaitBody(ctx, idle)
 			if _, err = c.br.Peek(1); err != nil {
+				err = c.bodyErr(ctx, err, idle)
 				break
 			}
 		}
 		n := min(int64(c.br.Buffered()), left)
-		b, _ = c.br.Peek(int(n))
+		b, _ := c.br.Peek(int(n))
 		if _, err = w.Write(b); err != nil {
 			break
 		}
@@ -289,17 +308,8 @@ func (x *exchange) relay(w http.ResponseWriter, r *http.Request, ep interface{ E
 		left -= n
 	}
 	ep.End()
-	stopped := c.stopCtx()
-	c.stopCtx = nil
-	if err == nil && x.reuse && stopped && c.br.Buffered() == 0 {
-		c.reused = false
-		c.t.put(c)
-		return
-	}
-	c.conn.Close()
-	if err != nil {
-		panic(http.ErrAbortHandler)
-	}
+	c.release(err == nil && x.reuse)
+	return err
 }
 
 // respHead is an answer's head parsed in place: one string holds its bytes,

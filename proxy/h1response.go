@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -34,6 +35,11 @@ type respWriter struct {
 	closeAfter  bool
 	hijacked    bool
 	pending     []byte
+	done        bool  // completed or aborted: nothing more goes out
+	aborted     bool  // ended short of its framing on purpose
+	err         error // the first failed write to the client
+	bodyStart   int64 // the connection's byte offset where the body begins
+	framing     int64 // chunk sizes and line ends among the body's bytes
 }
 
 var (
@@ -44,7 +50,7 @@ var (
 
 func (w *respWriter) reset(r *http.Request) {
 	clear(w.header)
-	*w = respWriter{sc: w.sc, req: r, header: w.header, length: -1, pending: w.pending[:0]}
+	*w = respWriter{sc: w.sc, req: r, header: w.header, length: -1, pending: w.pending[:0], bodyStart: -1}
 }
 
 func (w *respWriter) Header() http.Header { return w.header }
@@ -151,20 +157,42 @@ func (w *respWriter) sniff(p []byte) {
 }
 
 func (w *respWriter) writeBody(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
 	bw := w.sc.bw
 	if !w.chunked {
-		return bw.Write(p)
+		n, err := bw.Write(p)
+		w.failed(err)
+		return n, err
 	}
 	if len(p) == 0 {
 		return 0, nil
 	}
-	bw.Write(strconv.AppendInt(w.sc.scratch[:0], int64(len(p)), 16))
+	size := strconv.AppendInt(w.sc.scratch[:0], int64(len(p)), 16)
+	w.framing += int64(len(size)) + 4
+	bw.Write(size)
 	bw.WriteString("\r\n")
 	n, err := bw.Write(p)
 	if err == nil {
 		_, err = bw.WriteString("\r\n")
 	}
+	w.failed(err)
 	return n, err
+}
+
+// failed records the first failed write to the client; a write that missed
+// the listener's write deadline is counted.
+func (w *respWriter) failed(err error) {
+	if err == nil || w.err != nil {
+		return
+	}
+	w.err = err
+	w.closeAfter = true
+	var ne net.Error
+	if c := w.sc.fs.writeTimeouts; c != nil && errors.As(err, &ne) && ne.Timeout() {
+		c.Inc()
+	}
 }
 
 // sendHead writes the status line and header; a body whose length is
@@ -214,6 +242,7 @@ func (w *respWriter) sendHead() {
 		bw.WriteString("Connection: keep-alive\r\n")
 	}
 	bw.WriteString("\r\n")
+	w.bodyStart = sc.wire + int64(bw.Buffered())
 }
 
 // writeFields writes the header's fields but the ones the framing owns
@@ -263,9 +292,50 @@ func (w *respWriter) Flush() {
 			w.pending = w.pending[:0]
 		}
 	}
-	if err := w.sc.bw.Flush(); err != nil {
+	w.failed(w.sc.bw.Flush())
+}
+
+// complete ends the request after the handler returned: what is left of
+// the request body is drained (or the connection marked to close) and the
+// answer is finished and flushed. It runs once, from the listener's handler
+// before it logs what the client got, or from the loop.
+func (w *respWriter) complete() {
+	if w.done {
+		return
+	}
+	w.done = true
+	if b := w.sc.body; b != nil && !b.finish() {
 		w.closeAfter = true
 	}
+	w.finish()
+}
+
+// abort ends an answer that failed half-way: what was already given goes
+// out, but never the end of its framing (no final chunk, no padding to its
+// length), and the connection is closed after it.
+func (w *respWriter) abort() {
+	if w.done {
+		return
+	}
+	w.done, w.aborted, w.closeAfter = true, true, true
+	if w.headSent && !w.hijacked {
+		w.failed(w.sc.bw.Flush())
+	}
+}
+
+// delivered reports what the client was sent of an answer that was cut
+// (aborted, or a write to the client failed): whether its whole head went
+// out, and how many body bytes after it. It is meant for after complete or
+// abort; an answer that was not cut reports cut false.
+func (w *respWriter) delivered() (head bool, body int64, cut bool) {
+	if !w.aborted && w.err == nil {
+		return true, w.written, false
+	}
+	if w.bodyStart < 0 || w.sc.wire < w.bodyStart {
+		return false, 0, true
+	}
+	body = min(max(w.sc.wire-w.bodyStart-w.framing, 0), w.written)
+	return true, body, true
 }
 
 // finish completes the answer after the handler returned.
@@ -300,9 +370,7 @@ func (w *respWriter) finish() {
 	case w.length >= 0 && w.written < w.length && !w.noBody:
 		w.closeAfter = true // short of its length: the client must not wait
 	}
-	if err := bw.Flush(); err != nil {
-		w.closeAfter = true
-	}
+	w.failed(bw.Flush())
 	w.pending = w.pending[:0]
 }
 

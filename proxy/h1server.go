@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"sekisho/router"
@@ -53,6 +54,8 @@ type frontServer struct {
 	h2conns map[*h2Guard]struct{} // under mu: served by the fallback's HTTP/2 side
 	// h2Closed counts the HTTP/2 connections a guard ends, by reason.
 	h2Closed func(reason string)
+	// writeTimeouts counts answers cut by the listener's write deadline.
+	writeTimeouts prometheus.Counter
 }
 
 // Connection states, as Shutdown sees them.
@@ -75,7 +78,7 @@ const watchAfter = 50 * time.Millisecond
 const pendingMax = 4 << 10
 
 func newFrontServer(s *Server, lc *ListenerConfig, h http.Handler, fallback *http.Server, addr net.Addr) *frontServer {
-	return &frontServer{
+	fs := &frontServer{
 		s: s, listener: lc.Name, handler: h, fallback: fallback,
 		hand:      newHandoffListener(addr),
 		timeouts:  lc.Timeouts,
@@ -84,6 +87,10 @@ func newFrontServer(s *Server, lc *ListenerConfig, h http.Handler, fallback *htt
 		h2conns:   map[*h2Guard]struct{}{},
 		h2Closed:  h2ClosedCounter(s, lc.Name),
 	}
+	if s.env != nil {
+		fs.writeTimeouts = s.env.Metrics.ClientWriteTimeouts.WithLabelValues(lc.Name)
+	}
+	return fs
 }
 
 // Serve accepts connections from ln until it fails or is closed.
@@ -251,6 +258,8 @@ type serverConn struct {
 	served  int // requests so far
 	handed  bool
 	hijack  bool
+	body    *reqBody // of the request in flight, nil without one
+	wire    int64    // bytes written to c so far: what the client was really sent
 	big     []byte   // a head larger than br's buffer, gathered
 	scratch [24]byte // number formatting
 	// continued is set once this request's 100 Continue has gone: the
@@ -321,14 +330,17 @@ func (sc *serverConn) serve() {
 	}
 	sc.c.SetWriteDeadline(time.Time{})
 	sc.remote = sc.c.RemoteAddr().String()
-	ctx := router.ContextWithSlot(sc.ctx, &sc.slot)
+	// http.ServerContextKey is what ReverseProxy looks for before it aborts
+	// an answer whose upstream body failed (http.ErrAbortHandler) rather
+	// than letting the handler end as if the answer were whole.
+	ctx := context.WithValue(router.ContextWithSlot(sc.ctx, &sc.slot), http.ServerContextKey, fs.fallback)
 	sc.base = (&http.Request{}).WithContext(ctx)
 	sc.br = bufio.NewReaderSize(connReader{sc}, 4<<10)
 	sc.watchFired = make(chan struct{}, 1)
 	sc.watchTimer = time.AfterFunc(time.Hour, sc.watch)
 	sc.watchTimer.Stop()
 	defer sc.watchTimer.Stop()
-	sc.bw = bufio.NewWriterSize(sc.c, 4<<10)
+	sc.bw = bufio.NewWriterSize(wireWriter{sc}, 4<<10)
 	sc.header = make(http.Header, 16)
 	sc.w.sc = sc
 	sc.w.header = make(http.Header, 16)
@@ -510,6 +522,7 @@ func (sc *serverConn) run(r *http.Request) bool {
 	w := &sc.w
 	w.reset(r)
 	w.closeAfter = sc.ambiguous
+	sc.body = body
 	sc.continued = false
 	if body == nil {
 		// A body is read by the handler; only a bodyless request's
@@ -529,13 +542,14 @@ func (sc *serverConn) run(r *http.Request) bool {
 		ok = sc.handle(w, r)
 	}
 	watched := body == nil && sc.unwatch()
+	sc.body = nil
+	if !ok {
+		w.abort() // what went out stays short of the answer's end
+	}
 	if !ok || sc.hijack || sc.gone.Load() {
 		return false // aborted, upgraded or abandoned: no answer to finish
 	}
-	if body != nil && !body.finish() {
-		w.closeAfter = true
-	}
-	w.finish()
+	w.complete()
 	if w.closeAfter || fs.shutting.Load() {
 		if body != nil && !body.eof {
 			sc.lingerClose()
@@ -604,6 +618,16 @@ func (sc *serverConn) unwatch() bool {
 	}
 	<-sc.watchFired
 	return started
+}
+
+// wireWriter is what bw writes to: the connection, counting the bytes that
+// really left, so that the access log records what the client was sent.
+type wireWriter struct{ sc *serverConn }
+
+func (w wireWriter) Write(p []byte) (int, error) {
+	n, err := w.sc.c.Write(p)
+	w.sc.wire += int64(n)
+	return n, err
 }
 
 // connReader is what br reads: the byte a watch read first, then the

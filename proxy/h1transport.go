@@ -80,6 +80,11 @@ type h1Conn struct {
 	t       *h1Transport
 	stopCtx func() bool // stops the context watch of the request in flight
 	cut     func()      // moves the deadline into the past: bound once
+	tls     bool
+	poll    *socketPoll // nil where the socket cannot be polled
+	// bodyDeadline is set while a read deadline of the body idle timeout
+	// is on the connection.
+	bodyDeadline bool
 }
 
 func newH1Transport(fallback *http.Transport, tlsConfig *tls.Config, pc *PoolConfig) *h1Transport {
@@ -125,6 +130,27 @@ func (t *h1Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 
 var errStaleConn = errors.New("upstream closed the kept-alive connection")
 
+var errBadStatus = errors.New("upstream answered with a status below 100")
+
+// When an upstream connection may be reused. A connection goes back to the
+// idle pool only when
+//
+//   - its answer ended exactly at its framing boundary: the body was read to
+//     its last byte (or the answer had none: HEAD, 1xx, 204, 304), and
+//     nothing past that boundary is in the connection's buffer;
+//   - neither the request nor the answer asked for a close, and no deadline
+//     or cancellation cut the connection meanwhile (stopCtx);
+//
+// and it is taken out again only when, at that moment and whatever its idle
+// age, nothing has arrived on it since: no byte and no EOF (unsolicited,
+// a non-blocking poll of the socket). Anything else, a late extra answer
+// after a HEAD or a 204, a body after a 304, bytes past a Content-Length,
+// a 408 or a close, closes the connection, as Go's Transport closes an idle
+// connection on any unsolicited byte: an answer to no request must never
+// become the next request's answer. What no proxy can tell apart is a byte
+// that arrives after the next request was written; from then on it is that
+// request's answer.
+
 // get returns an idle connection to key, or dials one to addr.
 func (t *h1Transport) get(ctx context.Context, key, scheme, addr string) (*h1Conn, error) {
 	if err := ctx.Err(); err != nil {
@@ -136,15 +162,8 @@ func (t *h1Transport) get(ctx context.Context, key, scheme, addr string) (*h1Con
 		c := list[len(list)-1]
 		list[len(list)-1] = nil
 		t.idle[key] = list[:len(list)-1]
-		idle := now.Sub(c.idleAt)
-		if t.idleTimeout > 0 && idle > t.idleTimeout {
-			t.mu.Unlock()
-			c.conn.Close()
-			t.mu.Lock()
-			continue
-		}
 		t.mu.Unlock()
-		if idle >= checkIdleAfter && c.unsolicited() {
+		if t.idleTimeout > 0 && now.Sub(c.idleAt) > t.idleTimeout || c.unsolicited() {
 			c.conn.Close()
 			t.mu.Lock()
 			continue
@@ -156,26 +175,27 @@ func (t *h1Transport) get(ctx context.Context, key, scheme, addr string) (*h1Con
 	return t.dial(ctx, key, scheme, addr)
 }
 
-// checkIdleAfter is how long a connection may sit idle before it is
-// checked, when taken again, for anything its upstream sent meanwhile (a
-// 408 or a close on its idle timeout): an answer to no request must not
-// become the next request's answer. A 408 on a connection taken sooner is
-// caught where the answer is read.
-const checkIdleAfter = time.Second
-
-// unsolicited reports whether the upstream sent anything, or closed, while
-// c sat idle. It waits a millisecond at most (a deadline already past would
-// not even look at the socket); TLS messages after the handshake (session
-// tickets) are absorbed by tls.Conn and do not count.
+// unsolicited reports whether anything has arrived on the idle connection
+// c: a byte in its buffers, or a byte or an EOF waiting on its socket. It
+// never blocks. A TLS connection's own buffers are read with a deadline in the
+// past (tls.Conn then returns what it holds without touching the socket);
+// any byte waiting on its socket is taken as unsolicited, though it may be
+// a late session ticket: the cost is a new connection, never a wrong
+// answer.
 func (c *h1Conn) unsolicited() bool {
 	if c.br.Buffered() > 0 {
 		return true
 	}
-	c.conn.SetReadDeadline(time.Now().Add(time.Millisecond))
-	_, err := c.br.Peek(1)
-	c.conn.SetReadDeadline(time.Time{})
-	var ne net.Error
-	return !(errors.As(err, &ne) && ne.Timeout())
+	if c.tls {
+		c.conn.SetReadDeadline(aLongTimeAgo)
+		_, err := c.br.Peek(1)
+		c.conn.SetReadDeadline(time.Time{})
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			return true
+		}
+	}
+	return c.poll != nil && !c.poll.quiet()
 }
 
 // dial makes a connection for a request. The connection is not the
@@ -235,7 +255,8 @@ func (t *h1Transport) connect(ctx context.Context, key, scheme, addr string) (*h
 		conn = tc
 	}
 	lim := &headLimit{conn: conn, budget: -1}
-	c := &h1Conn{conn: conn, lim: lim, br: bufio.NewReaderSize(lim, 16<<10), bw: bufio.NewWriterSize(conn, 4<<10), key: key, addr: addr, t: t}
+	c := &h1Conn{conn: conn, lim: lim, br: bufio.NewReaderSize(lim, 16<<10), bw: bufio.NewWriterSize(conn, 4<<10), key: key, addr: addr, t: t,
+		tls: scheme == "https", poll: newSocketPoll(conn)}
 	c.cut = func() { c.conn.SetDeadline(aLongTimeAgo) }
 	return c, nil
 }
@@ -324,6 +345,11 @@ func (c *h1Conn) readResponse(ctx context.Context, r *http.Request) (*http.Respo
 		if err != nil {
 			return nil, c.wrapErr(ctx, err, false)
 		}
+		if resp.StatusCode < 100 {
+			// Not an interim answer to skip: what follows it must not be
+			// taken for the answer (http.Transport fails it too).
+			return nil, errBadStatus
+		}
 		// Informational answers other than 101 are not forwarded.
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			break
@@ -335,7 +361,7 @@ func (c *h1Conn) readResponse(ctx context.Context, r *http.Request) (*http.Respo
 		return nil, errStaleConn
 	}
 	c.endHead(ctx)
-	body := &h1Body{rc: resp.Body, c: c, reuse: !resp.Close && !r.Close && resp.ProtoAtLeast(1, 1)}
+	body := &h1Body{rc: resp.Body, c: c, ctx: ctx, reuse: !resp.Close && !r.Close && resp.ProtoAtLeast(1, 1)}
 	if resp.Body == http.NoBody {
 		// HEAD, 204, 304: the answer is complete, the connection free now.
 		body.finish(true)
@@ -456,25 +482,71 @@ func isConnReset(err error) bool {
 	return errors.As(err, &op) && op.Op == "read"
 }
 
+// bodyIdleError ends an upstream body that sent nothing for the pool's
+// timeouts.body_idle.
+type bodyIdleError struct{ d time.Duration }
+
+func (e bodyIdleError) Error() string { return fmt.Sprintf("upstream body idle for %s", e.d) }
+func (bodyIdleError) Timeout() bool   { return true }
+func (bodyIdleError) Temporary() bool { return false }
+
+// awaitBody bounds the body read that is about to wait for the upstream by
+// idle (none when 0). The end of ctx still cuts it: were the context's cut
+// (a deadline in the past) to have run already, it is set again.
+func (c *h1Conn) awaitBody(ctx context.Context, idle time.Duration) {
+	if idle <= 0 {
+		return
+	}
+	c.bodyDeadline = true
+	c.conn.SetReadDeadline(time.Now().Add(idle))
+	if ctx.Err() != nil {
+		c.conn.SetDeadline(aLongTimeAgo)
+	}
+}
+
+// bodyErr tells a body read that outwaited awaitBody's deadline
+// (bodyIdleError) from the rest.
+func (c *h1Conn) bodyErr(ctx context.Context, err error, idle time.Duration) error {
+	var ne net.Error
+	if c.bodyDeadline && ctx.Err() == nil && errors.As(err, &ne) && ne.Timeout() {
+		return bodyIdleError{idle}
+	}
+	return err
+}
+
 // h1Body is a response body on the lean path: at its clean end the
 // connection goes back to the pool; closed early, the connection is closed
 // (what is left of the body would have to be read first).
 type h1Body struct {
 	rc    io.ReadCloser
 	c     *h1Conn
+	ctx   context.Context
 	reuse bool
 	done  bool
 	ep    interface{ End() } // set by the pool: the endpoint's in-flight count
+	// Set by the pool: a read that waits longer than idle for the
+	// upstream ends the body, counted by idleTimeouts.
+	idle         time.Duration
+	idleTimeouts interface{ Inc() }
 }
 
 func (b *h1Body) Read(p []byte) (int, error) {
 	if b.done {
 		return 0, io.EOF
 	}
+	if b.c.br.Buffered() == 0 {
+		b.c.awaitBody(b.ctx, b.idle)
+	}
 	n, err := b.rc.Read(p)
 	if err == io.EOF {
 		b.finish(true)
 	} else if err != nil {
+		if err = b.c.bodyErr(b.ctx, err, b.idle); b.idleTimeouts != nil {
+			var idle bodyIdleError
+			if errors.As(err, &idle) {
+				b.idleTimeouts.Inc()
+			}
+		}
 		b.finish(false)
 	}
 	return n, err
@@ -493,10 +565,21 @@ func (b *h1Body) finish(clean bool) {
 		b.ep.End()
 		b.ep = nil
 	}
-	c := b.c
+	b.c.release(clean && b.reuse)
+}
+
+// release ends the request in flight on c: c goes back to the idle pool
+// when reuse is true (its answer ended exactly at its framing boundary and
+// neither side asked for a close), no cancellation cut it and nothing past
+// the answer is buffered; otherwise it is closed.
+func (c *h1Conn) release(reuse bool) {
 	stopped := c.stopCtx()
 	c.stopCtx = nil
-	if clean && b.reuse && stopped && c.br.Buffered() == 0 {
+	if reuse && stopped && c.br.Buffered() == 0 {
+		if c.bodyDeadline {
+			c.bodyDeadline = false
+			c.conn.SetReadDeadline(time.Time{})
+		}
 		c.reused = false
 		c.t.put(c)
 		return

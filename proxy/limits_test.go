@@ -99,10 +99,10 @@ func (u *bodyUpstream) seen() ([]string, []bool) {
 	return append([]string(nil), u.bodies...), append([]bool(nil), u.cut...)
 }
 
-// rawExchange writes raw on a new connection to addr, reads one answer and
+// rawAnswer writes raw on a new connection to addr, reads one answer and
 // reports whether the connection was closed after it (an answer that keeps
 // it open says so with its missing Connection: close; it is not waited on).
-func rawExchange(t *testing.T, addr, raw string) (*http.Response, string, bool) {
+func rawAnswer(t *testing.T, addr, raw string) (*http.Response, string, bool) {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	require.NoError(t, err)
@@ -196,7 +196,7 @@ func TestMaxBodyBytesHTTP1(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			conns := up.conns.Load()
 			before, _ := up.seen()
-			resp, _, closed := rawExchange(t, addr, tc.raw)
+			resp, _, closed := rawAnswer(t, addr, tc.raw)
 			assert.Equal(t, tc.status, resp.StatusCode)
 			assert.Equal(t, tc.closeConn, closed, "connection closed after the answer")
 			switch {
@@ -491,7 +491,7 @@ pools:
 	for _, method := range []string{http.MethodGet, http.MethodPost} {
 		t.Run("before the head "+method, func(t *testing.T) {
 			start := time.Now()
-			resp, _, _ := rawExchange(t, addr, request(method, "/slow-head"))
+			resp, _, _ := rawAnswer(t, addr, request(method, "/slow-head"))
 			elapsed := time.Since(start)
 			assert.Equal(t, http.StatusGatewayTimeout, resp.StatusCode)
 			assert.GreaterOrEqual(t, elapsed, 300*time.Millisecond)

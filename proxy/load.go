@@ -110,6 +110,7 @@ const (
 	DefaultConnect        = 2 * time.Second
 	DefaultResponseHeader = 30 * time.Second
 	DefaultUpstreamIdle   = 90 * time.Second
+	DefaultBodyIdle       = 60 * time.Second
 	DefaultMaxIdle        = 256
 )
 
@@ -166,6 +167,7 @@ func (c *Config) applyDefaults() {
 		defDur(&p.Timeouts.Connect, DefaultConnect)
 		defDur(&p.Timeouts.ResponseHeader, DefaultResponseHeader)
 		defDur(&p.Timeouts.Idle, DefaultUpstreamIdle)
+		defDur(&p.Timeouts.BodyIdle, DefaultBodyIdle)
 		if p.MaxIdlePerEndpoint == 0 {
 			p.MaxIdlePerEndpoint = DefaultMaxIdle
 		}

@@ -37,6 +37,11 @@ type Metrics struct {
 	ConnsLimited     *prometheus.CounterVec // listener
 	PoolOverflow     *prometheus.CounterVec // pool
 	HTTP2Closed      *prometheus.CounterVec // listener, reason
+	// UpstreamBodyTimeouts counts upstream bodies ended by the pool's
+	// timeouts.body_idle; ClientWriteTimeouts, answers ended by the
+	// listener's timeouts.write. Each cut the client's answer short.
+	UpstreamBodyTimeouts *prometheus.CounterVec // pool
+	ClientWriteTimeouts  *prometheus.CounterVec // listener
 }
 
 // NewMetrics registers every metric, with the Go runtime and process
@@ -87,6 +92,8 @@ func NewMetrics() *Metrics {
 	m.ConnsLimited = counter("listener_connections_limited_total", "Times a listener stopped accepting because max_connections were open.", "listener")
 	m.PoolOverflow = counter("pool_overflow_total", "Requests refused 503 because the pool had max_in_flight requests in flight.", "pool")
 	m.HTTP2Closed = counter("http2_connections_closed_total", "HTTP/2 client connections ended with GOAWAY for abuse, by reason (rapid_reset, header_timeout).", "listener", "reason")
+	m.UpstreamBodyTimeouts = counter("upstream_body_timeouts_total", "Upstream bodies that stalled for the pool's timeouts.body_idle; the client's answer was cut.", "pool")
+	m.ClientWriteTimeouts = counter("client_write_timeouts_total", "Answers whose write to the client missed the listener's timeouts.write; the answer was cut.", "listener")
 	m.ReloadOK.Set(1)
 	return m
 }

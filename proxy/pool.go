@@ -46,7 +46,11 @@ type Pool struct {
 	log       *zap.Logger
 	attempts  []*codeCounters // per target
 	duration  prometheus.Observer
-	checker   *health.Checker // nil without readiness probes
+	// bodyIdle (timeouts.body_idle) ends an upstream body that stalls;
+	// bodyTimeouts counts those.
+	bodyIdle     time.Duration
+	bodyTimeouts prometheus.Counter
+	checker      *health.Checker // nil without readiness probes
 	// gatesReadyz holds /readyz at 503 while no endpoint is available.
 	gatesReadyz bool
 	gate        *inFlightGate // max_in_flight; nil without
@@ -160,7 +164,7 @@ func (p *Pool) RoundTrip(out *http.Request) (*http.Response, error) {
 				resp.Header.Del("Content-Length")
 				resp.ContentLength = -1
 			}
-			resp.Body = wrapBody(resp.Body, t.EP)
+			resp.Body = p.wrapBody(resp.Body, t.EP)
 			return resp, nil
 		}
 		if guard != nil {
@@ -361,34 +365,77 @@ func (g *replayGuard) used() bool { return g.read.Load() }
 
 // endBody ends an endpoint's in-flight count when the response body is
 // closed, so that least_request and shard load see streaming responses.
+// With idle set, a read that waits longer than idle for the upstream ends
+// the body: a timer closes it under the read, which then fails with a
+// bodyIdleError, counted by idleTimeouts.
 type endBody struct {
 	io.ReadCloser
 	ep   *health.Endpoint
 	once sync.Once
+
+	idle         time.Duration
+	idleTimeouts prometheus.Counter
+	timer        *time.Timer // made on the first read
+	expired      atomic.Bool
+}
+
+func (b *endBody) Read(p []byte) (int, error) {
+	if b.idle <= 0 {
+		return b.ReadCloser.Read(p)
+	}
+	if b.timer == nil {
+		b.timer = time.AfterFunc(b.idle, b.expire)
+	} else {
+		b.timer.Reset(b.idle)
+	}
+	n, err := b.ReadCloser.Read(p)
+	b.timer.Stop()
+	if err != nil && err != io.EOF && b.expired.Load() {
+		b.idleTimeouts.Inc()
+		err = bodyIdleError{b.idle}
+	}
+	return n, err
+}
+
+// expire runs on the timer's goroutine: the read under way waited too long.
+func (b *endBody) expire() {
+	b.expired.Store(true)
+	b.ReadCloser.Close()
 }
 
 func (b *endBody) Close() error {
+	if b.timer != nil {
+		b.timer.Stop()
+	}
 	err := b.ReadCloser.Close()
 	b.once.Do(b.ep.End)
 	return err
 }
 
 // endRWC is endBody for a 101 Switching Protocols response, whose body is
-// the upgraded connection and must stay writable.
+// the upgraded connection and must stay writable; a tunnel may be idle, so
+// no idle timeout applies.
 type endRWC struct {
 	*endBody
 	io.Writer
 }
 
-func wrapBody(body io.ReadCloser, ep *health.Endpoint) io.ReadCloser {
+// wrapBody makes body end the endpoint's in-flight count when it is closed
+// and end itself when the upstream stalls for the pool's body_idle.
+func (p *Pool) wrapBody(body io.ReadCloser, ep *health.Endpoint) io.ReadCloser {
 	if hb, ok := body.(*h1Body); ok {
-		hb.ep = ep // the lean path's body ends the count itself: no wrapper
+		// The lean path's body ends the count and bounds its reads itself:
+		// no wrapper.
+		hb.ep, hb.idle, hb.idleTimeouts = ep, p.bodyIdle, p.bodyTimeouts
 		return hb
 	}
 	if rwc, ok := body.(io.ReadWriteCloser); ok {
 		return endRWC{endBody: &endBody{ReadCloser: rwc, ep: ep}, Writer: rwc}
 	}
-	return &endBody{ReadCloser: body, ep: ep}
+	if body == http.NoBody {
+		return &endBody{ReadCloser: body, ep: ep}
+	}
+	return &endBody{ReadCloser: body, ep: ep, idle: p.bodyIdle, idleTimeouts: p.bodyTimeouts}
 }
 
 // errorHandler answers a request that could not be forwarded: 503 when no

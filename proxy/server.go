@@ -554,7 +554,7 @@ func (h *listenerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				if sw.status == 0 {
 					sw.status = http.StatusBadGateway
 				}
-				finish(rt, entry, info, r, sw, start, "upstream aborted the response")
+				finish(rt, entry, info, r, sw, start, noteAborted)
 				panic(p)
 			}
 			h.s.env.Metrics.Panics.Inc()
@@ -584,19 +584,48 @@ type reqState struct {
 
 var reqStates = sync.Pool{New: func() any { return new(reqState) }}
 
-// finish counts the request and writes its access log line.
+// finish counts the request and writes its access log line, with what the
+// client got: on the HTTP/1.x loop the answer is completed (or, aborted,
+// flushed short of its end) first, so that the status and the body bytes
+// are those that reached the connection. An answer none of which reached
+// the client is recorded as 499 when the client could not be written to
+// (gone, or stalled past the write timeout) and as 502 when the upstream
+// failed first; a cut answer says so.
 func finish(rt *Runtime, entry *routeEntry, info *router.Info, r *http.Request, sw *statusWriter, start time.Time, note string) {
-	status := sw.status
+	status, bytes, cut := sw.status, sw.bytes, note == noteAborted
 	if status == 0 {
 		status = http.StatusOK
+	}
+	if rw, ok := sw.ResponseWriter.(*respWriter); ok {
+		if cut {
+			rw.abort()
+		} else {
+			rw.complete()
+		}
+		if head, n, wasCut := rw.delivered(); wasCut {
+			cut, bytes = true, n
+			switch {
+			case head:
+			case rw.err != nil:
+				status = statusClientClosed // the client could not be written to
+			default:
+				status = http.StatusBadGateway // aborted before a byte went out
+			}
+			if rw.err != nil {
+				note = "client write failed: " + rw.err.Error()
+			}
+		}
 	}
 	elapsed := time.Since(start)
 	entry.requests.inc(status)
 	entry.duration.Observe(elapsed.Seconds())
 	if a := rt.access; a != nil {
-		a.write(info, r, status, sw.bytes, elapsed, note)
+		a.write(info, r, status, bytes, elapsed, note, cut)
 	}
 }
+
+// noteAborted is the access log's note for an answer aborted half-way.
+const noteAborted = "upstream aborted the response"
 
 // requestID keeps a sane X-Request-Id from the client or mints one, and
 // puts it on the request so that it travels upstream and back.

@@ -349,7 +349,7 @@ func (v *validation) pool(name string, pc *PoolConfig, p string) {
 	if *pc.Retries < 0 {
 		v.at(p+".retries", "retries: must not be negative")
 	}
-	if pc.Timeouts.Connect < 0 || pc.Timeouts.ResponseHeader < 0 || pc.Timeouts.Idle < 0 {
+	if pc.Timeouts.Connect < 0 || pc.Timeouts.ResponseHeader < 0 || pc.Timeouts.Idle < 0 || pc.Timeouts.BodyIdle < 0 {
 		v.at(p+".timeouts", "timeouts: must not be negative")
 	}
 	if pc.SlowStart < 0 {
