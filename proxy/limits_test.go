@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,9 +22,7 @@ import (
 // keeps, per request, the body bytes that arrived before the body ended or
 // the connection went. answer writes the reply (nil: a 2-byte 200).
 type bodyUpstream struct {
-	ln     net.Listener
-	answer func(c net.Conn, r *http.Request)
-	conns  atomic.Int64
+	*rawBackend
 	mu     sync.Mutex
 	bodies []string // one per request read, complete or cut
 	cut    []bool   // the body ended short (the connection went)
@@ -33,64 +30,30 @@ type bodyUpstream struct {
 
 func newBodyUpstream(t *testing.T, answer func(c net.Conn, r *http.Request)) *bodyUpstream {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	u := &bodyUpstream{ln: ln, answer: answer}
-	var wg sync.WaitGroup
-	var cmu sync.Mutex
-	var open []net.Conn
-	t.Cleanup(func() {
-		ln.Close()
-		cmu.Lock()
-		for _, c := range open {
-			c.Close()
-		}
-		cmu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	u := &bodyUpstream{}
+	u.rawBackend = newRawBackend(t, func(c net.Conn, br *bufio.Reader) {
 		for {
-			c, err := ln.Accept()
+			r, err := http.ReadRequest(br)
 			if err != nil {
 				return
 			}
-			u.conns.Add(1)
-			cmu.Lock()
-			open = append(open, c)
-			cmu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					r, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					b, err := io.ReadAll(r.Body)
-					u.mu.Lock()
-					u.bodies = append(u.bodies, string(b))
-					u.cut = append(u.cut, err != nil)
-					u.mu.Unlock()
-					if err != nil {
-						return
-					}
-					if u.answer != nil {
-						u.answer(c, r)
-						continue
-					}
-					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-				}
-			}()
+			b, err := io.ReadAll(r.Body)
+			u.mu.Lock()
+			u.bodies = append(u.bodies, string(b))
+			u.cut = append(u.cut, err != nil)
+			u.mu.Unlock()
+			if err != nil {
+				return
+			}
+			if answer != nil {
+				answer(c, r)
+				continue
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 		}
-	}()
+	})
 	return u
 }
-
-func (u *bodyUpstream) addr() string { return u.ln.Addr().String() }
 
 // seen returns the bodies read so far and whether each was cut.
 func (u *bodyUpstream) seen() ([]string, []bool) {
