@@ -37,18 +37,11 @@ lint:
 	@test -z "$$(gofmt -l .)" || (gofmt -l . && exit 1)
 	$(GO) vet ./...
 
-# Each fuzz target for FUZZTIME (default 20s).
+# Every fuzz target of every package (found by go test -list, so none is
+# left out), each for FUZZTIME (default 20s).
 FUZZTIME ?= 20s
 fuzz:
-	$(GO) test ./proxy/proxyproto -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./router -run '^$$' -fuzz '^FuzzClientIP$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./scatter -run '^$$' -fuzz '^FuzzMergeArray$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./scatter -run '^$$' -fuzz '^FuzzMergeObject$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./scatter -run '^$$' -fuzz '^FuzzMergeNDJSON$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./proxy -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./proxy -run '^$$' -fuzz '^FuzzParseRequestHead$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./proxy -run '^$$' -fuzz '^FuzzParseResponseHead$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./proxy -run '^$$' -fuzz '^FuzzAnswerFraming$$' -fuzztime $(FUZZTIME)
+	GO=$(GO) FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
 
 clean:
 	rm -rf $(BIN) .demo
