@@ -38,3 +38,26 @@ func TestInboundUnderscoreTwinsOfSekishoRequestHeaders(t *testing.T) {
 		})
 	}
 }
+
+// An upstream that answers 101 to a request that asked for no upgrade has
+// switched its connection to something else: the client gets a 502, and the
+// connection is never used again, as http.Transport never reuses one after
+// a 101.
+func TestUnsolicitedSwitchIsNotReused(t *testing.T) {
+	up := newScriptedUpstream(t, func(head string) string {
+		if strings.HasPrefix(head, "GET /plain/switch ") {
+			return "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+		}
+		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	})
+	_, addr := inboundDaemon(t, up.addr())
+	c := h1sDial(t, addr)
+	resp, body := c.do("GET", "GET /plain/switch HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+	assert.Equal(t, http.StatusBadGateway, resp.StatusCode, body)
+	c2 := h1sDial(t, addr)
+	resp, body = c2.do("GET", "GET /plain/next HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+	assert.Equal(t, http.StatusOK, resp.StatusCode, body)
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	assert.Equal(t, 2, up.conns, "the request after the 101 went on a new connection")
+}
