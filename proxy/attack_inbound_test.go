@@ -1,9 +1,12 @@
 package proxy
 
 import (
+	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -60,4 +63,44 @@ func TestUnsolicitedSwitchIsNotReused(t *testing.T) {
 	up.mu.Lock()
 	defer up.mu.Unlock()
 	assert.Equal(t, 2, up.conns, "the request after the 101 went on a new connection")
+}
+
+// A client that sends part of a PUT's body and goes (a reset or a plain
+// close) has failed, not the endpoint: however often it happens, nothing
+// is ejected, and the request is not sent to another endpoint.
+func TestClientAbortMidBodyDoesNotEjectOrRetry(t *testing.T) {
+	a, b := newBackend(t, "a"), newBackend(t, "b")
+	td := startDaemon(t, fmt.Sprintf(edgePreamble+`    routes: [{name: all, pipeline: [{proxy: up}]}]
+pools:
+  up:
+    endpoints: [%s, %s]
+    retries: 2
+    outlier: {consecutive_failures: 1, eject: 30s, max_ejected_percent: 100}
+`, a.addr(), b.addr()))
+	addr := strings.TrimPrefix(td.url("edge"), "http://")
+	for _, reset := range []bool{false, true} {
+		for i := range 3 {
+			before := a.hits.Load() + b.hits.Load()
+			c := h1sDial(t, addr)
+			c.send("PUT /upload HTTP/1.1\r\nHost: edge.test\r\nContent-Length: 100000\r\n\r\n" + strings.Repeat("x", 5000))
+			// Wait until the request reached an endpoint, then go.
+			require.Eventually(t, func() bool { return a.hits.Load()+b.hits.Load() > before }, 5*time.Second, 5*time.Millisecond)
+			if reset {
+				c.c.(*net.TCPConn).SetLinger(0)
+			}
+			c.c.Close()
+			require.Eventually(t, func() bool {
+				sa, _ := endpointState(td, "up", a.addr())
+				sb, _ := endpointState(td, "up", b.addr())
+				return sa.InFlight == 0 && sb.InFlight == 0
+			}, 5*time.Second, 5*time.Millisecond, "reset %v, PUT %d ended", reset, i)
+			assert.Equal(t, before+1, a.hits.Load()+b.hits.Load(), "reset %v, PUT %d went to one endpoint only", reset, i)
+		}
+	}
+	for _, be := range []*backend{a, b} {
+		st, ok := endpointState(td, "up", be.addr())
+		require.True(t, ok)
+		assert.Zero(t, st.PassiveFailures, "%s: no failure counted", be.name)
+		assert.False(t, st.Ejected, "%s: not ejected", be.name)
+	}
 }
