@@ -2,12 +2,15 @@ package proxy
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/stretchr/testify/require"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -82,4 +85,38 @@ pools:
 			assert.LessOrEqual(t, upConns.Load()-conns, int64(2*h2ResetBurst), "upstream connections opened")
 		})
 	}
+}
+
+// When the guard ends a connection while the server is in the middle of a
+// frame, and the server's next write does not reach that frame's end, the
+// GOAWAY waits for the write that does: written inside the frame it would
+// corrupt the stream, and the client would never read it.
+func TestH2GuardGoAwayNeverInsideAFrame(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer client.Close()
+	server, err := ln.Accept()
+	require.NoError(t, err)
+	defer server.Close()
+	g := newH2Guard(server, time.Second, nil)
+
+	data := h2Frame(h2FrameData, h2FlagEndStream, 1, []byte(strings.Repeat("d", 300)))
+	next := h2Frame(h2FrameData, 0, 3, []byte("next"))
+	_, err = g.Write(data[:100]) // the server is mid-frame...
+	require.NoError(t, err)
+	g.abort(h2CloseRapidReset) // ...when the guard ends the connection
+	g.Write(data[100:200])     // a write that does not reach the frame's end
+	g.Write(append(data[200:len(data):len(data)], next...))
+
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, _ := io.ReadAll(client)
+	require.GreaterOrEqual(t, len(got), len(data), "the frame under way went out")
+	assert.Equal(t, data, got[:len(data)], "the frame under way went out whole, nothing inside it")
+	rest := got[len(data):]
+	require.Len(t, rest, h2FrameHeaderLen+8, "then the GOAWAY, and nothing else")
+	assert.Equal(t, byte(h2FrameGoAway), rest[3])
+	assert.Equal(t, uint32(h2ErrEnhanceYourCalm), binary.BigEndian.Uint32(rest[13:]))
 }

@@ -232,13 +232,18 @@ func (g *h2Guard) Write(p []byte) (int, error) {
 		if g.goneAway {
 			return 0, errH2GuardClosed
 		}
-		// Finish the frame under way, then say goodbye.
+		// Finish the frame under way, then say goodbye; a write that does
+		// not reach the frame's end leaves the GOAWAY to the next one.
 		cut := g.out.toBoundary(p)
 		n, err := g.Conn.Write(p[:cut])
 		g.scanOut(p[:n])
-		if err == nil {
-			g.goAwayLocked()
+		if err != nil {
+			return n, err
 		}
+		if !g.out.atBoundary() {
+			return n, nil
+		}
+		g.goAwayLocked()
 		return n, errH2GuardClosed
 	}
 	n, err := g.Conn.Write(p)
