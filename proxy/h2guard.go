@@ -22,6 +22,10 @@ import (
 //     at no cost to itself. Each stream reset by the client spends a token
 //     of a bucket that refills at h2ResetRate a second and by one for each
 //     answer the server completes; an empty bucket ends the connection.
+//     A stream the server resets for the client's fault (CVE-2025-8671,
+//     "MadeYouReset": a WINDOW_UPDATE of 0, DATA on a closed stream, a
+//     flow-control breach) costs a token too, spent when the client opens
+//     its next stream.
 //   - a header block left open: a HEADERS frame whose block (with its
 //     CONTINUATION frames) is not complete within the listener's
 //     read_header ends the connection, where net/http would wait for the
@@ -38,6 +42,7 @@ const (
 	h2FrameData          = 0x0
 	h2FrameHeaders       = 0x1
 	h2FrameRSTStream     = 0x3
+	h2RSTStreamLen       = 4
 	h2FrameGoAway        = 0x7
 	h2FrameContinuation  = 0x9
 	h2FlagEndStream      = 0x1
@@ -93,21 +98,25 @@ type h2Guard struct {
 	tokens   float64 // the reset bucket
 	refilled time.Time
 	credited int64 // completed answers already credited to the bucket
+	charged  int64 // provoked resets already spent from the bucket
 	timer    *time.Timer
 
 	lastStream atomic.Uint32 // the highest stream a client's HEADERS opened
 	blockSince atomic.Int64  // unix nanoseconds a header block began, 0 when none is open
 	completed  atomic.Int64  // answers the server ended (END_STREAM), counted by the writer
+	provoked   atomic.Int64  // streams the server reset for the client's fault, counted by the writer
 
 	wmu      sync.Mutex
 	out      frameScanner // under wmu
-	goneAway bool         // under wmu: the GOAWAY is written
+	rst      [h2RSTStreamLen]byte
+	rstN     int  // under wmu: bytes of the server's RST_STREAM code gathered; -1 outside one
+	goneAway bool // under wmu: the GOAWAY is written
 	aborted  atomic.Bool
 }
 
 // newH2Guard watches c, whose client preface has been read already.
 func newH2Guard(c net.Conn, headerTimeout time.Duration, onClose func(string)) *h2Guard {
-	return &h2Guard{Conn: c, headerTimeout: headerTimeout, onClose: onClose, tokens: h2ResetBurst, refilled: time.Now()}
+	return &h2Guard{Conn: c, headerTimeout: headerTimeout, onClose: onClose, tokens: h2ResetBurst, refilled: time.Now(), rstN: -1}
 }
 
 // h2TLSGuard is the guard of a TLS connection: net/http's HTTP/2 server
@@ -145,11 +154,19 @@ func (g *h2Guard) scanIn(b []byte) {
 		if ev&evHeader != 0 {
 			switch typ, flags, stream := g.in.header(); typ {
 			case h2FrameRSTStream:
-				if !g.spendReset() {
+				if !g.spendReset(1) {
 					g.abort(h2CloseRapidReset)
 					return
 				}
 			case h2FrameHeaders:
+				if p := g.provoked.Load(); p > g.charged {
+					n := p - g.charged
+					g.charged = p
+					if !g.spendReset(float64(n)) {
+						g.abort(h2CloseRapidReset)
+						return
+					}
+				}
 				if stream > g.lastStream.Load() {
 					g.lastStream.Store(stream)
 				}
@@ -166,9 +183,9 @@ func (g *h2Guard) scanIn(b []byte) {
 	}
 }
 
-// spendReset takes a token for one reset stream, and reports whether there
-// was one.
-func (g *h2Guard) spendReset() bool {
+// spendReset takes a token for each of n reset streams, and reports
+// whether there were enough.
+func (g *h2Guard) spendReset(n float64) bool {
 	now := time.Now()
 	g.tokens += now.Sub(g.refilled).Seconds() * h2ResetRate
 	g.refilled = now
@@ -179,10 +196,10 @@ func (g *h2Guard) spendReset() bool {
 	if g.tokens > h2ResetBurst {
 		g.tokens = h2ResetBurst
 	}
-	if g.tokens < 1 {
+	if g.tokens < n {
 		return false
 	}
-	g.tokens--
+	g.tokens -= n
 	return true
 }
 
@@ -215,13 +232,18 @@ func (g *h2Guard) Write(p []byte) (int, error) {
 		if g.goneAway {
 			return 0, errH2GuardClosed
 		}
-		// Finish the frame under way, then say goodbye.
+		// Finish the frame under way, then say goodbye; a write that does
+		// not reach the frame's end leaves the GOAWAY to the next one.
 		cut := g.out.toBoundary(p)
 		n, err := g.Conn.Write(p[:cut])
 		g.scanOut(p[:n])
-		if err == nil {
-			g.goAwayLocked()
+		if err != nil {
+			return n, err
 		}
+		if !g.out.atBoundary() {
+			return n, nil
+		}
+		g.goAwayLocked()
 		return n, errH2GuardClosed
 	}
 	n, err := g.Conn.Write(p)
@@ -233,17 +255,42 @@ func (g *h2Guard) Write(p []byte) (int, error) {
 }
 
 // scanOut follows the server's frames through b, counting the answers it
-// completes.
+// completes and the streams it resets for the client's fault.
 func (g *h2Guard) scanOut(b []byte) {
 	for len(b) > 0 {
+		inRST := g.rstN >= 0 && !g.out.atBoundary()
 		n, ev := g.out.step(b)
+		if inRST {
+			g.rstN += copy(g.rst[g.rstN:], b[:n])
+		}
 		b = b[n:]
 		if ev&evHeader != 0 {
-			if typ, flags, stream := g.out.header(); stream != 0 && flags&h2FlagEndStream != 0 && (typ == h2FrameHeaders || typ == h2FrameData) {
+			typ, flags, stream := g.out.header()
+			if stream != 0 && flags&h2FlagEndStream != 0 && (typ == h2FrameHeaders || typ == h2FrameData) {
 				g.completed.Add(1)
 			}
+			if typ == h2FrameRSTStream && stream != 0 && g.out.left == h2RSTStreamLen {
+				g.rstN = 0
+			}
+		}
+		if ev&evEnd != 0 && g.rstN >= 0 {
+			if g.rstN == h2RSTStreamLen && h2ClientFault(binary.BigEndian.Uint32(g.rst[:])) {
+				g.provoked.Add(1)
+			}
+			g.rstN = -1
 		}
 	}
+}
+
+// h2ClientFault reports whether a server's RST_STREAM error code blames the
+// client's frames, rather than the handler (INTERNAL_ERROR, an upstream
+// that failed), a body left unread (NO_ERROR) or a cancel.
+func h2ClientFault(code uint32) bool {
+	switch code {
+	case 0x1, 0x3, 0x5, 0x6, 0x7: // PROTOCOL_ERROR, FLOW_CONTROL_ERROR, STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM
+		return true
+	}
+	return false
 }
 
 // abort ends the connection: the GOAWAY goes now if no write is under way

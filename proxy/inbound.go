@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"sekisho/router"
+	"sekisho/scatter"
 )
 
 // The inbound request is cleaned before anything reads it: the client-IP
@@ -35,6 +36,8 @@ type inboundRules struct {
 var confusableBase = []string{
 	"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-Ip", "X-Request-Id",
 	"X-Client-Cert-Subject", router.MirrorHeader,
+	// Set by a split and a scatter leaf for the upstream to trust.
+	router.ArmHeader, scatter.LeafHeader,
 	// Hop-by-hop and framing names: a backend that reads them with '_'
 	// as '-' would frame the request or the connection differently.
 	"Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Transfer-Encoding",
