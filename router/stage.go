@@ -63,11 +63,3 @@ func Compose(stages []Stage) (http.Handler, error) {
 type Available interface {
 	Available() bool
 }
-
-// IsAvailable reports whether h can take a request, per Available.
-func IsAvailable(h http.Handler) bool {
-	if a, ok := h.(Available); ok {
-		return a.Available()
-	}
-	return true
-}

@@ -20,7 +20,7 @@ func BenchmarkPick(b *testing.B) {
 	r := httptest.NewRequest(http.MethodGet, "/", nil)
 	r.RemoteAddr = "198.51.100.7:43210"
 	r.Header.Set("X-User-ID", "user-1234")
-	for _, name := range balance.Names() {
+	for _, name := range policyNames {
 		for _, size := range []int{3, 16} {
 			b.Run(fmt.Sprintf("%s/%d", name, size), func(b *testing.B) {
 				p := newPolicy(b, name, time.Minute)

@@ -50,11 +50,6 @@ const (
 	Hash         = "hash"
 )
 
-// Names returns the policy names New accepts, the default first.
-func Names() []string {
-	return []string{RoundRobin, LeastRequest, Random, IPHash, Hash}
-}
-
 // New returns the policy called name; "" is round_robin. key is the request
 // key of hash, which needs one; the other policies ignore it. slowStart is
 // the window over which a newly ready endpoint's weight ramps up linearly

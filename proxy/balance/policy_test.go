@@ -84,14 +84,13 @@ func TestNew(t *testing.T) {
 			assert.NotNil(t, p)
 		})
 	}
-	assert.Equal(t, []string{"round_robin", "least_request", "random", "ip_hash", "hash"}, balance.Names())
 }
 
 func TestPickWithoutUsableTarget(t *testing.T) {
 	r := httptest.NewRequest(http.MethodGet, "/", nil)
 	r.Header.Set("X-User-ID", "42")
 	none := func(int) bool { return false }
-	for _, name := range balance.Names() {
+	for _, name := range policyNames {
 		t.Run(name, func(t *testing.T) {
 			p := newPolicy(t, name, time.Minute)
 			now := time.Now()
@@ -281,7 +280,7 @@ func TestSlowStart(t *testing.T) {
 func TestPickDoesNotAllocate(t *testing.T) {
 	r := httptest.NewRequest(http.MethodGet, "/", nil)
 	r.Header.Set("X-User-ID", "user-1234")
-	for _, name := range balance.Names() {
+	for _, name := range policyNames {
 		for _, size := range []int{3, 16, 64} {
 			t.Run(fmt.Sprintf("%s/%d", name, size), func(t *testing.T) {
 				p := newPolicy(t, name, time.Minute)
@@ -306,3 +305,6 @@ func weightsOf(n int, varied bool) []int {
 	}
 	return ws
 }
+
+// policyNames are the names balance.New accepts.
+var policyNames = []string{balance.RoundRobin, balance.LeastRequest, balance.Random, balance.IPHash, balance.Hash}
