@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -141,25 +142,9 @@ func (d *Daemon) serveConfig(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "application/yaml")
 	if p := d.lastError.Load(); p != nil {
 		fmt.Fprintf(w, "# last reload failed; this config is still in force:\n")
-		for _, line := range splitLines(*p) {
+		for _, line := range strings.Split(*p, "\n") {
 			fmt.Fprintf(w, "#   %s\n", line)
 		}
 	}
 	w.Write(out)
-}
-
-func splitLines(s string) []string {
-	var out []string
-	for len(s) > 0 {
-		i := 0
-		for i < len(s) && s[i] != '\n' {
-			i++
-		}
-		out = append(out, s[:i])
-		if i < len(s) {
-			i++
-		}
-		s = s[i:]
-	}
-	return out
 }

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"reflect"
@@ -217,10 +216,4 @@ func (c *Config) Summary() string {
 		routes += len(l.Routes)
 	}
 	return fmt.Sprintf("%s: ok: %d listener(s), %d route(s), %d pool(s)", c.file, len(c.Listeners), routes, len(c.Pools))
-}
-
-// IsConfigError reports whether err holds positioned config problems.
-func IsConfigError(err error) bool {
-	var ce ConfigErrors
-	return errors.As(err, &ce)
 }

@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"strings"
 	"sync"
@@ -388,16 +387,8 @@ func (v *validation) pair(p, certFile, keyFile string) {
 		return
 	}
 	field := "cert_file"
-	var pe *fs.PathError
-	switch {
-	case errors.Is(err, certs.ErrKeyMismatch), errors.Is(err, certs.ErrNoPrivateKey):
+	if kfe := (*certs.KeyFileError)(nil); errors.As(err, &kfe) {
 		field = "key_file"
-	case errors.As(err, &pe):
-		if pe.Path == keyFile && keyFile != certFile {
-			field = "key_file"
-		}
-	case strings.HasPrefix(err.Error(), "certs: key file "):
-		field = "key_file" // the key did not parse
 	}
 	v.at(p+"."+field, "%s: %s", field, certsMessage(err))
 }
@@ -405,7 +396,10 @@ func (v *validation) pair(p, certFile, keyFile string) {
 // certsMessage is a certs error without the package prefix: in a config
 // error the field name already says what it is about.
 func certsMessage(err error) string {
-	return strings.TrimPrefix(err.Error(), "certs: ")
+	if ce := (*certs.Error)(nil); errors.As(err, &ce) {
+		return ce.Err.Error()
+	}
+	return err.Error()
 }
 
 // clientCertSubject returns the verified client certificate's subject.

@@ -26,36 +26,65 @@ func (v *validation) at(path, format string, args ...any) {
 	v.errs = append(v.errs, ConfigError{File: v.c.file, Pos: v.c.at(path), Msg: fmt.Sprintf(format, args...)})
 }
 
-// fieldErrors places the errors of a stage package's Validate, whose
-// messages start with the YAML field they concern ("min_success: ...").
-func (v *validation) fieldErrors(path string, err error) {
-	if err == nil {
-		return
-	}
-	for _, e := range flatten(err) {
-		msg := e.Error()
-		// Messages name their field first ("status 303: ...", "min_success:
-		// ..."); point at it when the config has it, else at the stage.
-		field := msg[:strings.IndexFunc(msg+" ", func(r rune) bool { return !(r == '_' || r >= 'a' && r <= 'z') })]
-		v.at(joinPath(path, field), "%s", msg)
+// stageErrors places the errors of a stage package's Validate at the stage
+// at path: a router.FieldError at the key of the stage that its Field
+// starts with ("merge" for "merge.sort_by", "leaves" for "leaves[2]"),
+// any other error at the stage itself. reported, when not nil, names the
+// fields whose problems this validation has reported already, with sharper
+// positions; their errors are left out.
+func (v *validation) stageErrors(path string, err error, reported func(field string) bool) {
+	for _, e := range joinedErrors(err) {
+		var fe router.FieldError
+		if !errors.As(e, &fe) {
+			v.at(path, "%s", e)
+			continue
+		}
+		if reported != nil && reported(fe.Field) {
+			continue
+		}
+		if key := fieldKey(fe.Field); key != "" {
+			v.at(path+"."+key, "%s", fe.Msg)
+		} else {
+			v.at(path, "%s", fe.Msg)
+		}
 	}
 }
 
-// flatten returns the errors joined in err, looking through one wrapper
-// ("split x: ...") to a join, so each problem gets a line of its own.
-func flatten(err error) []error {
+// joinedErrors returns the errors joined in err, at any depth and through
+// a wrapper of a join ("split x: ..."), so each problem gets a line of its
+// own.
+func joinedErrors(err error) []error {
 	if err == nil {
 		return nil
 	}
 	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		return j.Unwrap()
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, joinedErrors(e)...)
+		}
+		return out
 	}
 	if inner := errors.Unwrap(err); inner != nil {
-		if j, ok := inner.(interface{ Unwrap() []error }); ok {
-			return j.Unwrap()
+		if _, ok := inner.(interface{ Unwrap() []error }); ok {
+			return joinedErrors(inner)
 		}
 	}
 	return []error{err}
+}
+
+// fieldKey is the stage's own key in a FieldError's Field: the path up to
+// its first "." or "[".
+func fieldKey(field string) string {
+	if i := strings.IndexAny(field, ".["); i >= 0 {
+		return field[:i]
+	}
+	return field
+}
+
+// listEntry reports whether field is an entry of the stage's list key
+// ("shards[2]" or "shards[2].name" of "shards").
+func listEntry(field, key string) bool {
+	return strings.HasPrefix(field, key+"[")
 }
 
 func (c *Config) validate() ConfigErrors {
@@ -226,22 +255,10 @@ func (v *validation) match(m *MatchConfig, p string) {
 		}
 	}
 	for name := range m.Headers {
-		if !validHeaderName(name) {
+		if !router.ValidToken(name) {
 			v.at(p+".headers."+name, "headers: %q is not a header name", name)
 		}
 	}
-}
-
-func validHeaderName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for _, c := range s {
-		if c <= ' ' || c >= 0x7f || strings.ContainsRune("()<>@,;:\\\"/[]?={}", c) {
-			return false
-		}
-	}
-	return true
 }
 
 func (v *validation) pipeline(stages []StageConfig, p string) {
@@ -295,17 +312,23 @@ func (v *validation) stage(s *StageConfig, p string) {
 		v.poolRef(s.Proxy.Pool, p)
 	case s.Headers != nil:
 		h := s.Headers
-		v.fieldErrors(p, router.Headers{
+		v.stageErrors(p, router.Headers{
 			Request:  router.HeaderOps{Set: h.Request.Set, Add: h.Request.Add, Remove: h.Request.Remove},
 			Response: router.HeaderOps{Set: h.Response.Set, Add: h.Response.Add, Remove: h.Response.Remove},
-		}.Validate())
+		}.Validate(), nil)
 	case s.Respond != nil:
-		v.fieldErrors(p, router.Respond{Status: s.Respond.Status, Body: s.Respond.Body, Headers: s.Respond.Headers}.Validate())
+		v.stageErrors(p, router.Respond{Status: s.Respond.Status, Body: s.Respond.Body, Headers: s.Respond.Headers}.Validate(), nil)
 	case s.Redirect != nil:
 		r := s.Redirect
-		v.fieldErrors(p, router.Redirect{Scheme: r.Scheme, Host: r.Host, Port: r.Port, Path: r.Path, Status: r.Status, DropQuery: r.DropQuery}.Validate())
-	default:
-		v.stageMore(s, p)
+		v.stageErrors(p, router.Redirect{Scheme: r.Scheme, Host: r.Host, Port: r.Port, Path: r.Path, Status: r.Status, DropQuery: r.DropQuery}.Validate(), nil)
+	case s.Shard != nil:
+		v.shard(s.Shard, p)
+	case s.Scatter != nil:
+		v.scatter(s.Scatter, p)
+	case s.Split != nil:
+		v.split(s.Split, p)
+	case s.Mirror != nil:
+		v.mirror(s.Mirror, p)
 	}
 }
 
