@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"sekisho/proxy/config"
 )
 
 // Options configure a Daemon beyond its config file.
@@ -35,7 +37,7 @@ type Daemon struct {
 	admin  *Admin
 
 	reloadMu  sync.Mutex // one reload at a time
-	cfg       atomic.Pointer[Config]
+	cfg       atomic.Pointer[config.Config]
 	cfgText   []byte // cfg marshalled, to compare a reload with; guarded by reloadMu
 	lastError atomic.Pointer[string]
 	wasReady  atomic.Bool      // the first probe rounds are done: reloads no longer gate readiness
@@ -44,7 +46,7 @@ type Daemon struct {
 
 // Start applies cfg, opens its listeners and the admin server, and starts
 // its probes. Nothing is left running when it fails.
-func Start(cfg *Config, opts Options) (*Daemon, error) {
+func Start(cfg *config.Config, opts Options) (*Daemon, error) {
 	log := opts.Log
 	var level *zap.AtomicLevel
 	if log == nil {
@@ -72,7 +74,7 @@ func Start(cfg *Config, opts Options) (*Daemon, error) {
 		}
 		d.admin = a
 	}
-	log.Info("sekisho started", zap.String("config", cfg.file), zap.Int("listeners", len(cfg.Listeners)), zap.Int("pools", len(cfg.Pools)))
+	log.Info("sekisho started", zap.String("config", cfg.File()), zap.Int("listeners", len(cfg.Listeners)), zap.Int("pools", len(cfg.Pools)))
 	return d, nil
 }
 
@@ -91,7 +93,7 @@ func (d *Daemon) AdminAddr() net.Addr {
 }
 
 // Config returns the config in force.
-func (d *Daemon) Config() *Config { return d.cfg.Load() }
+func (d *Daemon) Config() *config.Config { return d.cfg.Load() }
 
 // Ready reports whether the Daemon should get traffic: a config in force,
 // its listeners open, every pool's first probe round done, and not draining.

@@ -10,6 +10,8 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"sekisho/proxy/config"
 )
 
 // ReloadResult says what a reload did.
@@ -59,7 +61,7 @@ func (d *Daemon) reload() (ReloadResult, error) {
 	if err != nil {
 		return ReloadResult{}, fmt.Errorf("loading config: %w", err)
 	}
-	cfg, err := Parse(d.opts.Path, data, lookup)
+	cfg, err := config.Parse(d.opts.Path, data, lookup)
 	if err != nil {
 		return ReloadResult{}, err
 	}

@@ -1,4 +1,4 @@
-package proxy
+package config
 
 import (
 	"bytes"
@@ -28,19 +28,19 @@ func Load(path string) (*Config, error) {
 // lookup resolves ${VAR} references.
 func Parse(file string, data []byte, lookup func(string) (string, bool)) (*Config, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
-		return nil, ConfigErrors{{File: file, Pos: Pos{1, 1}, Msg: "the config file is empty"}}
+		return nil, Errors{{File: file, Pos: Pos{1, 1}, Msg: "the config file is empty"}}
 	}
 	var root yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&root); err != nil {
-		return nil, ConfigErrors{yamlSyntaxError(file, err)}
+		return nil, Errors{yamlSyntaxError(file, err)}
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err == nil {
-		return nil, ConfigErrors{{File: file, Pos: Pos{extra.Line, extra.Column}, Msg: "the config file holds more than one YAML document"}}
+		return nil, Errors{{File: file, Pos: Pos{extra.Line, extra.Column}, Msg: "the config file holds more than one YAML document"}}
 	}
 	if len(root.Content) == 0 {
-		return nil, ConfigErrors{{File: file, Pos: Pos{1, 1}, Msg: "the config file is empty"}}
+		return nil, Errors{{File: file, Pos: Pos{1, 1}, Msg: "the config file is empty"}}
 	}
 	d := &decoder{file: file, pos: map[string]Pos{}, env: lookup}
 	cfg := &Config{}
@@ -58,17 +58,17 @@ func Parse(file string, data []byte, lookup func(string) (string, bool)) (*Confi
 
 // yamlSyntaxError turns yaml.v3's "yaml: line N: msg" into a positioned
 // error; the parser gives no column, so the column is 1.
-func yamlSyntaxError(file string, err error) ConfigError {
+func yamlSyntaxError(file string, err error) Error {
 	msg := strings.TrimPrefix(err.Error(), "yaml: ")
 	var line int
 	if n, _ := fmt.Sscanf(msg, "line %d:", &line); n == 1 {
 		_, rest, _ := strings.Cut(msg, ":")
-		return ConfigError{File: file, Pos: Pos{line, 1}, Msg: "not valid YAML:" + rest}
+		return Error{File: file, Pos: Pos{line, 1}, Msg: "not valid YAML:" + rest}
 	}
-	return ConfigError{File: file, Pos: Pos{1, 1}, Msg: "not valid YAML: " + msg}
+	return Error{File: file, Pos: Pos{1, 1}, Msg: "not valid YAML: " + msg}
 }
 
-func sortErrors(es ConfigErrors) ConfigErrors {
+func sortErrors(es Errors) Errors {
 	sort.SliceStable(es, func(i, j int) bool {
 		if es[i].Line != es[j].Line {
 			return es[i].Line < es[j].Line

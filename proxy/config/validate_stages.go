@@ -1,4 +1,4 @@
-package proxy
+package config
 
 import (
 	"fmt"
@@ -25,12 +25,12 @@ func (v *validation) poolList(names []string, p, what string) {
 	}
 }
 
-func (v *validation) shard(s *ShardStageConfig, p string) {
+func (v *validation) shard(s *ShardStage, p string) {
 	v.key(s.Key, p+".key", true)
 	v.poolList(s.Shards, p+".shards", "shards")
 	// The rest is the stage's own Validate: balance_factor, the modes and
 	// the ring settings consistent.New would panic on.
-	sc := s.config(router.MustParseKey("path"), standIn)
+	sc := s.Sharding(router.MustParseKey("path"), standIn)
 	// The key and each name were checked above, with positions; the shard
 	// count limit was not.
 	v.stageErrors(p, sc.Validate(), func(field string) bool {
@@ -38,7 +38,7 @@ func (v *validation) shard(s *ShardStageConfig, p string) {
 	})
 }
 
-func (v *validation) scatter(s *ScatterStageConfig, p string) {
+func (v *validation) scatter(s *ScatterStage, p string) {
 	v.poolList(s.Leaves, p+".leaves", "leaves")
 	if s.Timeout < 0 {
 		v.at(p+".timeout", "timeout: must not be negative")
@@ -63,10 +63,10 @@ func (v *validation) scatter(s *ScatterStageConfig, p string) {
 	if s.MaxLeafBodyBytes < 0 {
 		v.at(p+".max_leaf_body_bytes", "max_leaf_body_bytes: must not be negative")
 	}
-	v.stageErrors(p, s.Merge.toScatter().Validate(), nil)
+	v.stageErrors(p, s.Merge.Scatter().Validate(), nil)
 	// The stage's own rules (leaf names, hedging against the default
 	// timeout), with stand-in handlers: only the settings are checked here.
-	sc := s.config(standIn)
+	sc := s.Scatter(standIn)
 	v.stageErrors(p, sc.Validate(), func(field string) bool {
 		switch fieldKey(field) {
 		case "merge", "min_success", "hedge_budget_percent", "max_body_bytes", "max_leaf_body_bytes":
@@ -76,7 +76,7 @@ func (v *validation) scatter(s *ScatterStageConfig, p string) {
 	})
 }
 
-func (v *validation) split(s *SplitStageConfig, p string) {
+func (v *validation) split(s *SplitStage, p string) {
 	if s.Name == "" {
 		v.at(p, "split: name is missing (it names the experiment and salts its buckets)")
 	}
@@ -114,7 +114,7 @@ func (v *validation) split(s *SplitStageConfig, p string) {
 	for i := range arms {
 		arms[i] = standIn("")
 	}
-	if _, err := router.NewSplit(s.config(router.MustParseKey("path"), arms)); err != nil {
+	if _, err := router.NewSplit(s.Split(router.MustParseKey("path"), arms)); err != nil {
 		// No arms, a zero sum of weights, a missing name and a name used
 		// twice (an error of the arm entry) were reported above.
 		v.stageErrors(p, err, func(field string) bool {
@@ -127,7 +127,7 @@ func (v *validation) split(s *SplitStageConfig, p string) {
 	}
 }
 
-func (v *validation) mirror(m *MirrorStageConfig, p string) {
+func (v *validation) mirror(m *MirrorStage, p string) {
 	v.poolRef(m.Pool, p+".pool")
 	if m.Percent != nil && (*m.Percent < 0 || *m.Percent > 100) {
 		v.at(p+".percent", "percent: want 0..100, got %g", *m.Percent)
@@ -143,7 +143,7 @@ func (v *validation) mirror(m *MirrorStageConfig, p string) {
 		v.at(p+".timeout", "timeout: must not be negative")
 	}
 	if m.Percent == nil || *m.Percent >= 0 && *m.Percent <= 100 {
-		st, err := router.NewMirror(m.config(router.Key{}, standIn))
+		st, err := router.NewMirror(m.Mirror(router.Key{}, standIn))
 		if err != nil {
 			v.stageErrors(p, err, nil)
 		} else {

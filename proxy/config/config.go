@@ -1,4 +1,12 @@
-package proxy
+// Package config is sekisho's config language: the schema of a config file
+// (version 1), its strict decoding with the position of every value,
+// ${VAR} expansion, defaults, and Validate, which reports every problem of
+// a file at once as Errors, each with its FILE:LINE:COL. It is pure: Load
+// reads the files a config names (certificates, CA bundles) and starts
+// nothing. It knows the stage packages' Config types, to run their own
+// checks and to convert a stage for proxy's Compile, but nothing of the
+// daemon that runs a config (it never imports sekisho/proxy).
+package config
 
 import (
 	"fmt"
@@ -9,36 +17,36 @@ import (
 // Config is the root of a sekisho config file (version 1). Load fills it,
 // applies defaults and validates it; Compile turns it into a Runtime.
 type Config struct {
-	Version       int                    `yaml:"version,omitempty"`
-	Admin         AdminConfig            `yaml:"admin,omitempty"`
-	Log           LogConfig              `yaml:"log,omitempty"`
-	ShutdownGrace Duration               `yaml:"shutdown_grace,omitempty"` // default 15s
-	Listeners     []ListenerConfig       `yaml:"listeners,omitempty"`
-	Pools         map[string]*PoolConfig `yaml:"pools,omitempty"`
+	Version       int              `yaml:"version,omitempty"`
+	Admin         Admin            `yaml:"admin,omitempty"`
+	Log           Log              `yaml:"log,omitempty"`
+	ShutdownGrace Duration         `yaml:"shutdown_grace,omitempty"` // default 15s
+	Listeners     []Listener       `yaml:"listeners,omitempty"`
+	Pools         map[string]*Pool `yaml:"pools,omitempty"`
 
 	file string
 	pos  map[string]Pos
 }
 
 // AdminConfig is the admin server.
-type AdminConfig struct {
+type Admin struct {
 	Listen string `yaml:"listen,omitempty"` // default 127.0.0.1:9901; "off" disables it
 	Pprof  bool   `yaml:"pprof,omitempty"`  // serve /debug/pprof/ (default false)
 }
 
 // LogConfig sets the process log and the access log.
-type LogConfig struct {
+type Log struct {
 	Level  string `yaml:"level,omitempty"`  // debug | info (default) | warn | error
 	Format string `yaml:"format,omitempty"` // json (default) | console
 	Access string `yaml:"access,omitempty"` // stdout (default) | stderr | off | a file path
 }
 
 // ListenerConfig is one listening socket and its routes.
-type ListenerConfig struct {
+type Listener struct {
 	Name           string           `yaml:"name,omitempty"`
 	Listen         string           `yaml:"listen,omitempty"`
-	TLS            *TLSConfig       `yaml:"tls,omitempty"`
-	ClientIP       ClientIPConfig   `yaml:"client_ip,omitempty"`
+	TLS            *TLS             `yaml:"tls,omitempty"`
+	ClientIP       ClientIP         `yaml:"client_ip,omitempty"`
 	ProxyProtocol  bool             `yaml:"proxy_protocol,omitempty"`
 	Timeouts       ListenerTimeouts `yaml:"timeouts,omitempty"`
 	MaxHeaderBytes int              `yaml:"max_header_bytes,omitempty"` // default 64 KiB
@@ -48,15 +56,15 @@ type ListenerConfig struct {
 	// MaxConnections bounds the client connections open at once; when it is
 	// reached the listener stops accepting and new connections wait in the
 	// kernel's backlog (default 0: no limit).
-	MaxConnections int           `yaml:"max_connections,omitempty"`
-	Routes         []RouteConfig `yaml:"routes,omitempty"`
+	MaxConnections int     `yaml:"max_connections,omitempty"`
+	Routes         []Route `yaml:"routes,omitempty"`
 }
 
 // TLSConfig makes a listener terminate TLS.
-type TLSConfig struct {
-	Certificates []CertConfig `yaml:"certificates,omitempty"`
-	MinVersion   string       `yaml:"min_version,omitempty"` // 1.0 | 1.1 | 1.2 (default) | 1.3
-	ClientCAFile string       `yaml:"client_ca_file,omitempty"`
+type TLS struct {
+	Certificates []Cert `yaml:"certificates,omitempty"`
+	MinVersion   string `yaml:"min_version,omitempty"` // 1.0 | 1.1 | 1.2 (default) | 1.3
+	ClientCAFile string `yaml:"client_ca_file,omitempty"`
 	// ForwardClientCert sends the verified client certificate's subject
 	// upstream as X-Client-Cert-Subject (default false).
 	ForwardClientCert bool `yaml:"forward_client_cert,omitempty"`
@@ -72,13 +80,13 @@ type TLSConfig struct {
 }
 
 // CertConfig is one certificate and its key, both PEM files.
-type CertConfig struct {
+type Cert struct {
 	CertFile string `yaml:"cert_file,omitempty"`
 	KeyFile  string `yaml:"key_file,omitempty"`
 }
 
 // ClientIPConfig says whom to believe about the client's address.
-type ClientIPConfig struct {
+type ClientIP struct {
 	TrustedProxies []string `yaml:"trusted_proxies,omitempty"` // CIDRs or addresses
 }
 
@@ -91,16 +99,16 @@ type ListenerTimeouts struct {
 }
 
 // RouteConfig matches requests and runs them through a pipeline.
-type RouteConfig struct {
-	Name  string      `yaml:"name,omitempty"`
-	Match MatchConfig `yaml:"match,omitempty"`
+type Route struct {
+	Name  string `yaml:"name,omitempty"`
+	Match Match  `yaml:"match,omitempty"`
 	// Upgrades are the protocols a client may switch to on this route
 	// (Upgrade header, HTTP/1.1); an Upgrade for any other is stripped and
 	// the request goes on as a plain one. Default [websocket]; [] allows
 	// none; h2c is never allowed. Always written out, so that an empty
 	// list reads back as itself.
-	Upgrades []string      `yaml:"upgrades"`
-	Pipeline []StageConfig `yaml:"pipeline,omitempty"`
+	Upgrades []string `yaml:"upgrades"`
+	Pipeline []Stage  `yaml:"pipeline,omitempty"`
 	// MaxBodyBytes bounds a request body on this route (default: the
 	// listener's max_body_bytes; 0: no limit).
 	MaxBodyBytes *int64 `yaml:"max_body_bytes,omitempty"`
@@ -110,7 +118,7 @@ type RouteConfig struct {
 }
 
 // MatchConfig selects requests for a route. Every field set must match.
-type MatchConfig struct {
+type Match struct {
 	Host       string            `yaml:"host,omitempty"`        // exact or *.suffix
 	PathPrefix string            `yaml:"path_prefix,omitempty"` // default /
 	Methods    []string          `yaml:"methods,omitempty"`
@@ -118,21 +126,21 @@ type MatchConfig struct {
 }
 
 // StageConfig is one pipeline stage: a one-key map.
-type StageConfig struct {
-	Proxy    *ProxyStageConfig    `yaml:"proxy,omitempty"`
-	Shard    *ShardStageConfig    `yaml:"shard,omitempty"`
-	Scatter  *ScatterStageConfig  `yaml:"scatter,omitempty"`
-	Split    *SplitStageConfig    `yaml:"split,omitempty"`
-	Mirror   *MirrorStageConfig   `yaml:"mirror,omitempty"`
-	Headers  *HeadersStageConfig  `yaml:"headers,omitempty"`
-	Respond  *RespondStageConfig  `yaml:"respond,omitempty"`
-	Redirect *RedirectStageConfig `yaml:"redirect,omitempty"`
+type Stage struct {
+	Proxy    *ProxyStage    `yaml:"proxy,omitempty"`
+	Shard    *ShardStage    `yaml:"shard,omitempty"`
+	Scatter  *ScatterStage  `yaml:"scatter,omitempty"`
+	Split    *SplitStage    `yaml:"split,omitempty"`
+	Mirror   *MirrorStage   `yaml:"mirror,omitempty"`
+	Headers  *HeadersStage  `yaml:"headers,omitempty"`
+	Respond  *RespondStage  `yaml:"respond,omitempty"`
+	Redirect *RedirectStage `yaml:"redirect,omitempty"`
 }
 
-func (*StageConfig) oneOf() {}
+func (*Stage) oneOf() {}
 
-// kind names the stage's key.
-func (s *StageConfig) kind() string {
+// Kind names the stage's key ("proxy", "shard", ...), or "" for none.
+func (s *Stage) Kind() string {
 	switch {
 	case s.Proxy != nil:
 		return "proxy"
@@ -155,8 +163,8 @@ func (s *StageConfig) kind() string {
 }
 
 // terminal reports whether the stage answers the request itself.
-func (s *StageConfig) terminal() bool {
-	switch s.kind() {
+func (s *Stage) terminal() bool {
+	switch s.Kind() {
 	case "proxy", "shard", "scatter", "split", "respond", "redirect":
 		return true
 	}
@@ -165,17 +173,17 @@ func (s *StageConfig) terminal() bool {
 
 // ProxyStageConfig forwards to a pool; `proxy: NAME` is short for
 // `proxy: {pool: NAME}`.
-type ProxyStageConfig struct {
+type ProxyStage struct {
 	Pool string `yaml:"pool,omitempty"`
 }
 
-func (p *ProxyStageConfig) decodeScalar(s string) error {
+func (p *ProxyStage) decodeScalar(s string) error {
 	p.Pool = s
 	return nil
 }
 
 // ShardStageConfig is the shard stage (package sharding).
-type ShardStageConfig struct {
+type ShardStage struct {
 	Key               KeySpec  `yaml:"key,omitempty"`
 	Shards            []string `yaml:"shards,omitempty"`
 	BalanceFactor     float64  `yaml:"balance_factor,omitempty"`
@@ -189,19 +197,19 @@ type ShardStageConfig struct {
 }
 
 // ScatterStageConfig is the scatter stage (package scatter).
-type ScatterStageConfig struct {
-	Leaves             []string    `yaml:"leaves,omitempty"`
-	Timeout            Duration    `yaml:"timeout,omitempty"`
-	HedgeAfter         HedgeAfter  `yaml:"hedge_after,omitempty"`
-	HedgeBudgetPercent *float64    `yaml:"hedge_budget_percent,omitempty"`
-	MinSuccess         int         `yaml:"min_success,omitempty"`
-	Merge              MergeConfig `yaml:"merge,omitempty"`
-	MaxBodyBytes       int64       `yaml:"max_body_bytes,omitempty"`
-	MaxLeafBodyBytes   int64       `yaml:"max_leaf_body_bytes,omitempty"`
+type ScatterStage struct {
+	Leaves             []string   `yaml:"leaves,omitempty"`
+	Timeout            Duration   `yaml:"timeout,omitempty"`
+	HedgeAfter         HedgeAfter `yaml:"hedge_after,omitempty"`
+	HedgeBudgetPercent *float64   `yaml:"hedge_budget_percent,omitempty"`
+	MinSuccess         int        `yaml:"min_success,omitempty"`
+	Merge              Merge      `yaml:"merge,omitempty"`
+	MaxBodyBytes       int64      `yaml:"max_body_bytes,omitempty"`
+	MaxLeafBodyBytes   int64      `yaml:"max_leaf_body_bytes,omitempty"`
 }
 
 // MergeConfig says how scatter combines leaf answers.
-type MergeConfig struct {
+type Merge struct {
 	Array    string `yaml:"array,omitempty"`
 	SortBy   string `yaml:"sort_by,omitempty"`
 	Order    string `yaml:"order,omitempty"`
@@ -231,23 +239,23 @@ func (h *HedgeAfter) decodeScalar(s string) error {
 }
 
 // SplitStageConfig is an experiment split.
-type SplitStageConfig struct {
-	Name           string      `yaml:"name,omitempty"`
-	Key            KeySpec     `yaml:"key,omitempty"`
-	OverrideHeader string      `yaml:"override_header,omitempty"`
-	OverrideCookie string      `yaml:"override_cookie,omitempty"`
-	Arms           []ArmConfig `yaml:"arms,omitempty"`
+type SplitStage struct {
+	Name           string  `yaml:"name,omitempty"`
+	Key            KeySpec `yaml:"key,omitempty"`
+	OverrideHeader string  `yaml:"override_header,omitempty"`
+	OverrideCookie string  `yaml:"override_cookie,omitempty"`
+	Arms           []Arm   `yaml:"arms,omitempty"`
 }
 
 // ArmConfig is one arm of a split: a weight and a nested pipeline.
-type ArmConfig struct {
-	Name     string        `yaml:"name,omitempty"`
-	Weight   *int          `yaml:"weight,omitempty"`
-	Pipeline []StageConfig `yaml:"pipeline,omitempty"`
+type Arm struct {
+	Name     string  `yaml:"name,omitempty"`
+	Weight   *int    `yaml:"weight,omitempty"`
+	Pipeline []Stage `yaml:"pipeline,omitempty"`
 }
 
 // MirrorStageConfig copies a share of requests to a shadow pool.
-type MirrorStageConfig struct {
+type MirrorStage struct {
 	Pool         string   `yaml:"pool,omitempty"`
 	Percent      *float64 `yaml:"percent,omitempty"` // default 100
 	Key          KeySpec  `yaml:"key,omitempty"`
@@ -257,27 +265,27 @@ type MirrorStageConfig struct {
 }
 
 // HeadersStageConfig edits request and response headers.
-type HeadersStageConfig struct {
-	Request  HeaderOpsConfig `yaml:"request,omitempty"`
-	Response HeaderOpsConfig `yaml:"response,omitempty"`
+type HeadersStage struct {
+	Request  HeaderOps `yaml:"request,omitempty"`
+	Response HeaderOps `yaml:"response,omitempty"`
 }
 
 // HeaderOpsConfig is a set of header edits, applied remove, set, add.
-type HeaderOpsConfig struct {
+type HeaderOps struct {
 	Set    map[string]string `yaml:"set,omitempty"`
 	Add    map[string]string `yaml:"add,omitempty"`
 	Remove []string          `yaml:"remove,omitempty"`
 }
 
 // RespondStageConfig answers directly.
-type RespondStageConfig struct {
+type RespondStage struct {
 	Status  int               `yaml:"status,omitempty"` // default 200
 	Body    string            `yaml:"body,omitempty"`
 	Headers map[string]string `yaml:"headers,omitempty"`
 }
 
 // RedirectStageConfig answers with a redirect built from the request.
-type RedirectStageConfig struct {
+type RedirectStage struct {
 	Scheme string `yaml:"scheme,omitempty"`
 	Host   string `yaml:"host,omitempty"`
 	Port   string `yaml:"port,omitempty"`
@@ -288,18 +296,18 @@ type RedirectStageConfig struct {
 }
 
 // PoolConfig is a set of replicas of one service.
-type PoolConfig struct {
-	Endpoints []EndpointConfig `yaml:"endpoints,omitempty"`
-	Balance   string           `yaml:"balance,omitempty"` // round_robin (default) | least_request | random | ip_hash | hash
-	HashKey   KeySpec          `yaml:"hash_key,omitempty"`
-	Readiness *ReadinessConfig `yaml:"readiness,omitempty"`
-	Outlier   *OutlierConfig   `yaml:"outlier,omitempty"`
-	Retries   *int             `yaml:"retries,omitempty"` // default 1
-	Timeouts  PoolTimeouts     `yaml:"timeouts,omitempty"`
-	PanicMode bool             `yaml:"panic_mode,omitempty"`
-	SlowStart Duration         `yaml:"slow_start,omitempty"`
-	Protocol  string           `yaml:"protocol,omitempty"` // http1 (default) | h2c | h2 (https endpoints)
-	TLS       *UpstreamTLS     `yaml:"tls,omitempty"`
+type Pool struct {
+	Endpoints []Endpoint   `yaml:"endpoints,omitempty"`
+	Balance   string       `yaml:"balance,omitempty"` // round_robin (default) | least_request | random | ip_hash | hash
+	HashKey   KeySpec      `yaml:"hash_key,omitempty"`
+	Readiness *Readiness   `yaml:"readiness,omitempty"`
+	Outlier   *Outlier     `yaml:"outlier,omitempty"`
+	Retries   *int         `yaml:"retries,omitempty"` // default 1
+	Timeouts  PoolTimeouts `yaml:"timeouts,omitempty"`
+	PanicMode bool         `yaml:"panic_mode,omitempty"`
+	SlowStart Duration     `yaml:"slow_start,omitempty"`
+	Protocol  string       `yaml:"protocol,omitempty"` // http1 (default) | h2c | h2 (https endpoints)
+	TLS       *UpstreamTLS `yaml:"tls,omitempty"`
 	// MaxIdlePerEndpoint bounds kept-alive connections per endpoint (default 256).
 	MaxIdlePerEndpoint int `yaml:"max_idle_per_endpoint,omitempty"`
 	// MaxInFlight is a circuit breaker: with that many requests in flight to
@@ -312,18 +320,18 @@ type PoolConfig struct {
 
 // EndpointConfig is one replica: `host:port`, `http://host:port`,
 // `https://host:port`, or {address, weight}.
-type EndpointConfig struct {
+type Endpoint struct {
 	Address string `yaml:"address,omitempty"`
 	Weight  int    `yaml:"weight,omitempty"` // default 1
 }
 
-func (e *EndpointConfig) decodeScalar(s string) error {
+func (e *Endpoint) decodeScalar(s string) error {
 	e.Address = s
 	return nil
 }
 
 // ReadinessConfig is the active readiness probe of a pool.
-type ReadinessConfig struct {
+type Readiness struct {
 	Path         string   `yaml:"path,omitempty"`          // default /ready
 	Interval     Duration `yaml:"interval,omitempty"`      // default 2s
 	Timeout      Duration `yaml:"timeout,omitempty"`       // default 1s
@@ -339,7 +347,7 @@ type ReadinessConfig struct {
 }
 
 // OutlierConfig is passive ejection.
-type OutlierConfig struct {
+type Outlier struct {
 	ConsecutiveFailures int      `yaml:"consecutive_failures,omitempty"` // default 5
 	Eject               Duration `yaml:"eject,omitempty"`                // default 30s
 	MaxEject            Duration `yaml:"max_eject,omitempty"`            // default 10 x eject

@@ -1,4 +1,4 @@
-package proxy
+package config
 
 import (
 	"errors"
@@ -19,11 +19,11 @@ import (
 // validation collects positioned problems.
 type validation struct {
 	c    *Config
-	errs ConfigErrors
+	errs Errors
 }
 
 func (v *validation) at(path, format string, args ...any) {
-	v.errs = append(v.errs, ConfigError{File: v.c.file, Pos: v.c.at(path), Msg: fmt.Sprintf(format, args...)})
+	v.errs = append(v.errs, Error{File: v.c.file, Pos: v.c.at(path), Msg: fmt.Sprintf(format, args...)})
 }
 
 // stageErrors places the errors of a stage package's Validate at the stage
@@ -87,7 +87,7 @@ func listEntry(field, key string) bool {
 	return strings.HasPrefix(field, key+"[")
 }
 
-func (c *Config) validate() ConfigErrors {
+func (c *Config) validate() Errors {
 	v := &validation{c: c}
 	if c.Version != 1 {
 		v.at("version", "version: want 1, got %d", c.Version)
@@ -161,7 +161,7 @@ func checkListenAddr(addr string) error {
 	return nil
 }
 
-func (v *validation) listener(l *ListenerConfig, p string) {
+func (v *validation) listener(l *Listener, p string) {
 	if l.Timeouts.ReadHeader < 0 || l.Timeouts.Read < 0 || l.Timeouts.Write < 0 || l.Timeouts.Idle < 0 {
 		v.at(p+".timeouts", "timeouts: must not be negative")
 	}
@@ -175,7 +175,7 @@ func (v *validation) listener(l *ListenerConfig, p string) {
 		v.at(p+".max_connections", "max_connections: must not be negative (0: no limit)")
 	}
 	for i, s := range l.ClientIP.TrustedProxies {
-		if _, err := parsePrefix(s); err != nil {
+		if _, err := ParsePrefix(s); err != nil {
 			v.at(fmt.Sprintf("%s.client_ip.trusted_proxies[%d]", p, i), "trusted_proxies: %v", err)
 		}
 	}
@@ -224,7 +224,7 @@ func (v *validation) upgrades(protos []string, p string) {
 }
 
 // parsePrefix accepts a CIDR or a single address.
-func parsePrefix(s string) (netip.Prefix, error) {
+func ParsePrefix(s string) (netip.Prefix, error) {
 	if strings.Contains(s, "/") {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
@@ -239,7 +239,7 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
-func (v *validation) match(m *MatchConfig, p string) {
+func (v *validation) match(m *Match, p string) {
 	if h := m.Host; h != "" {
 		name := strings.TrimPrefix(h, "*.")
 		if strings.Contains(name, "*") || strings.ContainsAny(name, " /:") || name == "" {
@@ -261,7 +261,7 @@ func (v *validation) match(m *MatchConfig, p string) {
 	}
 }
 
-func (v *validation) pipeline(stages []StageConfig, p string) {
+func (v *validation) pipeline(stages []Stage, p string) {
 	if len(stages) == 0 {
 		v.at(p, "pipeline is empty: it must end in a terminal stage (proxy, shard, scatter, split, respond or redirect)")
 		return
@@ -269,7 +269,7 @@ func (v *validation) pipeline(stages []StageConfig, p string) {
 	for i := range stages {
 		s := &stages[i]
 		sp := fmt.Sprintf("%s[%d]", p, i)
-		kind := s.kind()
+		kind := s.Kind()
 		if kind == "" {
 			continue // the decoder reported it
 		}
@@ -306,21 +306,16 @@ func (v *validation) key(k KeySpec, p string, required bool) {
 	}
 }
 
-func (v *validation) stage(s *StageConfig, p string) {
+func (v *validation) stage(s *Stage, p string) {
 	switch {
 	case s.Proxy != nil:
 		v.poolRef(s.Proxy.Pool, p)
 	case s.Headers != nil:
-		h := s.Headers
-		v.stageErrors(p, router.Headers{
-			Request:  router.HeaderOps{Set: h.Request.Set, Add: h.Request.Add, Remove: h.Request.Remove},
-			Response: router.HeaderOps{Set: h.Response.Set, Add: h.Response.Add, Remove: h.Response.Remove},
-		}.Validate(), nil)
+		v.stageErrors(p, s.Headers.Headers().Validate(), nil)
 	case s.Respond != nil:
-		v.stageErrors(p, router.Respond{Status: s.Respond.Status, Body: s.Respond.Body, Headers: s.Respond.Headers}.Validate(), nil)
+		v.stageErrors(p, s.Respond.Respond().Validate(), nil)
 	case s.Redirect != nil:
-		r := s.Redirect
-		v.stageErrors(p, router.Redirect{Scheme: r.Scheme, Host: r.Host, Port: r.Port, Path: r.Path, Status: r.Status, DropQuery: r.DropQuery}.Validate(), nil)
+		v.stageErrors(p, s.Redirect.Redirect().Validate(), nil)
 	case s.Shard != nil:
 		v.shard(s.Shard, p)
 	case s.Scatter != nil:
@@ -332,7 +327,7 @@ func (v *validation) stage(s *StageConfig, p string) {
 	}
 }
 
-func (v *validation) pool(name string, pc *PoolConfig, p string) {
+func (v *validation) pool(name string, pc *Pool, p string) {
 	if pc == nil {
 		v.at(p, "pool %q is empty: it needs endpoints", name)
 		return
@@ -343,7 +338,7 @@ func (v *validation) pool(name string, pc *PoolConfig, p string) {
 	seen := map[string]bool{}
 	for i, e := range pc.Endpoints {
 		ep := fmt.Sprintf("%s.endpoints[%d]", p, i)
-		u, err := parseEndpoint(e.Address)
+		u, err := ParseEndpoint(e.Address)
 		if err != nil {
 			v.at(ep, "endpoint: %v", err)
 			continue
@@ -437,7 +432,7 @@ func (v *validation) pool(name string, pc *PoolConfig, p string) {
 }
 
 // parseEndpoint accepts host:port, http://host:port and https://host:port.
-func parseEndpoint(s string) (*url.URL, error) {
+func ParseEndpoint(s string) (*url.URL, error) {
 	if s == "" {
 		return nil, errors.New("address is missing")
 	}
