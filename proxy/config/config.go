@@ -17,38 +17,38 @@ import (
 // Config is the root of a sekisho config file (version 1). Load fills it,
 // applies defaults and validates it; Compile turns it into a Runtime.
 type Config struct {
-	Version       int              `yaml:"version,omitempty"`
-	Admin         Admin            `yaml:"admin,omitempty"`
-	Log           Log              `yaml:"log,omitempty"`
+	Version       int              `yaml:"version,omitempty"`        // required; 1 is the only version
+	Admin         Admin            `yaml:"admin,omitempty"`          // see Admin for its defaults
+	Log           Log              `yaml:"log,omitempty"`            // see Log for its defaults
 	ShutdownGrace Duration         `yaml:"shutdown_grace,omitempty"` // default 15s
-	Listeners     []Listener       `yaml:"listeners,omitempty"`
-	Pools         map[string]*Pool `yaml:"pools,omitempty"`
+	Listeners     []Listener       `yaml:"listeners,omitempty"`      // at least one; no default
+	Pools         map[string]*Pool `yaml:"pools,omitempty"`          // by name; default none
 
 	file string
 	pos  map[string]Pos
 }
 
-// AdminConfig is the admin server.
+// Admin is the admin server.
 type Admin struct {
 	Listen string `yaml:"listen,omitempty"` // default 127.0.0.1:9901; "off" disables it
 	Pprof  bool   `yaml:"pprof,omitempty"`  // serve /debug/pprof/ (default false)
 }
 
-// LogConfig sets the process log and the access log.
+// Log sets the process log and the access log.
 type Log struct {
 	Level  string `yaml:"level,omitempty"`  // debug | info (default) | warn | error
 	Format string `yaml:"format,omitempty"` // json (default) | console
 	Access string `yaml:"access,omitempty"` // stdout (default) | stderr | off | a file path
 }
 
-// ListenerConfig is one listening socket and its routes.
+// Listener is one listening socket and its routes.
 type Listener struct {
-	Name           string           `yaml:"name,omitempty"`
-	Listen         string           `yaml:"listen,omitempty"`
-	TLS            *TLS             `yaml:"tls,omitempty"`
-	ClientIP       ClientIP         `yaml:"client_ip,omitempty"`
-	ProxyProtocol  bool             `yaml:"proxy_protocol,omitempty"`
-	Timeouts       ListenerTimeouts `yaml:"timeouts,omitempty"`
+	Name           string           `yaml:"name,omitempty"`             // required, unique; a label in metrics and logs
+	Listen         string           `yaml:"listen,omitempty"`           // host:port; required
+	TLS            *TLS             `yaml:"tls,omitempty"`              // default nil: plain HTTP (h2c by prior knowledge)
+	ClientIP       ClientIP         `yaml:"client_ip,omitempty"`        // default: no trusted proxy
+	ProxyProtocol  bool             `yaml:"proxy_protocol,omitempty"`   // expect a PROXY protocol header (default false)
+	Timeouts       ListenerTimeouts `yaml:"timeouts,omitempty"`         // see ListenerTimeouts for defaults
 	MaxHeaderBytes int              `yaml:"max_header_bytes,omitempty"` // default 64 KiB
 	// MaxBodyBytes bounds a request body; a route's own max_body_bytes
 	// overrides it (default 0: no limit).
@@ -57,14 +57,14 @@ type Listener struct {
 	// reached the listener stops accepting and new connections wait in the
 	// kernel's backlog (default 0: no limit).
 	MaxConnections int     `yaml:"max_connections,omitempty"`
-	Routes         []Route `yaml:"routes,omitempty"`
+	Routes         []Route `yaml:"routes,omitempty"` // at least one; matched in order of precedence
 }
 
-// TLSConfig makes a listener terminate TLS.
+// TLS makes a listener terminate TLS.
 type TLS struct {
-	Certificates []Cert `yaml:"certificates,omitempty"`
-	MinVersion   string `yaml:"min_version,omitempty"` // 1.0 | 1.1 | 1.2 (default) | 1.3
-	ClientCAFile string `yaml:"client_ca_file,omitempty"`
+	Certificates []Cert `yaml:"certificates,omitempty"`   // at least one; several are chosen by SNI
+	MinVersion   string `yaml:"min_version,omitempty"`    // 1.0 | 1.1 | 1.2 (default) | 1.3
+	ClientCAFile string `yaml:"client_ca_file,omitempty"` // set: clients need a cert it signed (mTLS); default "" (none)
 	// ForwardClientCert sends the verified client certificate's subject
 	// upstream as X-Client-Cert-Subject (default false).
 	ForwardClientCert bool `yaml:"forward_client_cert,omitempty"`
@@ -79,13 +79,13 @@ type TLS struct {
 	CurvePreferences []string `yaml:"curve_preferences,omitempty"`
 }
 
-// CertConfig is one certificate and its key, both PEM files.
+// Cert is one certificate and its key, both PEM files.
 type Cert struct {
 	CertFile string `yaml:"cert_file,omitempty"`
 	KeyFile  string `yaml:"key_file,omitempty"`
 }
 
-// ClientIPConfig says whom to believe about the client's address.
+// ClientIP says whom to believe about the client's address.
 type ClientIP struct {
 	TrustedProxies []string `yaml:"trusted_proxies,omitempty"` // CIDRs or addresses
 }
@@ -98,7 +98,7 @@ type ListenerTimeouts struct {
 	Idle       Duration `yaml:"idle,omitempty"`        // keep-alive idle; default 120s
 }
 
-// RouteConfig matches requests and runs them through a pipeline.
+// Route matches requests and runs them through a pipeline.
 type Route struct {
 	Name  string `yaml:"name,omitempty"`
 	Match Match  `yaml:"match,omitempty"`
@@ -117,7 +117,7 @@ type Route struct {
 	Timeout Duration `yaml:"timeout,omitempty"`
 }
 
-// MatchConfig selects requests for a route. Every field set must match.
+// Match selects requests for a route. Every field set must match.
 type Match struct {
 	Host       string            `yaml:"host,omitempty"`        // exact or *.suffix
 	PathPrefix string            `yaml:"path_prefix,omitempty"` // default /
@@ -125,7 +125,7 @@ type Match struct {
 	Headers    map[string]string `yaml:"headers,omitempty"` // "" or "*" => present
 }
 
-// StageConfig is one pipeline stage: a one-key map.
+// Stage is one pipeline stage: a one-key map.
 type Stage struct {
 	Proxy    *ProxyStage    `yaml:"proxy,omitempty"`
 	Shard    *ShardStage    `yaml:"shard,omitempty"`
@@ -171,7 +171,7 @@ func (s *Stage) terminal() bool {
 	return false
 }
 
-// ProxyStageConfig forwards to a pool; `proxy: NAME` is short for
+// ProxyStage forwards to a pool; `proxy: NAME` is short for
 // `proxy: {pool: NAME}`.
 type ProxyStage struct {
 	Pool string `yaml:"pool,omitempty"`
@@ -182,7 +182,7 @@ func (p *ProxyStage) decodeScalar(s string) error {
 	return nil
 }
 
-// ShardStageConfig is the shard stage (package sharding).
+// ShardStage is the shard stage (package sharding).
 type ShardStage struct {
 	Key               KeySpec  `yaml:"key,omitempty"`
 	Shards            []string `yaml:"shards,omitempty"`
@@ -196,7 +196,7 @@ type ShardStage struct {
 	HotKeys           int      `yaml:"hot_keys,omitempty"`
 }
 
-// ScatterStageConfig is the scatter stage (package scatter).
+// ScatterStage is the scatter stage (package scatter).
 type ScatterStage struct {
 	Leaves             []string   `yaml:"leaves,omitempty"`
 	Timeout            Duration   `yaml:"timeout,omitempty"`
@@ -208,7 +208,7 @@ type ScatterStage struct {
 	MaxLeafBodyBytes   int64      `yaml:"max_leaf_body_bytes,omitempty"`
 }
 
-// MergeConfig says how scatter combines leaf answers.
+// Merge says how scatter combines leaf answers.
 type Merge struct {
 	Array    string `yaml:"array,omitempty"`
 	SortBy   string `yaml:"sort_by,omitempty"`
@@ -238,7 +238,7 @@ func (h *HedgeAfter) decodeScalar(s string) error {
 	return nil
 }
 
-// SplitStageConfig is an experiment split.
+// SplitStage is an experiment split.
 type SplitStage struct {
 	Name           string  `yaml:"name,omitempty"`
 	Key            KeySpec `yaml:"key,omitempty"`
@@ -247,14 +247,14 @@ type SplitStage struct {
 	Arms           []Arm   `yaml:"arms,omitempty"`
 }
 
-// ArmConfig is one arm of a split: a weight and a nested pipeline.
+// Arm is one arm of a split: a weight and a nested pipeline.
 type Arm struct {
 	Name     string  `yaml:"name,omitempty"`
 	Weight   *int    `yaml:"weight,omitempty"`
 	Pipeline []Stage `yaml:"pipeline,omitempty"`
 }
 
-// MirrorStageConfig copies a share of requests to a shadow pool.
+// MirrorStage copies a share of requests to a shadow pool.
 type MirrorStage struct {
 	Pool         string   `yaml:"pool,omitempty"`
 	Percent      *float64 `yaml:"percent,omitempty"` // default 100
@@ -264,27 +264,27 @@ type MirrorStage struct {
 	Timeout      Duration `yaml:"timeout,omitempty"`
 }
 
-// HeadersStageConfig edits request and response headers.
+// HeadersStage edits request and response headers.
 type HeadersStage struct {
 	Request  HeaderOps `yaml:"request,omitempty"`
 	Response HeaderOps `yaml:"response,omitempty"`
 }
 
-// HeaderOpsConfig is a set of header edits, applied remove, set, add.
+// HeaderOps is a set of header edits, applied remove, set, add.
 type HeaderOps struct {
 	Set    map[string]string `yaml:"set,omitempty"`
 	Add    map[string]string `yaml:"add,omitempty"`
 	Remove []string          `yaml:"remove,omitempty"`
 }
 
-// RespondStageConfig answers directly.
+// RespondStage answers directly.
 type RespondStage struct {
 	Status  int               `yaml:"status,omitempty"` // default 200
 	Body    string            `yaml:"body,omitempty"`
 	Headers map[string]string `yaml:"headers,omitempty"`
 }
 
-// RedirectStageConfig answers with a redirect built from the request.
+// RedirectStage answers with a redirect built from the request.
 type RedirectStage struct {
 	Scheme string `yaml:"scheme,omitempty"`
 	Host   string `yaml:"host,omitempty"`
@@ -295,7 +295,7 @@ type RedirectStage struct {
 	DropQuery bool `yaml:"drop_query,omitempty"`
 }
 
-// PoolConfig is a set of replicas of one service.
+// Pool is a set of replicas of one service.
 type Pool struct {
 	Endpoints []Endpoint   `yaml:"endpoints,omitempty"`
 	Balance   string       `yaml:"balance,omitempty"` // round_robin (default) | least_request | random | ip_hash | hash
@@ -318,7 +318,7 @@ type Pool struct {
 	OverflowRetryAfter Duration `yaml:"overflow_retry_after,omitempty"`
 }
 
-// EndpointConfig is one replica: `host:port`, `http://host:port`,
+// Endpoint is one replica: `host:port`, `http://host:port`,
 // `https://host:port`, or {address, weight}.
 type Endpoint struct {
 	Address string `yaml:"address,omitempty"`
@@ -330,7 +330,7 @@ func (e *Endpoint) decodeScalar(s string) error {
 	return nil
 }
 
-// ReadinessConfig is the active readiness probe of a pool.
+// Readiness is the active readiness probe of a pool.
 type Readiness struct {
 	Path         string   `yaml:"path,omitempty"`          // default /ready
 	Interval     Duration `yaml:"interval,omitempty"`      // default 2s
@@ -346,7 +346,7 @@ type Readiness struct {
 	GatesReadyz bool `yaml:"gates_readyz,omitempty"`
 }
 
-// OutlierConfig is passive ejection.
+// Outlier is passive ejection.
 type Outlier struct {
 	ConsecutiveFailures int      `yaml:"consecutive_failures,omitempty"` // default 5
 	Eject               Duration `yaml:"eject,omitempty"`                // default 30s

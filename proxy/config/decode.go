@@ -17,7 +17,7 @@ type Pos struct {
 	Line, Col int
 }
 
-// ConfigError is one problem in a config file, at a position.
+// Error is one problem in a config file, at a position.
 type Error struct {
 	File string
 	Pos
@@ -29,7 +29,7 @@ func (e Error) Error() string {
 	return fmt.Sprintf("%s:%d:%d: %s", e.File, e.Line, e.Col, e.Msg)
 }
 
-// ConfigErrors is every problem found in one config file, in file order.
+// Errors is every problem found in one config file, in file order.
 type Errors []Error
 
 // Error returns one problem per line.

@@ -15,7 +15,7 @@ import (
 // Load reads, expands, strictly decodes, defaults and validates the config
 // file at path. It is pure: it starts nothing and touches nothing but the
 // files the config names. Every problem found is returned at once as
-// ConfigErrors, each with its file, line and column.
+// Errors, each with its file, line and column.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -57,7 +57,10 @@ func Parse(file string, data []byte, lookup func(string) (string, bool)) (*Confi
 }
 
 // yamlSyntaxError turns yaml.v3's "yaml: line N: msg" into a positioned
-// error; the parser gives no column, so the column is 1.
+// error; the parser gives no column, so the column is 1. yaml.v3 reports a
+// syntax error as text only (no type, no position fields; *yaml.TypeError
+// comes only from decoding into Go values, which Parse does not do), so
+// this is the one error read by its text.
 func yamlSyntaxError(file string, err error) Error {
 	msg := strings.TrimPrefix(err.Error(), "yaml: ")
 	var line int

@@ -223,7 +223,7 @@ func (v *validation) upgrades(protos []string, p string) {
 	}
 }
 
-// parsePrefix accepts a CIDR or a single address.
+// ParsePrefix accepts a CIDR or a single address.
 func ParsePrefix(s string) (netip.Prefix, error) {
 	if strings.Contains(s, "/") {
 		p, err := netip.ParsePrefix(s)
@@ -431,7 +431,7 @@ func (v *validation) pool(name string, pc *Pool, p string) {
 	}
 }
 
-// parseEndpoint accepts host:port, http://host:port and https://host:port.
+// ParseEndpoint accepts host:port, http://host:port and https://host:port.
 func ParseEndpoint(s string) (*url.URL, error) {
 	if s == "" {
 		return nil, errors.New("address is missing")
