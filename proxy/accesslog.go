@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"sekisho/proxy/config"
 	"sekisho/router"
 )
 
@@ -125,14 +126,14 @@ func (a *accessLog) close() {
 }
 
 // NewLogger builds the process logger from the log section.
-func NewLogger(lc LogConfig) (*zap.Logger, error) {
+func NewLogger(lc config.Log) (*zap.Logger, error) {
 	l, _, err := newLogger(lc)
 	return l, err
 }
 
 // newLogger is NewLogger that also returns the level, which a reload may
 // change in place.
-func newLogger(lc LogConfig) (*zap.Logger, zap.AtomicLevel, error) {
+func newLogger(lc config.Log) (*zap.Logger, zap.AtomicLevel, error) {
 	var level zapcore.Level
 	if err := level.UnmarshalText([]byte(lc.Level)); err != nil {
 		return nil, zap.AtomicLevel{}, fmt.Errorf("log.level: %w", err)

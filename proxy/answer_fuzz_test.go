@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"sekisho/proxy/config"
 )
 
 // answerSeen is what a client made of the bytes it got for a GET.
@@ -148,7 +150,7 @@ pools:
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		tb.Fatal(err)
 	}
-	cfg, err := Load(path)
+	cfg, err := config.Load(path)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"sekisho/proxy/config"
 	"sekisho/router"
 )
 
@@ -36,7 +37,7 @@ func benchStart(b *testing.B, text string) *Daemon {
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	cfg, err := Load(path)
+	cfg, err := config.Load(path)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 
 	"sekisho/health"
 	"sekisho/proxy/balance"
+	"sekisho/proxy/config"
 	"sekisho/router"
 )
 
@@ -69,7 +70,7 @@ func (env *Env) endpointEvent(ev health.Event) {
 // and stages. It is immutable once compiled; Start starts its probes and
 // Close stops them and whatever else it owns (mirror copies) and waits.
 type Runtime struct {
-	cfg       *Config
+	cfg       *config.Config
 	listeners map[string]*listenerRuntime // by listen address
 	pools     map[string]*Pool
 	closers   []io.Closer
@@ -95,7 +96,7 @@ type listenerRuntime struct {
 	table    *router.Table
 	clientIP *router.ClientIPResolver
 	notFound *routeEntry
-	cfg      *ListenerConfig
+	cfg      *config.Listener
 	inbound  inboundRules
 }
 
@@ -115,13 +116,13 @@ func (e *routeEntry) ServeHTTP(w http.ResponseWriter, r *http.Request) { e.handl
 const unmatchedRoute = "_unmatched"
 
 // Config returns the config the Runtime was compiled from.
-func (rt *Runtime) Config() *Config { return rt.cfg }
+func (rt *Runtime) Config() *config.Config { return rt.cfg }
 
 // Compile builds pools, stages and routes from cfg. It starts nothing: no
 // probe runs and no socket opens until Start. Endpoint health is looked up
 // in env.Registry, so an endpoint that a previous Runtime knew keeps its
 // state.
-func Compile(cfg *Config, env *Env) (rt *Runtime, err error) {
+func Compile(cfg *config.Config, env *Env) (rt *Runtime, err error) {
 	c := &compiler{cfg: cfg, env: env, rt: &Runtime{cfg: cfg, listeners: map[string]*listenerRuntime{}, pools: map[string]*Pool{}, loadedAt: time.Now()}}
 	defer func() {
 		if err != nil {
@@ -148,12 +149,12 @@ func Compile(cfg *Config, env *Env) (rt *Runtime, err error) {
 }
 
 type compiler struct {
-	cfg *Config
+	cfg *config.Config
 	env *Env
 	rt  *Runtime
 }
 
-func (c *compiler) listener(lc *ListenerConfig) (*listenerRuntime, error) {
+func (c *compiler) listener(lc *config.Listener) (*listenerRuntime, error) {
 	m := c.env.Metrics
 	lr := &listenerRuntime{name: lc.Name, cfg: lc, clientIP: &router.ClientIPResolver{Trusted: trustedPrefixes(lc.ClientIP.TrustedProxies)},
 		inbound: newInboundRules(lc.Routes)}
@@ -194,12 +195,12 @@ func notFound(w http.ResponseWriter, _ *http.Request) {
 }
 
 // pipeline compiles a stage list into its handler chain.
-func (c *compiler) pipeline(stages []StageConfig, route string) (http.Handler, error) {
+func (c *compiler) pipeline(stages []config.Stage, route string) (http.Handler, error) {
 	built := make([]router.Stage, 0, len(stages))
 	for i := range stages {
 		s, err := c.stage(&stages[i], route)
 		if err != nil {
-			return nil, fmt.Errorf("%s stage: %w", stages[i].kind(), err)
+			return nil, fmt.Errorf("%s stage: %w", stages[i].Kind(), err)
 		}
 		built = append(built, s)
 	}
@@ -218,29 +219,7 @@ func (s proxyStage) Wrap(next http.Handler) (http.Handler, error) {
 
 func (proxyStage) Terminal() {}
 
-func (c *compiler) stage(s *StageConfig, route string) (router.Stage, error) {
-	switch {
-	case s.Proxy != nil:
-		return proxyStage{pool: c.rt.pools[s.Proxy.Pool]}, nil
-	case s.Headers != nil:
-		h := s.Headers
-		st := router.Headers{
-			Request:  router.HeaderOps{Set: h.Request.Set, Add: h.Request.Add, Remove: h.Request.Remove},
-			Response: router.HeaderOps{Set: h.Response.Set, Add: h.Response.Add, Remove: h.Response.Remove},
-		}
-		return st, st.Validate()
-	case s.Respond != nil:
-		st := router.Respond{Status: s.Respond.Status, Body: s.Respond.Body, Headers: s.Respond.Headers}
-		return st, st.Validate()
-	case s.Redirect != nil:
-		r := s.Redirect
-		st := router.Redirect{Scheme: r.Scheme, Host: r.Host, Port: r.Port, Path: r.Path, Status: r.Status, DropQuery: r.DropQuery}
-		return st, st.Validate()
-	}
-	return c.stageMore(s, route)
-}
-
-func (c *compiler) pool(name string, pc *PoolConfig) (*Pool, error) {
+func (c *compiler) pool(name string, pc *config.Pool) (*Pool, error) {
 	env, m := c.env, c.env.Metrics
 	group := env.Registry.Group(name)
 	outlier := health.Outlier{}
@@ -278,7 +257,7 @@ func (c *compiler) pool(name string, pc *PoolConfig) (*Pool, error) {
 	p.gate = newInFlightGate(name, pc, m)
 	eps := make([]*health.Endpoint, 0, len(pc.Endpoints))
 	for _, e := range pc.Endpoints {
-		u, err := parseEndpoint(e.Address)
+		u, err := config.ParseEndpoint(e.Address)
 		if err != nil {
 			return nil, err
 		}
@@ -334,7 +313,7 @@ func (w zapWriter) Write(b []byte) (int, error) {
 
 // upstreamTLSConfig builds the client TLS config of a pool with https
 // endpoints, or nil to use the Transport's defaults.
-func upstreamTLSConfig(pc *PoolConfig) (*tls.Config, error) {
+func upstreamTLSConfig(pc *config.Pool) (*tls.Config, error) {
 	if pc.TLS == nil {
 		return nil, nil
 	}
@@ -423,7 +402,7 @@ func (rt *Runtime) release() bool { return rt.refs.Add(-1) == 0 }
 func trustedPrefixes(ss []string) []netip.Prefix {
 	out := make([]netip.Prefix, 0, len(ss))
 	for _, s := range ss {
-		if p, err := parsePrefix(s); err == nil {
+		if p, err := config.ParsePrefix(s); err == nil {
 			out = append(out, p)
 		}
 	}

@@ -7,26 +7,38 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"sekisho/proxy/config"
 	"sekisho/router"
 	"sekisho/scatter"
 	"sekisho/sharding"
 )
 
-// stageMore compiles the stages that choose between pools.
-func (c *compiler) stageMore(s *StageConfig, route string) (router.Stage, error) {
+// stage compiles one stage of a route's pipeline.
+func (c *compiler) stage(s *config.Stage, route string) (router.Stage, error) {
 	m := c.env.Metrics
 	pools := func(name string) http.Handler { return c.rt.pools[name] }
 	switch {
+	case s.Proxy != nil:
+		return proxyStage{pool: c.rt.pools[s.Proxy.Pool]}, nil
+	case s.Headers != nil:
+		st := s.Headers.Headers()
+		return st, st.Validate()
+	case s.Respond != nil:
+		st := s.Respond.Respond()
+		return st, st.Validate()
+	case s.Redirect != nil:
+		st := s.Redirect.Redirect()
+		return st, st.Validate()
 	case s.Shard != nil:
 		key, err := router.ParseKey(s.Shard.Key...)
 		if err != nil {
 			return nil, err
 		}
-		ring, err := c.env.rings.get(s.Shard.Shards, s.Shard.ringConfig())
+		ring, err := c.env.rings.get(s.Shard.Shards, s.Shard.Ring())
 		if err != nil {
 			return nil, err
 		}
-		sc := s.Shard.config(key, pools)
+		sc := s.Shard.Sharding(key, pools)
 		sc.Route, sc.Ring = route, ring
 		sc.Requests = m.ShardRequests.MustCurryWith(prometheus.Labels{"route": route})
 		st, err := sharding.New(sc)
@@ -36,7 +48,7 @@ func (c *compiler) stageMore(s *StageConfig, route string) (router.Stage, error)
 		c.rt.shards = append(c.rt.shards, shardReport{st})
 		return st, nil
 	case s.Scatter != nil:
-		sc := s.Scatter.config(pools)
+		sc := s.Scatter.Scatter(pools)
 		sc.Results = m.ScatterLeaves.MustCurryWith(prometheus.Labels{"route": route})
 		return scatter.New(sc)
 	case s.Split != nil:
@@ -51,15 +63,15 @@ func (c *compiler) stageMore(s *StageConfig, route string) (router.Stage, error)
 				return nil, fmt.Errorf("arm %q: %w", a.Name, err)
 			}
 		}
-		sc := s.Split.config(key, arms)
+		sc := s.Split.Split(key, arms)
 		sc.Requests, sc.UnknownOverrides = m.SplitRequests, m.SplitUnknown
 		return router.NewSplit(sc)
 	case s.Mirror != nil:
-		key, err := optionalKey(s.Mirror.Key)
+		key, err := s.Mirror.Key.Key()
 		if err != nil {
 			return nil, err
 		}
-		mc := s.Mirror.config(key, pools)
+		mc := s.Mirror.Mirror(key, pools)
 		mc.Requests = m.MirrorRequests
 		st, err := router.NewMirror(mc)
 		if err != nil {

@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
+
+	"sekisho/proxy/config"
 )
 
 // Options configure a Daemon beyond its config file.
@@ -34,7 +37,7 @@ type Daemon struct {
 	admin  *Admin
 
 	reloadMu  sync.Mutex // one reload at a time
-	cfg       atomic.Pointer[Config]
+	cfg       atomic.Pointer[config.Config]
 	cfgText   []byte // cfg marshalled, to compare a reload with; guarded by reloadMu
 	lastError atomic.Pointer[string]
 	wasReady  atomic.Bool      // the first probe rounds are done: reloads no longer gate readiness
@@ -43,7 +46,7 @@ type Daemon struct {
 
 // Start applies cfg, opens its listeners and the admin server, and starts
 // its probes. Nothing is left running when it fails.
-func Start(cfg *Config, opts Options) (*Daemon, error) {
+func Start(cfg *config.Config, opts Options) (*Daemon, error) {
 	log := opts.Log
 	var level *zap.AtomicLevel
 	if log == nil {
@@ -71,7 +74,7 @@ func Start(cfg *Config, opts Options) (*Daemon, error) {
 		}
 		d.admin = a
 	}
-	log.Info("sekisho started", zap.String("config", cfg.file), zap.Int("listeners", len(cfg.Listeners)), zap.Int("pools", len(cfg.Pools)))
+	log.Info("sekisho started", zap.String("config", cfg.File()), zap.Int("listeners", len(cfg.Listeners)), zap.Int("pools", len(cfg.Pools)))
 	return d, nil
 }
 
@@ -90,7 +93,7 @@ func (d *Daemon) AdminAddr() net.Addr {
 }
 
 // Config returns the config in force.
-func (d *Daemon) Config() *Config { return d.cfg.Load() }
+func (d *Daemon) Config() *config.Config { return d.cfg.Load() }
 
 // Ready reports whether the Daemon should get traffic: a config in force,
 // its listeners open, every pool's first probe round done, and not draining.
@@ -141,25 +144,9 @@ func (d *Daemon) serveConfig(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "application/yaml")
 	if p := d.lastError.Load(); p != nil {
 		fmt.Fprintf(w, "# last reload failed; this config is still in force:\n")
-		for _, line := range splitLines(*p) {
+		for _, line := range strings.Split(*p, "\n") {
 			fmt.Fprintf(w, "#   %s\n", line)
 		}
 	}
 	w.Write(out)
-}
-
-func splitLines(s string) []string {
-	var out []string
-	for len(s) > 0 {
-		i := 0
-		for i < len(s) && s[i] != '\n' {
-			i++
-		}
-		out = append(out, s[:i])
-		if i < len(s) {
-			i++
-		}
-		s = s[i:]
-	}
-	return out
 }

@@ -11,6 +11,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap/zapcore"
+
+	"sekisho/proxy/config"
 )
 
 // TestReloadChangesLogLevel: log.level takes effect on reload, without a
@@ -29,7 +31,7 @@ listeners:
 `, level)), 0o644))
 	}
 	write("error")
-	cfg, err := Load(path)
+	cfg, err := config.Load(path)
 	require.NoError(t, err)
 	d, err := Start(cfg, Options{Path: path})
 	require.NoError(t, err)

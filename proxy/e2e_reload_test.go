@@ -27,6 +27,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"sekisho/proxy/config"
 	"sekisho/sharding"
 )
 
@@ -36,7 +37,7 @@ import (
 // that measure the heap.
 func startDaemonAt(t *testing.T, path string, quiet bool) *testDaemon {
 	t.Helper()
-	cfg, err := Load(path)
+	cfg, err := config.Load(path)
 	require.NoError(t, err)
 	td := &testDaemon{t: t, path: path}
 	log := zap.NewNop()
@@ -760,7 +761,7 @@ func TestFailedApplyLeavesSharedStateAlone(t *testing.T) {
 	t.Run("busy port", func(t *testing.T) {
 		text := conf("", fmt.Sprintf("  - {name: busy, listen: %q, routes: [{name: all, pipeline: [{proxy: aaa}]}]}\n", busy.Addr()),
 			fmt.Sprintf("  aaa: {endpoints: [%s]}\n", fresh.addr()))
-		cfg, err := Parse("busy.yaml", []byte(text), nil)
+		cfg, err := config.Parse("busy.yaml", []byte(text), nil)
 		require.NoError(t, err)
 		require.ErrorContains(t, srv.Apply(cfg), "address already in use")
 		assert.Same(t, in, srv.Runtime())
@@ -771,7 +772,7 @@ func TestFailedApplyLeavesSharedStateAlone(t *testing.T) {
 	t.Run("compile fails part-way", func(t *testing.T) {
 		text := conf(probed, "  - {name: more, listen: "+freeAddr(t)+", routes: [{name: a, match: {path_prefix: /a}, pipeline: [{proxy: aaa}]}, {name: z, pipeline: [{proxy: zzz}]}]}\n",
 			fmt.Sprintf("  aaa: {endpoints: [%s]}\n  zzz: {endpoints: [%s]}\n", fresh.addr(), fresh.addr()))
-		cfg, err := Parse("bad.yaml", []byte(text), nil)
+		cfg, err := config.Parse("bad.yaml", []byte(text), nil)
 		require.NoError(t, err)
 		cfg.Pools["zzz"].Balance = "bogus" // past validation, as a Compile-only failure would be
 		require.ErrorContains(t, srv.Apply(cfg), "unknown balance")

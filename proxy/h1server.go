@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"sekisho/proxy/config"
 	"sekisho/router"
 )
 
@@ -42,7 +43,7 @@ type frontServer struct {
 	handler   http.Handler
 	fallback  *http.Server // HTTP/2 connections
 	hand      *handoffListener
-	timeouts  ListenerTimeouts
+	timeouts  config.ListenerTimeouts
 	maxHeader int
 
 	mu       sync.Mutex
@@ -77,7 +78,7 @@ const watchAfter = 50 * time.Millisecond
 // so that a short answer can still be sent with one.
 const pendingMax = 4 << 10
 
-func newFrontServer(s *Server, lc *ListenerConfig, h http.Handler, fallback *http.Server, addr net.Addr) *frontServer {
+func newFrontServer(s *Server, lc *config.Listener, h http.Handler, fallback *http.Server, addr net.Addr) *frontServer {
 	fs := &frontServer{
 		s: s, listener: lc.Name, handler: h, fallback: fallback,
 		hand:      newHandoffListener(addr),

@@ -11,10 +11,12 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"sekisho/proxy/config"
 )
 
 // frontOnly serves h on a frontServer over a real 127.0.0.1 listener.
-func frontOnly(t *testing.T, lc ListenerConfig, h http.Handler) (*frontServer, string) {
+func frontOnly(t *testing.T, lc config.Listener, h http.Handler) (*frontServer, string) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -26,7 +28,7 @@ func frontOnly(t *testing.T, lc ListenerConfig, h http.Handler) (*frontServer, s
 		lc.MaxHeaderBytes = 64 << 10
 	}
 	if lc.Timeouts.Idle == 0 {
-		lc.Timeouts.Idle = Duration(120 * time.Second)
+		lc.Timeouts.Idle = config.Duration(120 * time.Second)
 	}
 	fs := newFrontServer(s, &lc, h, &http.Server{Handler: h}, ln.Addr())
 	done := make(chan struct{})
@@ -54,7 +56,7 @@ func rawConn(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
 // pushes the answer past pendingMax.
 func TestH1ServerHeldBackBytesGoFirst(t *testing.T) {
 	big := strings.Repeat("B", pendingMax+10)
-	_, addr := frontOnly(t, ListenerConfig{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	_, addr := frontOnly(t, config.Listener{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "small-")
 		io.WriteString(w, big)
 	}))
@@ -78,7 +80,7 @@ func TestH1ServerHeldBackBytesGoFirst(t *testing.T) {
 // the answer unflushed while the loop waits for a body the client will not
 // send before it gets a 100 Continue.
 func TestH1ServerAnswersAnUnreadExpectContinue(t *testing.T) {
-	_, addr := frontOnly(t, ListenerConfig{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	_, addr := frontOnly(t, config.Listener{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", "6")
 		w.WriteHeader(http.StatusRequestEntityTooLarge)
 		io.WriteString(w, "nope!\n")
@@ -132,7 +134,7 @@ func TestH1ServerRefusesBareLFChunkSize(t *testing.T) {
 	ref := netHTTPServer(t, h)
 	for name, addr := range map[string]string{"net/http": ref, "loop": ""} {
 		if addr == "" {
-			_, addr = frontOnly(t, ListenerConfig{}, h)
+			_, addr = frontOnly(t, config.Listener{}, h)
 		}
 		c, br := rawConn(t, addr)
 		io.WriteString(c, raw)
@@ -175,7 +177,7 @@ func TestH1ServerHijackSendsTheWrittenHead(t *testing.T) {
 		brw.Flush()
 	})
 	ref := netHTTPServer(t, h)
-	_, loop := frontOnly(t, ListenerConfig{}, h)
+	_, loop := frontOnly(t, config.Listener{}, h)
 	for _, tc := range []struct{ name, addr string }{{"net/http", ref}, {"loop", loop}} {
 		c, br := rawConn(t, tc.addr)
 		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
@@ -193,7 +195,7 @@ func TestH1ServerHijackSendsTheWrittenHead(t *testing.T) {
 func TestH1ServerUnknownExpectIs417(t *testing.T) {
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "served") })
 	ref := netHTTPServer(t, h)
-	_, loop := frontOnly(t, ListenerConfig{}, h)
+	_, loop := frontOnly(t, config.Listener{}, h)
 	for _, tc := range []struct{ name, addr string }{{"net/http", ref}, {"loop", loop}} {
 		c, br := rawConn(t, tc.addr)
 		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nExpect: something-else\r\n\r\n")
@@ -213,7 +215,7 @@ func TestH1ServerUnknownExpectIs417(t *testing.T) {
 func TestH1ServerSniffsContentType(t *testing.T) {
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "<html><body>hi</body></html>") })
 	ref := netHTTPServer(t, h)
-	_, loop := frontOnly(t, ListenerConfig{}, h)
+	_, loop := frontOnly(t, config.Listener{}, h)
 	for _, tc := range []struct{ name, addr string }{{"net/http", ref}, {"loop", loop}} {
 		c, br := rawConn(t, tc.addr)
 		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"sekisho/proxy/config"
 )
 
 // h1Transport is a lean HTTP/1.1 RoundTripper for the requests that make up
@@ -87,7 +89,7 @@ type h1Conn struct {
 	bodyDeadline bool
 }
 
-func newH1Transport(fallback *http.Transport, tlsConfig *tls.Config, pc *PoolConfig) *h1Transport {
+func newH1Transport(fallback *http.Transport, tlsConfig *tls.Config, pc *config.Pool) *h1Transport {
 	return &h1Transport{
 		fallback:       fallback,
 		dialer:         &net.Dialer{Timeout: pc.Timeouts.Connect.D(), KeepAlive: 30 * time.Second},

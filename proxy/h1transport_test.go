@@ -19,6 +19,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"sekisho/proxy/config"
 )
 
 // countingServer counts the connections it accepts.
@@ -35,12 +37,12 @@ func countingServer(t *testing.T, h http.HandlerFunc) (*httptest.Server, *atomic
 	return s, &conns
 }
 
-func newTestH1(pc *PoolConfig, tc *tls.Config) *h1Transport {
+func newTestH1(pc *config.Pool, tc *tls.Config) *h1Transport {
 	if pc == nil {
-		pc = &PoolConfig{}
+		pc = &config.Pool{}
 	}
 	if pc.Timeouts.Connect == 0 {
-		pc.Timeouts.Connect = Duration(time.Second)
+		pc.Timeouts.Connect = config.Duration(time.Second)
 	}
 	if pc.MaxIdlePerEndpoint == 0 {
 		pc.MaxIdlePerEndpoint = 8
@@ -151,7 +153,7 @@ func TestH1TransportTimeoutsAndCancellation(t *testing.T) {
 		}
 	})
 	defer close(release)
-	tr := newTestH1(&PoolConfig{Timeouts: PoolTimeouts{ResponseHeader: Duration(50 * time.Millisecond)}}, nil)
+	tr := newTestH1(&config.Pool{Timeouts: config.PoolTimeouts{ResponseHeader: config.Duration(50 * time.Millisecond)}}, nil)
 	defer tr.CloseIdleConnections()
 	start := time.Now()
 	_, _, err := doH1(t, tr, http.MethodGet, srv.URL)
@@ -231,7 +233,7 @@ func TestH1TransportUnderChaos(t *testing.T) {
 		w.Header().Set("Content-Length", strconv.Itoa(len(id)*(n/4)*4))
 		io.WriteString(w, strings.Repeat(id, (n/4)*4))
 	})
-	tr := newTestH1(&PoolConfig{MaxIdlePerEndpoint: 4}, nil)
+	tr := newTestH1(&config.Pool{MaxIdlePerEndpoint: 4}, nil)
 	defer tr.CloseIdleConnections()
 	const workers, each = 8, 60
 	var wg sync.WaitGroup

@@ -23,6 +23,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"sekisho/proxy/certs/certstest"
+	"sekisho/proxy/config"
 )
 
 // edgePreamble starts most test configs: the admin server and one
@@ -54,7 +55,7 @@ func startDaemon(t *testing.T, text string) *testDaemon {
 	td := &testDaemon{t: t, path: filepath.Join(dir, "sekisho.yaml"), access: filepath.Join(dir, "access.log")}
 	text = strings.ReplaceAll(text, "{{ACCESS}}", td.access)
 	require.NoError(t, os.WriteFile(td.path, []byte(text), 0o644))
-	cfg, err := Load(td.path)
+	cfg, err := config.Load(td.path)
 	require.NoError(t, err)
 	core, logs := observer.New(zap.DebugLevel)
 	td.logs = logs

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strings"
 
+	"sekisho/proxy/config"
 	"sekisho/router"
 	"sekisho/scatter"
 )
@@ -45,7 +46,7 @@ var confusableBase = []string{
 }
 
 // newInboundRules builds the rules of a listener whose routes are routes.
-func newInboundRules(routes []RouteConfig) inboundRules {
+func newInboundRules(routes []config.Route) inboundRules {
 	in := inboundRules{confusable: map[string]struct{}{}}
 	add := func(name string) {
 		if strings.ContainsAny(name, "-_") {
@@ -55,12 +56,12 @@ func newInboundRules(routes []RouteConfig) inboundRules {
 	for _, n := range confusableBase {
 		add(n)
 	}
-	var walk func([]StageConfig)
-	walk = func(stages []StageConfig) {
+	var walk func([]config.Stage)
+	walk = func(stages []config.Stage) {
 		for i := range stages {
 			s := &stages[i]
 			if h := s.Headers; h != nil {
-				for _, ops := range []HeaderOpsConfig{h.Request, h.Response} {
+				for _, ops := range []config.HeaderOps{h.Request, h.Response} {
 					for n := range ops.Set {
 						add(n)
 					}

@@ -182,38 +182,6 @@ pools:
 	assert.Equal(t, http.StatusOK, resp.StatusCode, "the endpoint still serves: %s", body)
 }
 
-// A route's upgrades are protocol names, and h2c is never one of them; an
-// absent list is [websocket], an empty one stays empty.
-func TestRouteUpgradesConfig(t *testing.T) {
-	parse := func(upgrades string) (*Config, error) {
-		text := "version: 1\nlisteners: [{name: a, listen: ':0', routes: [{name: r" + upgrades + ", pipeline: [{respond: {}}]}]}]\n"
-		return Parse("t.yaml", []byte(text), func(string) (string, bool) { return "", false })
-	}
-	tests := []struct {
-		name, upgrades string
-		want           []string
-		err            string
-	}{
-		{"default", "", []string{"websocket"}, ""},
-		{"none", ", upgrades: []", []string{}, ""},
-		{"custom", ", upgrades: [websocket, echo]", []string{"websocket", "echo"}, ""},
-		{"h2c refused", ", upgrades: [H2C]", nil, "h2c is never tunnelled"},
-		{"not a token", `, upgrades: ["web socket"]`, nil, `"web socket" is not a protocol name`},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			cfg, err := parse(tc.upgrades)
-			if tc.err != "" {
-				require.Error(t, err)
-				assert.Contains(t, err.Error(), tc.err)
-				return
-			}
-			require.NoError(t, err)
-			assert.Equal(t, tc.want, cfg.Listeners[0].Routes[0].Upgrades)
-		})
-	}
-}
-
 // Cleaning a plain request's header allocates nothing, a keep-alive
 // Connection, a hop-by-hop header and an unrelated '_' name included.
 func TestInboundSanitizeAllocatesNothing(t *testing.T) {

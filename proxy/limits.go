@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"sekisho/proxy/config"
 	"sekisho/router"
 )
 
@@ -28,7 +29,7 @@ type routeLimits struct {
 // newRouteLimits returns rc's limits, the listener's body limit standing in
 // for a route that sets none, or nil when there are none: a route without
 // limits pays nothing for them.
-func newRouteLimits(lc *ListenerConfig, rc *RouteConfig) *routeLimits {
+func newRouteLimits(lc *config.Listener, rc *config.Route) *routeLimits {
 	l := routeLimits{maxBody: lc.MaxBodyBytes, timeout: rc.Timeout.D()}
 	if rc.MaxBodyBytes != nil {
 		l.maxBody = *rc.MaxBodyBytes
@@ -164,7 +165,7 @@ type inFlightGate struct {
 }
 
 // newInFlightGate returns pc's gate, or nil when max_in_flight is not set.
-func newInFlightGate(name string, pc *PoolConfig, m *Metrics) *inFlightGate {
+func newInFlightGate(name string, pc *config.Pool, m *Metrics) *inFlightGate {
 	if pc.MaxInFlight <= 0 {
 		return nil
 	}

@@ -7,8 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -488,47 +486,6 @@ pools:
 		require.True(t, ok)
 		assert.Zero(t, st.PassiveFailures)
 	}
-}
-
-// The limit keys are checked with their positions.
-func TestLimitKeysValidation(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "limits.yaml")
-	require.NoError(t, os.WriteFile(path, []byte(`version: 1
-listeners:
-  - name: edge
-    listen: 127.0.0.1:0
-    max_body_bytes: -1
-    max_connections: -2
-    routes:
-      - name: all
-        max_body_bytes: -3
-        timeout: -1s
-        pipeline: [{proxy: up}]
-pools:
-  up:
-    endpoints: [127.0.0.1:1]
-    max_in_flight: -1
-    overflow_retry_after: -1s
-  other:
-    endpoints: [127.0.0.1:2]
-    overflow_retry_after: 2s
-`), 0o644))
-	_, err := Load(path)
-	var ce ConfigErrors
-	require.ErrorAs(t, err, &ce)
-	got := make([]string, len(ce))
-	for i, e := range ce {
-		got[i] = strings.TrimPrefix(e.Error(), path+":")
-	}
-	assert.Equal(t, []string{
-		`5:21: max_body_bytes: must not be negative (0: no limit)`,
-		`6:22: max_connections: must not be negative (0: no limit)`,
-		`9:25: max_body_bytes: must not be negative (0: no limit)`,
-		`10:18: timeout: must not be negative (0: none)`,
-		`15:20: max_in_flight: must not be negative (0: no limit)`,
-		`16:27: overflow_retry_after: must not be negative`,
-		`19:27: overflow_retry_after is only used with max_in_flight`,
-	}, got)
 }
 
 // BenchmarkProxyLimits is BenchmarkProxyRoundRobin with every limit set:

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"sekisho/proxy/config"
 )
 
 // socket is one listening address. It outlives the http.Servers that serve
@@ -42,7 +44,7 @@ type connLimit struct {
 	limited prometheus.Counter
 }
 
-func newConnLimit(lc *ListenerConfig, m *Metrics) *connLimit {
+func newConnLimit(lc *config.Listener, m *Metrics) *connLimit {
 	return &connLimit{max: int64(lc.MaxConnections), open: m.Connections.WithLabelValues(lc.Name),
 		limited: m.ConnsLimited.WithLabelValues(lc.Name)}
 }

@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"sekisho/proxy/config"
 )
 
 // ReloadResult says what a reload did.
@@ -58,7 +61,7 @@ func (d *Daemon) reload() (ReloadResult, error) {
 	if err != nil {
 		return ReloadResult{}, fmt.Errorf("loading config: %w", err)
 	}
-	cfg, err := Parse(d.opts.Path, data, lookup)
+	cfg, err := config.Parse(d.opts.Path, data, lookup)
 	if err != nil {
 		return ReloadResult{}, err
 	}
@@ -86,31 +89,12 @@ func (d *Daemon) reload() (ReloadResult, error) {
 	return ReloadResult{Changed: true, Summary: cfg.Summary()}, nil
 }
 
-// sameConfig compares the effective configs, after env expansion and
-// defaults, so that a rewrite of the same content is no reload at all.
-// Reload compares with the marshalled config it keeps, so that it
-// marshals only the new one.
-func sameConfig(a, b *Config) (bool, error) {
-	if a == nil || b == nil {
-		return false, nil
-	}
-	x, err := a.Marshal()
-	if err != nil {
-		return false, err
-	}
-	y, err := b.Marshal()
-	if err != nil {
-		return false, err
-	}
-	return bytes.Equal(x, y), nil
-}
-
 func (d *Daemon) serveReload(w http.ResponseWriter, _ *http.Request) {
 	res, err := d.Reload()
 	if err != nil {
 		// errors holds one line per problem, each FILE:LINE:COL: message
 		// when the config itself is at fault.
-		writeJSON(w, http.StatusBadRequest, map[string]any{"ok": false, "error": err.Error(), "errors": splitLines(err.Error())})
+		writeJSON(w, http.StatusBadRequest, map[string]any{"ok": false, "error": err.Error(), "errors": strings.Split(err.Error(), "\n")})
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"ok": true, "changed": res.Changed, "summary": res.Summary})

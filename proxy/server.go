@@ -20,6 +20,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"sekisho/proxy/config"
 	"sekisho/router"
 )
 
@@ -101,7 +102,7 @@ func (s *Server) Draining() bool { return s.draining.Load() }
 // its last request ends. On any error nothing changes: the Runtime in force
 // keeps serving and the shared state (endpoint health, transports, shard
 // rings) is left as it was, as far as Compile allows.
-func (s *Server) Apply(cfg *Config) error {
+func (s *Server) Apply(cfg *config.Config) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.draining.Load() {
@@ -178,7 +179,7 @@ func (s *Server) Apply(cfg *Config) error {
 	return nil
 }
 
-func listensOn(cfg *Config, addr string) bool {
+func listensOn(cfg *config.Config, addr string) bool {
 	for i := range cfg.Listeners {
 		if cfg.Listeners[i].Listen == addr {
 			return true
@@ -196,7 +197,7 @@ type claim struct {
 	access  *accessLog           // nil when off
 }
 
-func (s *Server) claim(cfg *Config) (*claim, error) {
+func (s *Server) claim(cfg *config.Config) (*claim, error) {
 	c := &claim{sockets: map[string]*socket{}, tls: map[string]*tlsState{}}
 	for i := range cfg.Listeners {
 		lc := &cfg.Listeners[i]
@@ -260,7 +261,7 @@ func (s *Server) retain(rt *Runtime) {
 		pools[name] = addrs
 	}
 	s.env.Registry.Retain(pools)
-	var cfgPools map[string]*PoolConfig
+	var cfgPools map[string]*config.Pool
 	if rt.cfg != nil {
 		cfgPools = rt.cfg.Pools
 	}
@@ -316,11 +317,11 @@ func (s *Server) forgetCerts(old, cur *tlsState) {
 // listenerSignature covers the settings that live in the http.Server and
 // its listener wrappers (the name labels their logs and metrics): when they
 // change, a new server takes over the socket.
-func listenerSignature(lc *ListenerConfig) string {
+func listenerSignature(lc *config.Listener) string {
 	return fmt.Sprintf("%s|%v|%d|%v|%v|%v", lc.Name, lc.Timeouts, lc.MaxHeaderBytes, lc.ProxyProtocol, lc.ClientIP.TrustedProxies, lc.TLS != nil)
 }
 
-func (s *Server) serve(bl *boundListener, lc *ListenerConfig, sig string) {
+func (s *Server) serve(bl *boundListener, lc *config.Listener, sig string) {
 	h := &listenerHandler{s: s, addr: lc.Listen}
 	var protos http.Protocols
 	protos.SetHTTP1(true)

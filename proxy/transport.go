@@ -7,12 +7,14 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"sekisho/proxy/config"
 )
 
 // newTransport builds the one Transport a pool shares between its endpoints:
 // keep-alive with a generous idle pool, bounded dial and header waits, and
 // the pool's upstream protocol.
-func newTransport(pc *PoolConfig, tlsConf *tls.Config) *http.Transport {
+func newTransport(pc *config.Pool, tlsConf *tls.Config) *http.Transport {
 	dialer := &net.Dialer{Timeout: pc.Timeouts.Connect.D(), KeepAlive: 30 * time.Second}
 	t := &http.Transport{
 		Proxy:                  nil, // never an environment proxy: endpoints are addressed directly
@@ -44,7 +46,7 @@ func newTransport(pc *PoolConfig, tlsConf *tls.Config) *http.Transport {
 
 // transportSignature is what decides whether a pool's Transport (and so its
 // open connections) can be kept across a reload.
-func transportSignature(pc *PoolConfig) string {
+func transportSignature(pc *config.Pool) string {
 	tlsSig := ""
 	if pc.TLS != nil {
 		tlsSig = fmt.Sprintf("%+v", *pc.TLS)
@@ -52,10 +54,10 @@ func transportSignature(pc *PoolConfig) string {
 	return fmt.Sprintf("%s|%v|%s|%d|%s", pc.Protocol, pc.Timeouts, tlsSig, pc.MaxIdlePerEndpoint, endpointSchemes(pc))
 }
 
-func endpointSchemes(pc *PoolConfig) string {
+func endpointSchemes(pc *config.Pool) string {
 	s := ""
 	for _, e := range pc.Endpoints {
-		if u, err := parseEndpoint(e.Address); err == nil {
+		if u, err := config.ParseEndpoint(e.Address); err == nil {
 			s += u.Scheme[:1]
 		}
 	}
@@ -85,7 +87,7 @@ type upstreamTransport interface {
 // buildTransport returns the RoundTripper for a pool: for HTTP/1.1 pools the
 // lean path (h1Transport) with a stock Transport behind it for everything
 // it does not take; for h2 and h2c the stock Transport alone.
-func buildTransport(pc *PoolConfig) (upstreamTransport, error) {
+func buildTransport(pc *config.Pool) (upstreamTransport, error) {
 	tc, err := upstreamTLSConfig(pc)
 	if err != nil {
 		return nil, err
@@ -101,7 +103,7 @@ func buildTransport(pc *PoolConfig) (upstreamTransport, error) {
 // builds a new one; commit, to be called once the config that asked for it
 // is in force, caches it in place of the old one. A config that fails to
 // compile thus leaves the cache and the old Transport's connections alone.
-func (c *transportCache) get(pool string, pc *PoolConfig) (t upstreamTransport, commit func(), err error) {
+func (c *transportCache) get(pool string, pc *config.Pool) (t upstreamTransport, commit func(), err error) {
 	sig := transportSignature(pc)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -127,7 +129,7 @@ func (c *transportCache) get(pool string, pc *PoolConfig) (t upstreamTransport, 
 }
 
 // retain drops the Transports of pools no longer configured.
-func (c *transportCache) retain(pools map[string]*PoolConfig) {
+func (c *transportCache) retain(pools map[string]*config.Pool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for name, e := range c.entries {

@@ -33,11 +33,11 @@ func (o HeaderOps) validate(side string, request bool) []error {
 	check := func(op, name, value string) {
 		switch {
 		case !ValidToken(name):
-			errs = append(errs, fmt.Errorf("%s.%s: %q is not a header name", side, op, name))
+			errs = append(errs, FieldErrorf(side+"."+op, "%s.%s: %q is not a header name", side, op, name))
 		case request && strings.EqualFold(name, "Host"):
-			errs = append(errs, fmt.Errorf("%s.%s: Host is the request's authority, not a header here; the pool decides the upstream Host", side, op))
+			errs = append(errs, FieldErrorf(side+"."+op, "%s.%s: Host is the request's authority, not a header here; the pool decides the upstream Host", side, op))
 		case strings.ContainsAny(value, "\r\n\x00"):
-			errs = append(errs, fmt.Errorf("%s.%s: value of %q contains CR, LF or NUL", side, op, name))
+			errs = append(errs, FieldErrorf(side+"."+op, "%s.%s: value of %q contains CR, LF or NUL", side, op, name))
 		}
 	}
 	for _, name := range o.Remove {
@@ -109,7 +109,7 @@ type Headers struct {
 	Response HeaderOps
 }
 
-// Validate reports every problem of h at once.
+// Validate reports every problem of h at once, each a FieldError.
 func (h Headers) Validate() error {
 	errs := h.Request.validate("request", true)
 	errs = append(errs, h.Response.validate("response", false)...)

@@ -105,27 +105,28 @@ const closedBit = int64(1) << 62
 // mirrorScale is the resolution of Percent: 1/1 000 000 of a percent.
 const mirrorScale = 100_000_000
 
-// NewMirror validates m, reporting every problem at once, applies defaults
+// NewMirror validates m, reporting every problem at once (each a
+// FieldError), applies defaults
 // and compiles it. It starts nothing.
 func NewMirror(m Mirror) (*MirrorStage, error) {
 	var errs []error
 	if err := validLabelName(m.Pool); err != nil {
-		errs = append(errs, fmt.Errorf("pool: %w", err))
+		errs = append(errs, FieldErrorf("pool", "pool: %v", err))
 	}
 	if m.Handler == nil {
-		errs = append(errs, errors.New("no shadow handler"))
+		errs = append(errs, FieldErrorf("pool", "no shadow handler"))
 	}
 	if math.IsNaN(m.Percent) || m.Percent < 0 || m.Percent > 100 {
-		errs = append(errs, fmt.Errorf("percent %v: want 0..100", m.Percent))
+		errs = append(errs, FieldErrorf("percent", "percent %v: want 0..100", m.Percent))
 	}
 	if m.MaxBodyBytes < 0 {
-		errs = append(errs, fmt.Errorf("max_body_bytes %d: want >= 0", m.MaxBodyBytes))
+		errs = append(errs, FieldErrorf("max_body_bytes", "max_body_bytes %d: want >= 0", m.MaxBodyBytes))
 	}
 	if m.MaxInFlight < 0 {
-		errs = append(errs, fmt.Errorf("max_in_flight %d: want >= 0", m.MaxInFlight))
+		errs = append(errs, FieldErrorf("max_in_flight", "max_in_flight %d: want >= 0", m.MaxInFlight))
 	}
 	if m.Timeout < 0 {
-		errs = append(errs, fmt.Errorf("timeout %v: want >= 0", m.Timeout))
+		errs = append(errs, FieldErrorf("timeout", "timeout %v: want >= 0", m.Timeout))
 	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("mirror %q: %w", m.Pool, errors.Join(errs...))

@@ -38,35 +38,35 @@ type Redirect struct {
 	DropQuery bool
 }
 
-// Validate reports every problem of d at once, including a redirect that
+// Validate reports every problem of d at once, each a FieldError, including a redirect that
 // would send the client back to the URL it asked for.
 func (d Redirect) Validate() error {
 	var errs []error
 	switch d.Status {
 	case 0, http.StatusMovedPermanently, http.StatusFound, http.StatusTemporaryRedirect, http.StatusPermanentRedirect:
 	default:
-		errs = append(errs, fmt.Errorf("status %d: want 301, 302, 307 or 308", d.Status))
+		errs = append(errs, FieldErrorf("status", "status %d: want 301, 302, 307 or 308", d.Status))
 	}
 	switch d.Scheme {
 	case "", "http", "https":
 	default:
-		errs = append(errs, fmt.Errorf("scheme %q: want http or https", d.Scheme))
+		errs = append(errs, FieldErrorf("scheme", "scheme %q: want http or https", d.Scheme))
 	}
 	if d.Host != "" {
 		if err := validHostName(d.Host); err != nil {
-			errs = append(errs, fmt.Errorf("host %q: %w", d.Host, err))
+			errs = append(errs, FieldErrorf("host", "host %q: %v", d.Host, err))
 		}
 	}
 	if d.Port != "" {
 		if n, err := strconv.Atoi(d.Port); err != nil || n < 1 || n > 65535 {
-			errs = append(errs, fmt.Errorf("port %q: want 1..65535", d.Port))
+			errs = append(errs, FieldErrorf("port", "port %q: want 1..65535", d.Port))
 		}
 	}
 	if d.Path != "" && (d.Path[0] != '/' || strings.ContainsAny(d.Path, "?# \t\r\n\x00")) {
-		errs = append(errs, fmt.Errorf("path %q: want an absolute path without query, fragment or whitespace", d.Path))
+		errs = append(errs, FieldErrorf("path", "path %q: want an absolute path without query, fragment or whitespace", d.Path))
 	}
 	if d.Scheme == "" && d.Host == "" && d.Port == "" && d.Path == "" && !d.DropQuery {
-		errs = append(errs, errors.New("redirect to the URL requested: set at least one of scheme, host, port, path or drop_query"))
+		errs = append(errs, FieldErrorf("", "redirect to the URL requested: set at least one of scheme, host, port, path or drop_query"))
 	}
 	return errors.Join(errs...)
 }

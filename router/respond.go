@@ -27,27 +27,27 @@ type Respond struct {
 	Headers map[string]string
 }
 
-// Validate reports every problem of s at once. The status must be a final
+// Validate reports every problem of s at once, each a FieldError. The status must be a final
 // one, 200..599: net/http sends a 1xx from a handler as an informational
 // response and then a 200 of its own, so a 1xx cannot end a request.
 func (s Respond) Validate() error {
 	var errs []error
 	status := s.status()
 	if status < 200 || status > 599 {
-		errs = append(errs, fmt.Errorf("status %d: want 200..599", s.Status))
+		errs = append(errs, FieldErrorf("status", "status %d: want 200..599", s.Status))
 	}
 	if !bodyAllowed(status) && s.Body != "" {
-		errs = append(errs, fmt.Errorf("status %d: a %d response has no body", status, status))
+		errs = append(errs, FieldErrorf("status", "status %d: a %d response has no body", status, status))
 	}
 	for _, name := range slices.Sorted(maps.Keys(s.Headers)) {
 		v := s.Headers[name]
 		switch {
 		case !ValidToken(name):
-			errs = append(errs, fmt.Errorf("header %q: not a header name", name))
+			errs = append(errs, FieldErrorf("headers", "header %q: not a header name", name))
 		case strings.EqualFold(name, "Content-Length"), strings.EqualFold(name, "Transfer-Encoding"):
-			errs = append(errs, fmt.Errorf("header %q: computed from the body, cannot be set", name))
+			errs = append(errs, FieldErrorf("headers", "header %q: computed from the body, cannot be set", name))
 		case strings.ContainsAny(v, "\r\n\x00"):
-			errs = append(errs, fmt.Errorf("header %q: value contains CR, LF or NUL", name))
+			errs = append(errs, FieldErrorf("headers", "header %q: value contains CR, LF or NUL", name))
 		}
 	}
 	return errors.Join(errs...)

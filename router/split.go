@@ -105,38 +105,39 @@ type splitArm struct {
 	requests prometheus.Counter
 }
 
-// NewSplit validates s, reporting every problem at once, and compiles it.
+// NewSplit validates s, reporting every problem at once (each a
+// FieldError), and compiles it.
 func NewSplit(s Split) (*SplitStage, error) {
 	var errs []error
 	if err := validLabelName(s.Name); err != nil {
-		errs = append(errs, fmt.Errorf("name: %w", err))
+		errs = append(errs, FieldErrorf("name", "name: %v", err))
 	}
 	if len(s.Arms) == 0 {
-		errs = append(errs, errors.New("no arms"))
+		errs = append(errs, FieldErrorf("arms", "no arms"))
 	}
 	total := 0
 	seen := make(map[string]bool, len(s.Arms))
 	for i, a := range s.Arms {
 		if err := validLabelName(a.Name); err != nil {
-			errs = append(errs, fmt.Errorf("arm %d: name: %w", i, err))
+			errs = append(errs, FieldErrorf(fmt.Sprintf("arms[%d].name", i), "arm %d: name: %v", i, err))
 		} else if seen[a.Name] {
-			errs = append(errs, fmt.Errorf("arm %d: duplicate name %q", i, a.Name))
+			errs = append(errs, FieldErrorf(fmt.Sprintf("arms[%d]", i), "arm %d: duplicate name %q", i, a.Name))
 		}
 		seen[a.Name] = true
 		if a.Weight < 0 || a.Weight > maxArmWeight {
-			errs = append(errs, fmt.Errorf("arm %q: weight %d: want 0..%d", a.Name, a.Weight, maxArmWeight))
+			errs = append(errs, FieldErrorf(fmt.Sprintf("arms[%d].weight", i), "arm %q: weight %d: want 0..%d", a.Name, a.Weight, maxArmWeight))
 		} else {
 			total += a.Weight
 		}
 		if a.Handler == nil {
-			errs = append(errs, fmt.Errorf("arm %q: no pipeline", a.Name))
+			errs = append(errs, FieldErrorf(fmt.Sprintf("arms[%d].pipeline", i), "arm %q: no pipeline", a.Name))
 		}
 	}
 	if len(s.Arms) > 0 && total == 0 {
-		errs = append(errs, errors.New("weights sum to 0: at least one arm needs a positive weight"))
+		errs = append(errs, FieldErrorf("arms", "weights sum to 0: at least one arm needs a positive weight"))
 	}
 	if s.OverrideHeader != "" && !ValidToken(s.OverrideHeader) {
-		errs = append(errs, fmt.Errorf("override_header %q: not a header name", s.OverrideHeader))
+		errs = append(errs, FieldErrorf("override_header", "override_header %q: not a header name", s.OverrideHeader))
 	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("split %q: %w", s.Name, errors.Join(errs...))

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"sekisho/router"
 )
 
 // Values of the Merge fields that name a strategy.
@@ -71,7 +73,8 @@ type Merge struct {
 	Concat   string
 }
 
-// Validate reports every problem of m at once, naming the YAML field.
+// Validate reports every problem of m at once, each a router.FieldError
+// naming its YAML field.
 func (m Merge) Validate() error {
 	var errs []error
 	set := 0
@@ -82,13 +85,13 @@ func (m Merge) Validate() error {
 	}
 	switch {
 	case set == 0:
-		errs = append(errs, errors.New("merge: missing; set one of array: FIELD, object: deep or concat: ndjson"))
+		errs = append(errs, router.FieldErrorf("merge", "merge: missing; set one of array: FIELD, object: deep or concat: ndjson"))
 	case set > 1:
-		errs = append(errs, errors.New("merge: set only one of array, object and concat"))
+		errs = append(errs, router.FieldErrorf("merge", "merge: set only one of array, object and concat"))
 	}
 	if m.Array != "" {
 		if err := checkPath(m.Array); err != nil {
-			errs = append(errs, fmt.Errorf("merge.array: %w", err))
+			errs = append(errs, router.FieldErrorf("merge.array", "merge.array: %v", err))
 		}
 	} else {
 		for _, f := range []struct {
@@ -96,34 +99,34 @@ func (m Merge) Validate() error {
 			set  bool
 		}{{"sort_by", m.SortBy != ""}, {"order", m.Order != ""}, {"limit", m.Limit != 0}, {"dedupe_by", m.DedupeBy != ""}} {
 			if f.set {
-				errs = append(errs, fmt.Errorf("merge.%s: applies to merge.array only", f.name))
+				errs = append(errs, router.FieldErrorf("merge."+f.name, "merge.%s: applies to merge.array only", f.name))
 			}
 		}
 	}
 	if m.SortBy != "" {
 		if err := checkPath(m.SortBy); err != nil {
-			errs = append(errs, fmt.Errorf("merge.sort_by: %w", err))
+			errs = append(errs, router.FieldErrorf("merge.sort_by", "merge.sort_by: %v", err))
 		}
 	}
 	if m.Order != "" && m.Order != OrderAsc && m.Order != OrderDesc {
-		errs = append(errs, fmt.Errorf("merge.order: %q: want asc or desc", m.Order))
+		errs = append(errs, router.FieldErrorf("merge.order", "merge.order: %q: want asc or desc", m.Order))
 	}
 	if m.Order != "" && m.SortBy == "" && m.Array != "" {
-		errs = append(errs, errors.New("merge.order: needs merge.sort_by"))
+		errs = append(errs, router.FieldErrorf("merge.order", "merge.order: needs merge.sort_by"))
 	}
 	if m.Limit < 0 {
-		errs = append(errs, fmt.Errorf("merge.limit: %d: want >= 0 (0 keeps every element)", m.Limit))
+		errs = append(errs, router.FieldErrorf("merge.limit", "merge.limit: %d: want >= 0 (0 keeps every element)", m.Limit))
 	}
 	if m.DedupeBy != "" {
 		if err := checkPath(m.DedupeBy); err != nil {
-			errs = append(errs, fmt.Errorf("merge.dedupe_by: %w", err))
+			errs = append(errs, router.FieldErrorf("merge.dedupe_by", "merge.dedupe_by: %v", err))
 		}
 	}
 	if m.Object != "" && m.Object != ObjectDeep {
-		errs = append(errs, fmt.Errorf("merge.object: %q: want deep", m.Object))
+		errs = append(errs, router.FieldErrorf("merge.object", "merge.object: %q: want deep", m.Object))
 	}
 	if m.Concat != "" && m.Concat != ConcatNDJSON {
-		errs = append(errs, fmt.Errorf("merge.concat: %q: want ndjson", m.Concat))
+		errs = append(errs, router.FieldErrorf("merge.concat", "merge.concat: %q: want ndjson", m.Concat))
 	}
 	return errors.Join(errs...)
 }

@@ -111,57 +111,58 @@ type Config struct {
 	Results *prometheus.CounterVec
 }
 
-// Validate reports every problem of c at once, each naming its YAML field.
+// Validate reports every problem of c at once, each a router.FieldError
+// naming its YAML field.
 // It is pure: defaults are taken into account, not written into c.
 func (c *Config) Validate() error {
 	var errs []error
 	if len(c.Leaves) == 0 {
-		errs = append(errs, errors.New("leaves: none; a scatter needs at least one leaf"))
+		errs = append(errs, router.FieldErrorf("leaves", "leaves: none; a scatter needs at least one leaf"))
 	}
 	seen := make(map[string]bool, len(c.Leaves))
 	for i, l := range c.Leaves {
 		if err := checkLeafName(l.Name); err != nil {
-			errs = append(errs, fmt.Errorf("leaves[%d]: %w", i, err))
+			errs = append(errs, router.FieldErrorf(fmt.Sprintf("leaves[%d]", i), "leaves[%d]: %v", i, err))
 		} else if seen[l.Name] {
-			errs = append(errs, fmt.Errorf("leaves[%d]: %q is listed twice", i, l.Name))
+			errs = append(errs, router.FieldErrorf(fmt.Sprintf("leaves[%d]", i), "leaves[%d]: %q is listed twice", i, l.Name))
 		}
 		seen[l.Name] = true
 		if l.Handler == nil {
-			errs = append(errs, fmt.Errorf("leaves[%d]: %q has no handler", i, l.Name))
+			errs = append(errs, router.FieldErrorf(fmt.Sprintf("leaves[%d]", i), "leaves[%d]: %q has no handler", i, l.Name))
 		}
 	}
 	timeout := c.Timeout
 	if timeout < 0 {
-		errs = append(errs, fmt.Errorf("timeout: %v: want > 0 (0 means %v)", c.Timeout, DefaultTimeout))
+		errs = append(errs, router.FieldErrorf("timeout", "timeout: %v: want > 0 (0 means %v)", c.Timeout, DefaultTimeout))
 	}
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
 	switch {
 	case c.HedgeAfter < 0:
-		errs = append(errs, fmt.Errorf("hedge_after: %v: want > 0, or auto", c.HedgeAfter))
+		errs = append(errs, router.FieldErrorf("hedge_after", "hedge_after: %v: want > 0, or auto", c.HedgeAfter))
 	case c.HedgeAuto && c.HedgeAfter != 0:
-		errs = append(errs, fmt.Errorf("hedge_after: both auto and %v", c.HedgeAfter))
+		errs = append(errs, router.FieldErrorf("hedge_after", "hedge_after: both auto and %v", c.HedgeAfter))
 	case c.HedgeAfter >= timeout:
-		errs = append(errs, fmt.Errorf("hedge_after: %v is not below timeout %v, so no hedge would ever be sent", c.HedgeAfter, timeout))
+		errs = append(errs, router.FieldErrorf("hedge_after", "hedge_after: %v is not below timeout %v, so no hedge would ever be sent", c.HedgeAfter, timeout))
 	}
 	if p := c.HedgeBudgetPercent; math.IsNaN(p) || p < 0 || p > 100 {
-		errs = append(errs, fmt.Errorf("hedge_budget_percent: %v: want 0..100 (0 means %v)", p, DefaultHedgeBudgetPercent))
+		errs = append(errs, router.FieldErrorf("hedge_budget_percent", "hedge_budget_percent: %v: want 0..100 (0 means %v)", p, DefaultHedgeBudgetPercent))
 	}
 	switch {
 	case c.MinSuccess < 0:
-		errs = append(errs, fmt.Errorf("min_success: %d: want >= 1 (0 means %d)", c.MinSuccess, DefaultMinSuccess))
+		errs = append(errs, router.FieldErrorf("min_success", "min_success: %d: want >= 1 (0 means %d)", c.MinSuccess, DefaultMinSuccess))
 	case c.MinSuccess > len(c.Leaves):
-		errs = append(errs, fmt.Errorf("min_success: %d is more than the %d leaves", c.MinSuccess, len(c.Leaves)))
+		errs = append(errs, router.FieldErrorf("min_success", "min_success: %d is more than the %d leaves", c.MinSuccess, len(c.Leaves)))
 	}
 	if err := c.Merge.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	if c.MaxBodyBytes < 0 {
-		errs = append(errs, fmt.Errorf("max_body_bytes: %d: want >= 0 (0 means %d)", c.MaxBodyBytes, DefaultMaxBodyBytes))
+		errs = append(errs, router.FieldErrorf("max_body_bytes", "max_body_bytes: %d: want >= 0 (0 means %d)", c.MaxBodyBytes, DefaultMaxBodyBytes))
 	}
 	if c.MaxLeafBodyBytes < 0 {
-		errs = append(errs, fmt.Errorf("max_leaf_body_bytes: %d: want >= 0 (0 means %d)", c.MaxLeafBodyBytes, DefaultMaxLeafBodyBytes))
+		errs = append(errs, router.FieldErrorf("max_leaf_body_bytes", "max_leaf_body_bytes: %d: want >= 0 (0 means %d)", c.MaxLeafBodyBytes, DefaultMaxLeafBodyBytes))
 	}
 	return errors.Join(errs...)
 }

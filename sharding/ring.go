@@ -11,6 +11,8 @@ import (
 
 	"github.com/buraksezer/consistent"
 	"github.com/cespare/xxhash/v2"
+
+	"sekisho/router"
 )
 
 // Ring defaults, chosen by measurement. Keys are "user-<i>" for i below
@@ -101,21 +103,21 @@ func (rc RingConfig) validate(n int) []error {
 	var errs []error
 	switch {
 	case rc.Partitions < 1 || rc.Partitions > MaxPartitions:
-		errs = append(errs, fmt.Errorf("partitions: must be between 1 and %d, got %d", MaxPartitions, rc.Partitions))
+		errs = append(errs, router.FieldErrorf("partitions", "partitions: must be between 1 and %d, got %d", MaxPartitions, rc.Partitions))
 	case n > 0 && rc.Partitions < n:
-		errs = append(errs, fmt.Errorf("partitions: must be at least the number of shards (%d), got %d", n, rc.Partitions))
+		errs = append(errs, router.FieldErrorf("partitions", "partitions: must be at least the number of shards (%d), got %d", n, rc.Partitions))
 	}
 	switch {
 	case rc.ReplicationFactor < 1 || rc.ReplicationFactor > MaxReplicationFactor:
-		errs = append(errs, fmt.Errorf("replication_factor: must be between 1 and %d, got %d", MaxReplicationFactor, rc.ReplicationFactor))
+		errs = append(errs, router.FieldErrorf("replication_factor", "replication_factor: must be between 1 and %d, got %d", MaxReplicationFactor, rc.ReplicationFactor))
 	case n*rc.ReplicationFactor > MaxRingPoints:
-		errs = append(errs, fmt.Errorf("replication_factor: %d x %d shards is %d ring points, at most %d (build time grows with their square); lower it",
+		errs = append(errs, router.FieldErrorf("replication_factor", "replication_factor: %d x %d shards is %d ring points, at most %d (build time grows with their square); lower it",
 			rc.ReplicationFactor, n, n*rc.ReplicationFactor, MaxRingPoints))
 	}
 	if math.IsNaN(rc.Load) || math.IsInf(rc.Load, 0) || rc.Load < 1 {
-		errs = append(errs, fmt.Errorf("load: must be a number of at least 1, got %v", rc.Load))
+		errs = append(errs, router.FieldErrorf("load", "load: must be a number of at least 1, got %v", rc.Load))
 	} else if n > 0 && rc.Partitions >= 1 && !roomFor(rc, n) {
-		errs = append(errs, fmt.Errorf("load: %v leaves no room for %d partitions on %d shards", rc.Load, rc.Partitions, n))
+		errs = append(errs, router.FieldErrorf("load", "load: %v leaves no room for %d partitions on %d shards", rc.Load, rc.Partitions, n))
 	}
 	return errs
 }
@@ -179,19 +181,19 @@ func NewRing(names []string, rc RingConfig) (*Ring, error) {
 func checkNames(names []string) []error {
 	var errs []error
 	if len(names) < 1 {
-		errs = append(errs, errors.New("shards: at least one shard is required"))
+		errs = append(errs, router.FieldErrorf("shards", "shards: at least one shard is required"))
 	}
 	if len(names) > MaxShards {
-		errs = append(errs, fmt.Errorf("shards: at most %d shards, got %d", MaxShards, len(names)))
+		errs = append(errs, router.FieldErrorf("shards", "shards: at most %d shards, got %d", MaxShards, len(names)))
 	}
 	seen := make(map[string]int, len(names))
 	for i, n := range names {
 		if n == "" {
-			errs = append(errs, fmt.Errorf("shards[%d]: empty name", i))
+			errs = append(errs, router.FieldErrorf(fmt.Sprintf("shards[%d]", i), "shards[%d]: empty name", i))
 			continue
 		}
 		if j, dup := seen[n]; dup {
-			errs = append(errs, fmt.Errorf("shards[%d]: duplicate name %q (also shards[%d])", i, n, j))
+			errs = append(errs, router.FieldErrorf(fmt.Sprintf("shards[%d]", i), "shards[%d]: duplicate name %q (also shards[%d])", i, n, j))
 			continue
 		}
 		seen[n] = i

@@ -95,45 +95,46 @@ type Config struct {
 	Requests *prometheus.CounterVec
 }
 
-// Validate reports every problem of c at once, each naming its YAML field.
+// Validate reports every problem of c at once, each a router.FieldError
+// naming its YAML field.
 // It builds nothing.
 func (c *Config) Validate() error {
 	var errs []error
 	if c.Key.IsZero() {
-		errs = append(errs, errors.New("key: required"))
+		errs = append(errs, router.FieldErrorf("key", "key: required"))
 	}
 	names := make([]string, len(c.Shards))
 	for i, s := range c.Shards {
 		names[i] = s.Name
 		if s.Handler == nil {
-			errs = append(errs, fmt.Errorf("shards[%d]: shard %q has no handler", i, s.Name))
+			errs = append(errs, router.FieldErrorf(fmt.Sprintf("shards[%d]", i), "shards[%d]: shard %q has no handler", i, s.Name))
 		}
 	}
 	errs = append(errs, checkNames(names)...)
 	switch {
 	case math.IsNaN(c.BalanceFactor) || math.IsInf(c.BalanceFactor, 0):
-		errs = append(errs, fmt.Errorf("balance_factor: must be 0 or at least 1, got %v", c.BalanceFactor))
+		errs = append(errs, router.FieldErrorf("balance_factor", "balance_factor: must be 0 or at least 1, got %v", c.BalanceFactor))
 	case c.BalanceFactor != 0 && c.BalanceFactor < 1:
-		errs = append(errs, fmt.Errorf("balance_factor: must be 0 or at least 1, got %v (below 1 every shard could be over the bound)", c.BalanceFactor))
+		errs = append(errs, router.FieldErrorf("balance_factor", "balance_factor: must be 0 or at least 1, got %v (below 1 every shard could be over the bound)", c.BalanceFactor))
 	}
 	switch c.OnUnavailable {
 	case "", OnUnavailableFail, OnUnavailableNext:
 	default:
-		errs = append(errs, fmt.Errorf("on_unavailable: must be %q or %q, got %q", OnUnavailableFail, OnUnavailableNext, c.OnUnavailable))
+		errs = append(errs, router.FieldErrorf("on_unavailable", "on_unavailable: must be %q or %q, got %q", OnUnavailableFail, OnUnavailableNext, c.OnUnavailable))
 	}
 	switch c.MissingKey {
 	case "", MissingKeyReject, MissingKeyRandom:
 	default:
-		errs = append(errs, fmt.Errorf("missing_key: must be %q or %q, got %q", MissingKeyReject, MissingKeyRandom, c.MissingKey))
+		errs = append(errs, router.FieldErrorf("missing_key", "missing_key: must be %q or %q, got %q", MissingKeyReject, MissingKeyRandom, c.MissingKey))
 	}
 	if c.HotKeys > MaxHotKeys {
-		errs = append(errs, fmt.Errorf("hot_keys: at most %d, got %d", MaxHotKeys, c.HotKeys))
+		errs = append(errs, router.FieldErrorf("hot_keys", "hot_keys: at most %d, got %d", MaxHotKeys, c.HotKeys))
 	}
 	rc := c.RingConfig.withDefaults()
 	if c.Ring == nil {
 		errs = append(errs, rc.validate(len(c.Shards))...)
 	} else if want := RingSignature(names, rc); c.Ring.Signature() != want {
-		errs = append(errs, fmt.Errorf("ring: built as %s, the stage needs %s", c.Ring.Signature(), want))
+		errs = append(errs, router.FieldErrorf("", "ring: built as %s, the stage needs %s", c.Ring.Signature(), want))
 	}
 	return errors.Join(errs...)
 }

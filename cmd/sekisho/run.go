@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"sekisho/proxy"
+	"sekisho/proxy/config"
 )
 
 func configFlag(fs *flag.FlagSet) *string {
@@ -35,7 +36,7 @@ func tuneGC() {
 
 // printLoadError prints a config error as FILE:LINE:COL: message lines.
 func printLoadError(w io.Writer, err error) {
-	var ce proxy.ConfigErrors
+	var ce config.Errors
 	if errors.As(err, &ce) {
 		for _, e := range ce {
 			fmt.Fprintln(w, e.Error())
@@ -56,7 +57,7 @@ func validateCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "sekisho validate: -config is required (or SEKISHO_CONFIG)")
 		return 2
 	}
-	cfg, err := proxy.Load(*path)
+	cfg, err := config.Load(*path)
 	if err != nil {
 		printLoadError(stderr, err)
 		return 1
@@ -77,7 +78,7 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "sekisho run: -config is required (or SEKISHO_CONFIG)")
 		return 2
 	}
-	cfg, err := proxy.Load(*path)
+	cfg, err := config.Load(*path)
 	if err != nil {
 		printLoadError(stderr, err)
 		return 1
@@ -88,7 +89,7 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 // serve runs a Daemon until SIGTERM or SIGINT, reloading on SIGHUP (and on
 // file changes when watch is set), then drains within the config's
 // shutdown_grace and returns 0.
-func serve(cfg *proxy.Config, opts proxy.Options, watch bool, stderr io.Writer) int {
+func serve(cfg *config.Config, opts proxy.Options, watch bool, stderr io.Writer) int {
 	tuneGC()
 	d, err := proxy.Start(cfg, opts)
 	if err != nil {

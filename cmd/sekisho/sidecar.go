@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"sekisho/proxy"
+	"sekisho/proxy/config"
 )
 
 // sidecarFlags are the parameters of the sidecar container. Each is also
@@ -63,7 +64,7 @@ func sidecarCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	// The text is generated, so expanding ${VAR} in it would only mangle a
 	// path that happens to hold a dollar sign.
-	cfg, err := proxy.Parse("sidecar", text, func(string) (string, bool) { return "", false })
+	cfg, err := config.Parse("sidecar", text, func(string) (string, bool) { return "", false })
 	if err != nil {
 		printSidecarError(stderr, err)
 		return 1
@@ -77,7 +78,7 @@ func sidecarCmd(args []string, stdout, stderr io.Writer) int {
 // printSidecarError reports the problems of the generated config without
 // their positions, which mean nothing to someone who wrote flags.
 func printSidecarError(w io.Writer, err error) {
-	var ce proxy.ConfigErrors
+	var ce config.Errors
 	if !errors.As(err, &ce) {
 		fmt.Fprintf(w, "sekisho sidecar: %v\n", err)
 		return

@@ -23,9 +23,9 @@ import (
 	"go.uber.org/goleak"
 	"gopkg.in/yaml.v3"
 
-	"sekisho/proxy"
 	"sekisho/proxy/certs"
 	"sekisho/proxy/certs/certstest"
+	"sekisho/proxy/config"
 )
 
 // sidecarFlagNames are the flags that have an environment twin.
@@ -110,7 +110,7 @@ func TestSidecarConfig(t *testing.T) {
 				return
 			}
 			assert.Empty(t, errOut.String())
-			cfg, err := proxy.Parse("printed", out.Bytes(), func(string) (string, bool) { return "", false })
+			cfg, err := config.Parse("printed", out.Bytes(), func(string) (string, bool) { return "", false })
 			require.NoError(t, err, out.String())
 			require.Len(t, cfg.Listeners, 1)
 			l := cfg.Listeners[0]
@@ -120,13 +120,13 @@ func TestSidecarConfig(t *testing.T) {
 				assert.Nil(t, l.TLS)
 			} else {
 				require.NotNil(t, l.TLS)
-				assert.Equal(t, []proxy.CertConfig{{CertFile: tc.want.cert, KeyFile: tc.want.key}}, l.TLS.Certificates)
+				assert.Equal(t, []config.Cert{{CertFile: tc.want.cert, KeyFile: tc.want.key}}, l.TLS.Certificates)
 				assert.Equal(t, tc.want.clientCA, l.TLS.ClientCAFile)
 				assert.Equal(t, tc.want.forward, l.TLS.ForwardClientCert)
 			}
 			pool := cfg.Pools["local"]
 			require.NotNil(t, pool)
-			assert.Equal(t, []proxy.EndpointConfig{{Address: tc.want.upstream, Weight: 1}}, pool.Endpoints)
+			assert.Equal(t, []config.Endpoint{{Address: tc.want.upstream, Weight: 1}}, pool.Endpoints)
 			require.NotNil(t, pool.Readiness)
 			assert.Equal(t, tc.want.readiness, pool.Readiness.Path)
 			assert.Equal(t, tc.want.expect, pool.Readiness.ExpectStatus)
@@ -486,7 +486,7 @@ func TestSidecarManifest(t *testing.T) {
 	clearSidecarEnv(t)
 	var out, errOut bytes.Buffer
 	require.Equal(t, 0, run(args, &out, &errOut), errOut.String())
-	cfg, err := proxy.Parse("manifest", out.Bytes(), func(string) (string, bool) { return "", false })
+	cfg, err := config.Parse("manifest", out.Bytes(), func(string) (string, bool) { return "", false })
 	require.NoError(t, err)
 
 	ports := map[string]string{}

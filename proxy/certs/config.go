@@ -3,7 +3,6 @@ package certs
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"fmt"
 )
 
 // ServerConfig returns the tls.Config of a TLS-terminating listener:
@@ -45,5 +44,5 @@ func ParseMinVersion(s string) (uint16, error) {
 	case "1.3":
 		return tls.VersionTLS13, nil
 	}
-	return 0, fmt.Errorf("certs: TLS version %q: want one of 1.0, 1.1, 1.2, 1.3", s)
+	return 0, errorf("TLS version %q: want one of 1.0, 1.1, 1.2, 1.3", s)
 }

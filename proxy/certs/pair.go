@@ -19,7 +19,8 @@ import (
 
 // Errors that LoadPair and LoadCAPool wrap, to be checked with errors.Is. A
 // missing or unreadable file is reported with the *fs.PathError of the read,
-// so errors.Is(err, fs.ErrNotExist) holds for a missing one.
+// so errors.Is(err, fs.ErrNotExist) holds for a missing one; every problem
+// of a key file is wrapped in a *KeyFileError, and every error in an *Error.
 var (
 	// ErrNoCertificate means a file holds no PEM "CERTIFICATE" block.
 	ErrNoCertificate = errors.New("no PEM certificate")
@@ -44,7 +45,7 @@ type Pair struct {
 func LoadPair(p Pair) (*tls.Certificate, error) {
 	certPEM, err := os.ReadFile(p.CertFile)
 	if err != nil {
-		return nil, fmt.Errorf("certs: reading certificate: %w", err)
+		return nil, errorf("reading certificate: %w", err)
 	}
 	var chain [][]byte
 	for rest := certPEM; len(rest) > 0; {
@@ -57,24 +58,24 @@ func LoadPair(p Pair) (*tls.Certificate, error) {
 		}
 	}
 	if len(chain) == 0 {
-		return nil, fmt.Errorf("certs: certificate file %s: %w", p.CertFile, ErrNoCertificate)
+		return nil, errorf("certificate file %s: %w", p.CertFile, ErrNoCertificate)
 	}
 	leaf, err := x509.ParseCertificate(chain[0])
 	if err != nil {
-		return nil, fmt.Errorf("certs: certificate file %s: %w", p.CertFile, err)
+		return nil, errorf("certificate file %s: %w", p.CertFile, err)
 	}
 
 	keyPEM, err := os.ReadFile(p.KeyFile)
 	if err != nil {
-		return nil, fmt.Errorf("certs: reading private key: %w", err)
+		return nil, errorf("reading private key: %w", &KeyFileError{File: p.KeyFile, Err: err})
 	}
 	key, err := parseKey(keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("certs: key file %s: %w", p.KeyFile, err)
+		return nil, errorf("key file %s: %w", p.KeyFile, &KeyFileError{File: p.KeyFile, Err: err})
 	}
 	pub, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
 	if !ok || !pub.Equal(key.Public()) {
-		return nil, fmt.Errorf("certs: key file %s for certificate file %s: %w", p.KeyFile, p.CertFile, ErrKeyMismatch)
+		return nil, errorf("key file %s for certificate file %s: %w", p.KeyFile, p.CertFile, &KeyFileError{File: p.KeyFile, Err: ErrKeyMismatch})
 	}
 	return &tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}, nil
 }
@@ -120,7 +121,7 @@ func parseKey(keyPEM []byte) (crypto.Signer, error) {
 func LoadCAPool(file string) (*x509.CertPool, error) {
 	data, err := os.ReadFile(file)
 	if err != nil {
-		return nil, fmt.Errorf("certs: reading CA file: %w", err)
+		return nil, errorf("reading CA file: %w", err)
 	}
 	pool := x509.NewCertPool()
 	n := 0
@@ -134,13 +135,13 @@ func LoadCAPool(file string) (*x509.CertPool, error) {
 		}
 		cert, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("certs: CA file %s: %w", file, err)
+			return nil, errorf("CA file %s: %w", file, err)
 		}
 		pool.AddCert(cert)
 		n++
 	}
 	if n == 0 {
-		return nil, fmt.Errorf("certs: CA file %s: %w", file, ErrNoCertificate)
+		return nil, errorf("CA file %s: %w", file, ErrNoCertificate)
 	}
 	return pool, nil
 }

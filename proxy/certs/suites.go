@@ -3,7 +3,6 @@ package certs
 import (
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"slices"
 )
 
@@ -78,14 +77,14 @@ func ParseCipherSuite(name string) (uint16, error) {
 			}
 			switch {
 			case slices.Equal(cs.SupportedVersions, []uint16{tls.VersionTLS13}):
-				return 0, fmt.Errorf("certs: %s %w", name, ErrTLS13CipherSuite)
+				return 0, errorf("%s %w", name, ErrTLS13CipherSuite)
 			case !AllowedCipherSuite(cs.ID):
-				return 0, fmt.Errorf("certs: %s %w", name, ErrWeakCipherSuite)
+				return 0, errorf("%s %w", name, ErrWeakCipherSuite)
 			}
 			return cs.ID, nil
 		}
 	}
-	return 0, fmt.Errorf("certs: %w %q", ErrUnknownCipherSuite, name)
+	return 0, errorf("%w %q", ErrUnknownCipherSuite, name)
 }
 
 // curves maps the names curve_preferences accepts (the IANA TLS Supported
@@ -120,7 +119,7 @@ func ParseCurve(name string) (tls.CurveID, error) {
 			return c.id, nil
 		}
 	}
-	return 0, fmt.Errorf("certs: %w %q", ErrUnknownCurve, name)
+	return 0, errorf("%w %q", ErrUnknownCurve, name)
 }
 
 // HybridCurve reports whether id is a post-quantum hybrid (ML-KEM) key

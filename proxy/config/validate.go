@@ -1,4 +1,4 @@
-package proxy
+package config
 
 import (
 	"errors"
@@ -19,46 +19,75 @@ import (
 // validation collects positioned problems.
 type validation struct {
 	c    *Config
-	errs ConfigErrors
+	errs Errors
 }
 
 func (v *validation) at(path, format string, args ...any) {
-	v.errs = append(v.errs, ConfigError{File: v.c.file, Pos: v.c.at(path), Msg: fmt.Sprintf(format, args...)})
+	v.errs = append(v.errs, Error{File: v.c.file, Pos: v.c.at(path), Msg: fmt.Sprintf(format, args...)})
 }
 
-// fieldErrors places the errors of a stage package's Validate, whose
-// messages start with the YAML field they concern ("min_success: ...").
-func (v *validation) fieldErrors(path string, err error) {
-	if err == nil {
-		return
-	}
-	for _, e := range flatten(err) {
-		msg := e.Error()
-		// Messages name their field first ("status 303: ...", "min_success:
-		// ..."); point at it when the config has it, else at the stage.
-		field := msg[:strings.IndexFunc(msg+" ", func(r rune) bool { return !(r == '_' || r >= 'a' && r <= 'z') })]
-		v.at(joinPath(path, field), "%s", msg)
+// stageErrors places the errors of a stage package's Validate at the stage
+// at path: a router.FieldError at the key of the stage that its Field
+// starts with ("merge" for "merge.sort_by", "leaves" for "leaves[2]"),
+// any other error at the stage itself. reported, when not nil, names the
+// fields whose problems this validation has reported already, with sharper
+// positions; their errors are left out.
+func (v *validation) stageErrors(path string, err error, reported func(field string) bool) {
+	for _, e := range joinedErrors(err) {
+		var fe router.FieldError
+		if !errors.As(e, &fe) {
+			v.at(path, "%s", e)
+			continue
+		}
+		if reported != nil && reported(fe.Field) {
+			continue
+		}
+		if key := fieldKey(fe.Field); key != "" {
+			v.at(path+"."+key, "%s", fe.Msg)
+		} else {
+			v.at(path, "%s", fe.Msg)
+		}
 	}
 }
 
-// flatten returns the errors joined in err, looking through one wrapper
-// ("split x: ...") to a join, so each problem gets a line of its own.
-func flatten(err error) []error {
+// joinedErrors returns the errors joined in err, at any depth and through
+// a wrapper of a join ("split x: ..."), so each problem gets a line of its
+// own.
+func joinedErrors(err error) []error {
 	if err == nil {
 		return nil
 	}
 	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		return j.Unwrap()
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, joinedErrors(e)...)
+		}
+		return out
 	}
 	if inner := errors.Unwrap(err); inner != nil {
-		if j, ok := inner.(interface{ Unwrap() []error }); ok {
-			return j.Unwrap()
+		if _, ok := inner.(interface{ Unwrap() []error }); ok {
+			return joinedErrors(inner)
 		}
 	}
 	return []error{err}
 }
 
-func (c *Config) validate() ConfigErrors {
+// fieldKey is the stage's own key in a FieldError's Field: the path up to
+// its first "." or "[".
+func fieldKey(field string) string {
+	if i := strings.IndexAny(field, ".["); i >= 0 {
+		return field[:i]
+	}
+	return field
+}
+
+// listEntry reports whether field is an entry of the stage's list key
+// ("shards[2]" or "shards[2].name" of "shards").
+func listEntry(field, key string) bool {
+	return strings.HasPrefix(field, key+"[")
+}
+
+func (c *Config) validate() Errors {
 	v := &validation{c: c}
 	if c.Version != 1 {
 		v.at("version", "version: want 1, got %d", c.Version)
@@ -132,7 +161,7 @@ func checkListenAddr(addr string) error {
 	return nil
 }
 
-func (v *validation) listener(l *ListenerConfig, p string) {
+func (v *validation) listener(l *Listener, p string) {
 	if l.Timeouts.ReadHeader < 0 || l.Timeouts.Read < 0 || l.Timeouts.Write < 0 || l.Timeouts.Idle < 0 {
 		v.at(p+".timeouts", "timeouts: must not be negative")
 	}
@@ -146,7 +175,7 @@ func (v *validation) listener(l *ListenerConfig, p string) {
 		v.at(p+".max_connections", "max_connections: must not be negative (0: no limit)")
 	}
 	for i, s := range l.ClientIP.TrustedProxies {
-		if _, err := parsePrefix(s); err != nil {
+		if _, err := ParsePrefix(s); err != nil {
 			v.at(fmt.Sprintf("%s.client_ip.trusted_proxies[%d]", p, i), "trusted_proxies: %v", err)
 		}
 	}
@@ -194,8 +223,8 @@ func (v *validation) upgrades(protos []string, p string) {
 	}
 }
 
-// parsePrefix accepts a CIDR or a single address.
-func parsePrefix(s string) (netip.Prefix, error) {
+// ParsePrefix accepts a CIDR or a single address.
+func ParsePrefix(s string) (netip.Prefix, error) {
 	if strings.Contains(s, "/") {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
@@ -210,7 +239,7 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
-func (v *validation) match(m *MatchConfig, p string) {
+func (v *validation) match(m *Match, p string) {
 	if h := m.Host; h != "" {
 		name := strings.TrimPrefix(h, "*.")
 		if strings.Contains(name, "*") || strings.ContainsAny(name, " /:") || name == "" {
@@ -226,25 +255,13 @@ func (v *validation) match(m *MatchConfig, p string) {
 		}
 	}
 	for name := range m.Headers {
-		if !validHeaderName(name) {
+		if !router.ValidToken(name) {
 			v.at(p+".headers."+name, "headers: %q is not a header name", name)
 		}
 	}
 }
 
-func validHeaderName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for _, c := range s {
-		if c <= ' ' || c >= 0x7f || strings.ContainsRune("()<>@,;:\\\"/[]?={}", c) {
-			return false
-		}
-	}
-	return true
-}
-
-func (v *validation) pipeline(stages []StageConfig, p string) {
+func (v *validation) pipeline(stages []Stage, p string) {
 	if len(stages) == 0 {
 		v.at(p, "pipeline is empty: it must end in a terminal stage (proxy, shard, scatter, split, respond or redirect)")
 		return
@@ -252,7 +269,7 @@ func (v *validation) pipeline(stages []StageConfig, p string) {
 	for i := range stages {
 		s := &stages[i]
 		sp := fmt.Sprintf("%s[%d]", p, i)
-		kind := s.kind()
+		kind := s.Kind()
 		if kind == "" {
 			continue // the decoder reported it
 		}
@@ -289,27 +306,28 @@ func (v *validation) key(k KeySpec, p string, required bool) {
 	}
 }
 
-func (v *validation) stage(s *StageConfig, p string) {
+func (v *validation) stage(s *Stage, p string) {
 	switch {
 	case s.Proxy != nil:
 		v.poolRef(s.Proxy.Pool, p)
 	case s.Headers != nil:
-		h := s.Headers
-		v.fieldErrors(p, router.Headers{
-			Request:  router.HeaderOps{Set: h.Request.Set, Add: h.Request.Add, Remove: h.Request.Remove},
-			Response: router.HeaderOps{Set: h.Response.Set, Add: h.Response.Add, Remove: h.Response.Remove},
-		}.Validate())
+		v.stageErrors(p, s.Headers.Headers().Validate(), nil)
 	case s.Respond != nil:
-		v.fieldErrors(p, router.Respond{Status: s.Respond.Status, Body: s.Respond.Body, Headers: s.Respond.Headers}.Validate())
+		v.stageErrors(p, s.Respond.Respond().Validate(), nil)
 	case s.Redirect != nil:
-		r := s.Redirect
-		v.fieldErrors(p, router.Redirect{Scheme: r.Scheme, Host: r.Host, Port: r.Port, Path: r.Path, Status: r.Status, DropQuery: r.DropQuery}.Validate())
-	default:
-		v.stageMore(s, p)
+		v.stageErrors(p, s.Redirect.Redirect().Validate(), nil)
+	case s.Shard != nil:
+		v.shard(s.Shard, p)
+	case s.Scatter != nil:
+		v.scatter(s.Scatter, p)
+	case s.Split != nil:
+		v.split(s.Split, p)
+	case s.Mirror != nil:
+		v.mirror(s.Mirror, p)
 	}
 }
 
-func (v *validation) pool(name string, pc *PoolConfig, p string) {
+func (v *validation) pool(name string, pc *Pool, p string) {
 	if pc == nil {
 		v.at(p, "pool %q is empty: it needs endpoints", name)
 		return
@@ -320,7 +338,7 @@ func (v *validation) pool(name string, pc *PoolConfig, p string) {
 	seen := map[string]bool{}
 	for i, e := range pc.Endpoints {
 		ep := fmt.Sprintf("%s.endpoints[%d]", p, i)
-		u, err := parseEndpoint(e.Address)
+		u, err := ParseEndpoint(e.Address)
 		if err != nil {
 			v.at(ep, "endpoint: %v", err)
 			continue
@@ -413,8 +431,8 @@ func (v *validation) pool(name string, pc *PoolConfig, p string) {
 	}
 }
 
-// parseEndpoint accepts host:port, http://host:port and https://host:port.
-func parseEndpoint(s string) (*url.URL, error) {
+// ParseEndpoint accepts host:port, http://host:port and https://host:port.
+func ParseEndpoint(s string) (*url.URL, error) {
 	if s == "" {
 		return nil, errors.New("address is missing")
 	}

@@ -1,4 +1,12 @@
-package proxy
+// Package config is sekisho's config language: the schema of a config file
+// (version 1), its strict decoding with the position of every value,
+// ${VAR} expansion, defaults, and Validate, which reports every problem of
+// a file at once as Errors, each with its FILE:LINE:COL. It is pure: Load
+// reads the files a config names (certificates, CA bundles) and starts
+// nothing. It knows the stage packages' Config types, to run their own
+// checks and to convert a stage for proxy's Compile, but nothing of the
+// daemon that runs a config (it never imports sekisho/proxy).
+package config
 
 import (
 	"fmt"
@@ -9,38 +17,38 @@ import (
 // Config is the root of a sekisho config file (version 1). Load fills it,
 // applies defaults and validates it; Compile turns it into a Runtime.
 type Config struct {
-	Version       int                    `yaml:"version,omitempty"`
-	Admin         AdminConfig            `yaml:"admin,omitempty"`
-	Log           LogConfig              `yaml:"log,omitempty"`
-	ShutdownGrace Duration               `yaml:"shutdown_grace,omitempty"` // default 15s
-	Listeners     []ListenerConfig       `yaml:"listeners,omitempty"`
-	Pools         map[string]*PoolConfig `yaml:"pools,omitempty"`
+	Version       int              `yaml:"version,omitempty"`        // required; 1 is the only version
+	Admin         Admin            `yaml:"admin,omitempty"`          // see Admin for its defaults
+	Log           Log              `yaml:"log,omitempty"`            // see Log for its defaults
+	ShutdownGrace Duration         `yaml:"shutdown_grace,omitempty"` // default 15s
+	Listeners     []Listener       `yaml:"listeners,omitempty"`      // at least one; no default
+	Pools         map[string]*Pool `yaml:"pools,omitempty"`          // by name; default none
 
 	file string
 	pos  map[string]Pos
 }
 
-// AdminConfig is the admin server.
-type AdminConfig struct {
+// Admin is the admin server.
+type Admin struct {
 	Listen string `yaml:"listen,omitempty"` // default 127.0.0.1:9901; "off" disables it
 	Pprof  bool   `yaml:"pprof,omitempty"`  // serve /debug/pprof/ (default false)
 }
 
-// LogConfig sets the process log and the access log.
-type LogConfig struct {
+// Log sets the process log and the access log.
+type Log struct {
 	Level  string `yaml:"level,omitempty"`  // debug | info (default) | warn | error
 	Format string `yaml:"format,omitempty"` // json (default) | console
 	Access string `yaml:"access,omitempty"` // stdout (default) | stderr | off | a file path
 }
 
-// ListenerConfig is one listening socket and its routes.
-type ListenerConfig struct {
-	Name           string           `yaml:"name,omitempty"`
-	Listen         string           `yaml:"listen,omitempty"`
-	TLS            *TLSConfig       `yaml:"tls,omitempty"`
-	ClientIP       ClientIPConfig   `yaml:"client_ip,omitempty"`
-	ProxyProtocol  bool             `yaml:"proxy_protocol,omitempty"`
-	Timeouts       ListenerTimeouts `yaml:"timeouts,omitempty"`
+// Listener is one listening socket and its routes.
+type Listener struct {
+	Name           string           `yaml:"name,omitempty"`             // required, unique; a label in metrics and logs
+	Listen         string           `yaml:"listen,omitempty"`           // host:port; required
+	TLS            *TLS             `yaml:"tls,omitempty"`              // default nil: plain HTTP (h2c by prior knowledge)
+	ClientIP       ClientIP         `yaml:"client_ip,omitempty"`        // default: no trusted proxy
+	ProxyProtocol  bool             `yaml:"proxy_protocol,omitempty"`   // expect a PROXY protocol header (default false)
+	Timeouts       ListenerTimeouts `yaml:"timeouts,omitempty"`         // see ListenerTimeouts for defaults
 	MaxHeaderBytes int              `yaml:"max_header_bytes,omitempty"` // default 64 KiB
 	// MaxBodyBytes bounds a request body; a route's own max_body_bytes
 	// overrides it (default 0: no limit).
@@ -48,15 +56,15 @@ type ListenerConfig struct {
 	// MaxConnections bounds the client connections open at once; when it is
 	// reached the listener stops accepting and new connections wait in the
 	// kernel's backlog (default 0: no limit).
-	MaxConnections int           `yaml:"max_connections,omitempty"`
-	Routes         []RouteConfig `yaml:"routes,omitempty"`
+	MaxConnections int     `yaml:"max_connections,omitempty"`
+	Routes         []Route `yaml:"routes,omitempty"` // at least one; matched in order of precedence
 }
 
-// TLSConfig makes a listener terminate TLS.
-type TLSConfig struct {
-	Certificates []CertConfig `yaml:"certificates,omitempty"`
-	MinVersion   string       `yaml:"min_version,omitempty"` // 1.0 | 1.1 | 1.2 (default) | 1.3
-	ClientCAFile string       `yaml:"client_ca_file,omitempty"`
+// TLS makes a listener terminate TLS.
+type TLS struct {
+	Certificates []Cert `yaml:"certificates,omitempty"`   // at least one; several are chosen by SNI
+	MinVersion   string `yaml:"min_version,omitempty"`    // 1.0 | 1.1 | 1.2 (default) | 1.3
+	ClientCAFile string `yaml:"client_ca_file,omitempty"` // set: clients need a cert it signed (mTLS); default "" (none)
 	// ForwardClientCert sends the verified client certificate's subject
 	// upstream as X-Client-Cert-Subject (default false).
 	ForwardClientCert bool `yaml:"forward_client_cert,omitempty"`
@@ -71,14 +79,14 @@ type TLSConfig struct {
 	CurvePreferences []string `yaml:"curve_preferences,omitempty"`
 }
 
-// CertConfig is one certificate and its key, both PEM files.
-type CertConfig struct {
+// Cert is one certificate and its key, both PEM files.
+type Cert struct {
 	CertFile string `yaml:"cert_file,omitempty"`
 	KeyFile  string `yaml:"key_file,omitempty"`
 }
 
-// ClientIPConfig says whom to believe about the client's address.
-type ClientIPConfig struct {
+// ClientIP says whom to believe about the client's address.
+type ClientIP struct {
 	TrustedProxies []string `yaml:"trusted_proxies,omitempty"` // CIDRs or addresses
 }
 
@@ -90,17 +98,17 @@ type ListenerTimeouts struct {
 	Idle       Duration `yaml:"idle,omitempty"`        // keep-alive idle; default 120s
 }
 
-// RouteConfig matches requests and runs them through a pipeline.
-type RouteConfig struct {
-	Name  string      `yaml:"name,omitempty"`
-	Match MatchConfig `yaml:"match,omitempty"`
+// Route matches requests and runs them through a pipeline.
+type Route struct {
+	Name  string `yaml:"name,omitempty"`
+	Match Match  `yaml:"match,omitempty"`
 	// Upgrades are the protocols a client may switch to on this route
 	// (Upgrade header, HTTP/1.1); an Upgrade for any other is stripped and
 	// the request goes on as a plain one. Default [websocket]; [] allows
 	// none; h2c is never allowed. Always written out, so that an empty
 	// list reads back as itself.
-	Upgrades []string      `yaml:"upgrades"`
-	Pipeline []StageConfig `yaml:"pipeline,omitempty"`
+	Upgrades []string `yaml:"upgrades"`
+	Pipeline []Stage  `yaml:"pipeline,omitempty"`
 	// MaxBodyBytes bounds a request body on this route (default: the
 	// listener's max_body_bytes; 0: no limit).
 	MaxBodyBytes *int64 `yaml:"max_body_bytes,omitempty"`
@@ -109,30 +117,30 @@ type RouteConfig struct {
 	Timeout Duration `yaml:"timeout,omitempty"`
 }
 
-// MatchConfig selects requests for a route. Every field set must match.
-type MatchConfig struct {
+// Match selects requests for a route. Every field set must match.
+type Match struct {
 	Host       string            `yaml:"host,omitempty"`        // exact or *.suffix
 	PathPrefix string            `yaml:"path_prefix,omitempty"` // default /
 	Methods    []string          `yaml:"methods,omitempty"`
 	Headers    map[string]string `yaml:"headers,omitempty"` // "" or "*" => present
 }
 
-// StageConfig is one pipeline stage: a one-key map.
-type StageConfig struct {
-	Proxy    *ProxyStageConfig    `yaml:"proxy,omitempty"`
-	Shard    *ShardStageConfig    `yaml:"shard,omitempty"`
-	Scatter  *ScatterStageConfig  `yaml:"scatter,omitempty"`
-	Split    *SplitStageConfig    `yaml:"split,omitempty"`
-	Mirror   *MirrorStageConfig   `yaml:"mirror,omitempty"`
-	Headers  *HeadersStageConfig  `yaml:"headers,omitempty"`
-	Respond  *RespondStageConfig  `yaml:"respond,omitempty"`
-	Redirect *RedirectStageConfig `yaml:"redirect,omitempty"`
+// Stage is one pipeline stage: a one-key map.
+type Stage struct {
+	Proxy    *ProxyStage    `yaml:"proxy,omitempty"`
+	Shard    *ShardStage    `yaml:"shard,omitempty"`
+	Scatter  *ScatterStage  `yaml:"scatter,omitempty"`
+	Split    *SplitStage    `yaml:"split,omitempty"`
+	Mirror   *MirrorStage   `yaml:"mirror,omitempty"`
+	Headers  *HeadersStage  `yaml:"headers,omitempty"`
+	Respond  *RespondStage  `yaml:"respond,omitempty"`
+	Redirect *RedirectStage `yaml:"redirect,omitempty"`
 }
 
-func (*StageConfig) oneOf() {}
+func (*Stage) oneOf() {}
 
-// kind names the stage's key.
-func (s *StageConfig) kind() string {
+// Kind names the stage's key ("proxy", "shard", ...), or "" for none.
+func (s *Stage) Kind() string {
 	switch {
 	case s.Proxy != nil:
 		return "proxy"
@@ -155,27 +163,27 @@ func (s *StageConfig) kind() string {
 }
 
 // terminal reports whether the stage answers the request itself.
-func (s *StageConfig) terminal() bool {
-	switch s.kind() {
+func (s *Stage) terminal() bool {
+	switch s.Kind() {
 	case "proxy", "shard", "scatter", "split", "respond", "redirect":
 		return true
 	}
 	return false
 }
 
-// ProxyStageConfig forwards to a pool; `proxy: NAME` is short for
+// ProxyStage forwards to a pool; `proxy: NAME` is short for
 // `proxy: {pool: NAME}`.
-type ProxyStageConfig struct {
+type ProxyStage struct {
 	Pool string `yaml:"pool,omitempty"`
 }
 
-func (p *ProxyStageConfig) decodeScalar(s string) error {
+func (p *ProxyStage) decodeScalar(s string) error {
 	p.Pool = s
 	return nil
 }
 
-// ShardStageConfig is the shard stage (package sharding).
-type ShardStageConfig struct {
+// ShardStage is the shard stage (package sharding).
+type ShardStage struct {
 	Key               KeySpec  `yaml:"key,omitempty"`
 	Shards            []string `yaml:"shards,omitempty"`
 	BalanceFactor     float64  `yaml:"balance_factor,omitempty"`
@@ -188,20 +196,20 @@ type ShardStageConfig struct {
 	HotKeys           int      `yaml:"hot_keys,omitempty"`
 }
 
-// ScatterStageConfig is the scatter stage (package scatter).
-type ScatterStageConfig struct {
-	Leaves             []string    `yaml:"leaves,omitempty"`
-	Timeout            Duration    `yaml:"timeout,omitempty"`
-	HedgeAfter         HedgeAfter  `yaml:"hedge_after,omitempty"`
-	HedgeBudgetPercent *float64    `yaml:"hedge_budget_percent,omitempty"`
-	MinSuccess         int         `yaml:"min_success,omitempty"`
-	Merge              MergeConfig `yaml:"merge,omitempty"`
-	MaxBodyBytes       int64       `yaml:"max_body_bytes,omitempty"`
-	MaxLeafBodyBytes   int64       `yaml:"max_leaf_body_bytes,omitempty"`
+// ScatterStage is the scatter stage (package scatter).
+type ScatterStage struct {
+	Leaves             []string   `yaml:"leaves,omitempty"`
+	Timeout            Duration   `yaml:"timeout,omitempty"`
+	HedgeAfter         HedgeAfter `yaml:"hedge_after,omitempty"`
+	HedgeBudgetPercent *float64   `yaml:"hedge_budget_percent,omitempty"`
+	MinSuccess         int        `yaml:"min_success,omitempty"`
+	Merge              Merge      `yaml:"merge,omitempty"`
+	MaxBodyBytes       int64      `yaml:"max_body_bytes,omitempty"`
+	MaxLeafBodyBytes   int64      `yaml:"max_leaf_body_bytes,omitempty"`
 }
 
-// MergeConfig says how scatter combines leaf answers.
-type MergeConfig struct {
+// Merge says how scatter combines leaf answers.
+type Merge struct {
 	Array    string `yaml:"array,omitempty"`
 	SortBy   string `yaml:"sort_by,omitempty"`
 	Order    string `yaml:"order,omitempty"`
@@ -230,24 +238,24 @@ func (h *HedgeAfter) decodeScalar(s string) error {
 	return nil
 }
 
-// SplitStageConfig is an experiment split.
-type SplitStageConfig struct {
-	Name           string      `yaml:"name,omitempty"`
-	Key            KeySpec     `yaml:"key,omitempty"`
-	OverrideHeader string      `yaml:"override_header,omitempty"`
-	OverrideCookie string      `yaml:"override_cookie,omitempty"`
-	Arms           []ArmConfig `yaml:"arms,omitempty"`
+// SplitStage is an experiment split.
+type SplitStage struct {
+	Name           string  `yaml:"name,omitempty"`
+	Key            KeySpec `yaml:"key,omitempty"`
+	OverrideHeader string  `yaml:"override_header,omitempty"`
+	OverrideCookie string  `yaml:"override_cookie,omitempty"`
+	Arms           []Arm   `yaml:"arms,omitempty"`
 }
 
-// ArmConfig is one arm of a split: a weight and a nested pipeline.
-type ArmConfig struct {
-	Name     string        `yaml:"name,omitempty"`
-	Weight   *int          `yaml:"weight,omitempty"`
-	Pipeline []StageConfig `yaml:"pipeline,omitempty"`
+// Arm is one arm of a split: a weight and a nested pipeline.
+type Arm struct {
+	Name     string  `yaml:"name,omitempty"`
+	Weight   *int    `yaml:"weight,omitempty"`
+	Pipeline []Stage `yaml:"pipeline,omitempty"`
 }
 
-// MirrorStageConfig copies a share of requests to a shadow pool.
-type MirrorStageConfig struct {
+// MirrorStage copies a share of requests to a shadow pool.
+type MirrorStage struct {
 	Pool         string   `yaml:"pool,omitempty"`
 	Percent      *float64 `yaml:"percent,omitempty"` // default 100
 	Key          KeySpec  `yaml:"key,omitempty"`
@@ -256,28 +264,28 @@ type MirrorStageConfig struct {
 	Timeout      Duration `yaml:"timeout,omitempty"`
 }
 
-// HeadersStageConfig edits request and response headers.
-type HeadersStageConfig struct {
-	Request  HeaderOpsConfig `yaml:"request,omitempty"`
-	Response HeaderOpsConfig `yaml:"response,omitempty"`
+// HeadersStage edits request and response headers.
+type HeadersStage struct {
+	Request  HeaderOps `yaml:"request,omitempty"`
+	Response HeaderOps `yaml:"response,omitempty"`
 }
 
-// HeaderOpsConfig is a set of header edits, applied remove, set, add.
-type HeaderOpsConfig struct {
+// HeaderOps is a set of header edits, applied remove, set, add.
+type HeaderOps struct {
 	Set    map[string]string `yaml:"set,omitempty"`
 	Add    map[string]string `yaml:"add,omitempty"`
 	Remove []string          `yaml:"remove,omitempty"`
 }
 
-// RespondStageConfig answers directly.
-type RespondStageConfig struct {
+// RespondStage answers directly.
+type RespondStage struct {
 	Status  int               `yaml:"status,omitempty"` // default 200
 	Body    string            `yaml:"body,omitempty"`
 	Headers map[string]string `yaml:"headers,omitempty"`
 }
 
-// RedirectStageConfig answers with a redirect built from the request.
-type RedirectStageConfig struct {
+// RedirectStage answers with a redirect built from the request.
+type RedirectStage struct {
 	Scheme string `yaml:"scheme,omitempty"`
 	Host   string `yaml:"host,omitempty"`
 	Port   string `yaml:"port,omitempty"`
@@ -287,19 +295,19 @@ type RedirectStageConfig struct {
 	DropQuery bool `yaml:"drop_query,omitempty"`
 }
 
-// PoolConfig is a set of replicas of one service.
-type PoolConfig struct {
-	Endpoints []EndpointConfig `yaml:"endpoints,omitempty"`
-	Balance   string           `yaml:"balance,omitempty"` // round_robin (default) | least_request | random | ip_hash | hash
-	HashKey   KeySpec          `yaml:"hash_key,omitempty"`
-	Readiness *ReadinessConfig `yaml:"readiness,omitempty"`
-	Outlier   *OutlierConfig   `yaml:"outlier,omitempty"`
-	Retries   *int             `yaml:"retries,omitempty"` // default 1
-	Timeouts  PoolTimeouts     `yaml:"timeouts,omitempty"`
-	PanicMode bool             `yaml:"panic_mode,omitempty"`
-	SlowStart Duration         `yaml:"slow_start,omitempty"`
-	Protocol  string           `yaml:"protocol,omitempty"` // http1 (default) | h2c | h2 (https endpoints)
-	TLS       *UpstreamTLS     `yaml:"tls,omitempty"`
+// Pool is a set of replicas of one service.
+type Pool struct {
+	Endpoints []Endpoint   `yaml:"endpoints,omitempty"`
+	Balance   string       `yaml:"balance,omitempty"` // round_robin (default) | least_request | random | ip_hash | hash
+	HashKey   KeySpec      `yaml:"hash_key,omitempty"`
+	Readiness *Readiness   `yaml:"readiness,omitempty"`
+	Outlier   *Outlier     `yaml:"outlier,omitempty"`
+	Retries   *int         `yaml:"retries,omitempty"` // default 1
+	Timeouts  PoolTimeouts `yaml:"timeouts,omitempty"`
+	PanicMode bool         `yaml:"panic_mode,omitempty"`
+	SlowStart Duration     `yaml:"slow_start,omitempty"`
+	Protocol  string       `yaml:"protocol,omitempty"` // http1 (default) | h2c | h2 (https endpoints)
+	TLS       *UpstreamTLS `yaml:"tls,omitempty"`
 	// MaxIdlePerEndpoint bounds kept-alive connections per endpoint (default 256).
 	MaxIdlePerEndpoint int `yaml:"max_idle_per_endpoint,omitempty"`
 	// MaxInFlight is a circuit breaker: with that many requests in flight to
@@ -310,20 +318,20 @@ type PoolConfig struct {
 	OverflowRetryAfter Duration `yaml:"overflow_retry_after,omitempty"`
 }
 
-// EndpointConfig is one replica: `host:port`, `http://host:port`,
+// Endpoint is one replica: `host:port`, `http://host:port`,
 // `https://host:port`, or {address, weight}.
-type EndpointConfig struct {
+type Endpoint struct {
 	Address string `yaml:"address,omitempty"`
 	Weight  int    `yaml:"weight,omitempty"` // default 1
 }
 
-func (e *EndpointConfig) decodeScalar(s string) error {
+func (e *Endpoint) decodeScalar(s string) error {
 	e.Address = s
 	return nil
 }
 
-// ReadinessConfig is the active readiness probe of a pool.
-type ReadinessConfig struct {
+// Readiness is the active readiness probe of a pool.
+type Readiness struct {
 	Path         string   `yaml:"path,omitempty"`          // default /ready
 	Interval     Duration `yaml:"interval,omitempty"`      // default 2s
 	Timeout      Duration `yaml:"timeout,omitempty"`       // default 1s
@@ -338,8 +346,8 @@ type ReadinessConfig struct {
 	GatesReadyz bool `yaml:"gates_readyz,omitempty"`
 }
 
-// OutlierConfig is passive ejection.
-type OutlierConfig struct {
+// Outlier is passive ejection.
+type Outlier struct {
 	ConsecutiveFailures int      `yaml:"consecutive_failures,omitempty"` // default 5
 	Eject               Duration `yaml:"eject,omitempty"`                // default 30s
 	MaxEject            Duration `yaml:"max_eject,omitempty"`            // default 10 x eject

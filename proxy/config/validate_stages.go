@@ -1,28 +1,12 @@
-package proxy
+package config
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
 
 	"sekisho/router"
 )
-
-// stageMore validates the stages that choose between pools: shard, scatter,
-// split and mirror.
-func (v *validation) stageMore(s *StageConfig, p string) {
-	switch {
-	case s.Shard != nil:
-		v.shard(s.Shard, p)
-	case s.Scatter != nil:
-		v.scatter(s.Scatter, p)
-	case s.Split != nil:
-		v.split(s.Split, p)
-	case s.Mirror != nil:
-		v.mirror(s.Mirror, p)
-	}
-}
 
 // poolList checks a list of pool names: present, defined, unique.
 func (v *validation) poolList(names []string, p, what string) {
@@ -41,21 +25,20 @@ func (v *validation) poolList(names []string, p, what string) {
 	}
 }
 
-func (v *validation) shard(s *ShardStageConfig, p string) {
+func (v *validation) shard(s *ShardStage, p string) {
 	v.key(s.Key, p+".key", true)
 	v.poolList(s.Shards, p+".shards", "shards")
 	// The rest is the stage's own Validate: balance_factor, the modes and
 	// the ring settings consistent.New would panic on.
-	sc := s.config(router.MustParseKey("path"), standIn)
-	err := sc.Validate()
-	if err == nil {
-		return
-	}
-	// Names were checked above, with positions; the shard count limit was not.
-	v.fieldErrors(p, onlyNew(err, "key", "shards["))
+	sc := s.Sharding(router.MustParseKey("path"), standIn)
+	// The key and each name were checked above, with positions; the shard
+	// count limit was not.
+	v.stageErrors(p, sc.Validate(), func(field string) bool {
+		return field == "key" || listEntry(field, "shards")
+	})
 }
 
-func (v *validation) scatter(s *ScatterStageConfig, p string) {
+func (v *validation) scatter(s *ScatterStage, p string) {
 	v.poolList(s.Leaves, p+".leaves", "leaves")
 	if s.Timeout < 0 {
 		v.at(p+".timeout", "timeout: must not be negative")
@@ -80,33 +63,20 @@ func (v *validation) scatter(s *ScatterStageConfig, p string) {
 	if s.MaxLeafBodyBytes < 0 {
 		v.at(p+".max_leaf_body_bytes", "max_leaf_body_bytes: must not be negative")
 	}
-	v.fieldErrors(p+".merge", s.Merge.toScatter().Validate())
+	v.stageErrors(p, s.Merge.Scatter().Validate(), nil)
 	// The stage's own rules (leaf names, hedging against the default
 	// timeout), with stand-in handlers: only the settings are checked here.
-	sc := s.config(standIn)
-	v.fieldErrors(p, onlyNew(sc.Validate(), "leaves: none", "merge", "min_success", "hedge_budget_percent", "max_body_bytes", "max_leaf_body_bytes"))
+	sc := s.Scatter(standIn)
+	v.stageErrors(p, sc.Validate(), func(field string) bool {
+		switch fieldKey(field) {
+		case "merge", "min_success", "hedge_budget_percent", "max_body_bytes", "max_leaf_body_bytes":
+			return true
+		}
+		return field == "leaves" // none at all
+	})
 }
 
-// onlyNew drops the errors whose message starts with one of prefixes: the
-// config validation already reported those, with sharper positions.
-func onlyNew(err error, prefixes ...string) error {
-	var keep []error
-outer:
-	for _, e := range flatten(err) {
-		for _, p := range prefixes {
-			if strings.HasPrefix(e.Error(), p) {
-				continue outer
-			}
-		}
-		if strings.Contains(e.Error(), "duplicate name") {
-			continue
-		}
-		keep = append(keep, e)
-	}
-	return errors.Join(keep...)
-}
-
-func (v *validation) split(s *SplitStageConfig, p string) {
+func (v *validation) split(s *SplitStage, p string) {
 	if s.Name == "" {
 		v.at(p, "split: name is missing (it names the experiment and salts its buckets)")
 	}
@@ -144,12 +114,20 @@ func (v *validation) split(s *SplitStageConfig, p string) {
 	for i := range arms {
 		arms[i] = standIn("")
 	}
-	if _, err := router.NewSplit(s.config(router.MustParseKey("path"), arms)); err != nil {
-		v.fieldErrors(p, onlyNew(err, "no arms", "weights sum", "name: empty"))
+	if _, err := router.NewSplit(s.Split(router.MustParseKey("path"), arms)); err != nil {
+		// No arms, a zero sum of weights, a missing name and a name used
+		// twice (an error of the arm entry) were reported above.
+		v.stageErrors(p, err, func(field string) bool {
+			switch {
+			case field == "arms", field == "name" && s.Name == "":
+				return true
+			}
+			return listEntry(field, "arms") && !strings.Contains(field, ".")
+		})
 	}
 }
 
-func (v *validation) mirror(m *MirrorStageConfig, p string) {
+func (v *validation) mirror(m *MirrorStage, p string) {
 	v.poolRef(m.Pool, p+".pool")
 	if m.Percent != nil && (*m.Percent < 0 || *m.Percent > 100) {
 		v.at(p+".percent", "percent: want 0..100, got %g", *m.Percent)
@@ -165,9 +143,9 @@ func (v *validation) mirror(m *MirrorStageConfig, p string) {
 		v.at(p+".timeout", "timeout: must not be negative")
 	}
 	if m.Percent == nil || *m.Percent >= 0 && *m.Percent <= 100 {
-		st, err := router.NewMirror(m.config(router.Key{}, standIn))
+		st, err := router.NewMirror(m.Mirror(router.Key{}, standIn))
 		if err != nil {
-			v.fieldErrors(p, err)
+			v.stageErrors(p, err, nil)
 		} else {
 			st.Close()
 		}

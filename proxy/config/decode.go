@@ -1,4 +1,4 @@
-package proxy
+package config
 
 import (
 	"fmt"
@@ -17,23 +17,23 @@ type Pos struct {
 	Line, Col int
 }
 
-// ConfigError is one problem in a config file, at a position.
-type ConfigError struct {
+// Error is one problem in a config file, at a position.
+type Error struct {
 	File string
 	Pos
 	Msg string
 }
 
 // Error formats the problem as FILE:LINE:COL: message.
-func (e ConfigError) Error() string {
+func (e Error) Error() string {
 	return fmt.Sprintf("%s:%d:%d: %s", e.File, e.Line, e.Col, e.Msg)
 }
 
-// ConfigErrors is every problem found in one config file, in file order.
-type ConfigErrors []ConfigError
+// Errors is every problem found in one config file, in file order.
+type Errors []Error
 
 // Error returns one problem per line.
-func (es ConfigErrors) Error() string {
+func (es Errors) Error() string {
 	lines := make([]string, len(es))
 	for i, e := range es {
 		lines[i] = e.Error()
@@ -66,13 +66,13 @@ var (
 // so that validation can point at the value it rejects.
 type decoder struct {
 	file string
-	errs ConfigErrors
+	errs Errors
 	pos  map[string]Pos
 	env  func(string) (string, bool)
 }
 
 func (d *decoder) errorf(n *yaml.Node, format string, args ...any) {
-	d.errs = append(d.errs, ConfigError{File: d.file, Pos: Pos{n.Line, n.Column}, Msg: fmt.Sprintf(format, args...)})
+	d.errs = append(d.errs, Error{File: d.file, Pos: Pos{n.Line, n.Column}, Msg: fmt.Sprintf(format, args...)})
 }
 
 func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {

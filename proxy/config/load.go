@@ -1,8 +1,7 @@
-package proxy
+package config
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"reflect"
@@ -16,7 +15,7 @@ import (
 // Load reads, expands, strictly decodes, defaults and validates the config
 // file at path. It is pure: it starts nothing and touches nothing but the
 // files the config names. Every problem found is returned at once as
-// ConfigErrors, each with its file, line and column.
+// Errors, each with its file, line and column.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -29,19 +28,19 @@ func Load(path string) (*Config, error) {
 // lookup resolves ${VAR} references.
 func Parse(file string, data []byte, lookup func(string) (string, bool)) (*Config, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
-		return nil, ConfigErrors{{File: file, Pos: Pos{1, 1}, Msg: "the config file is empty"}}
+		return nil, Errors{{File: file, Pos: Pos{1, 1}, Msg: "the config file is empty"}}
 	}
 	var root yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&root); err != nil {
-		return nil, ConfigErrors{yamlSyntaxError(file, err)}
+		return nil, Errors{yamlSyntaxError(file, err)}
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err == nil {
-		return nil, ConfigErrors{{File: file, Pos: Pos{extra.Line, extra.Column}, Msg: "the config file holds more than one YAML document"}}
+		return nil, Errors{{File: file, Pos: Pos{extra.Line, extra.Column}, Msg: "the config file holds more than one YAML document"}}
 	}
 	if len(root.Content) == 0 {
-		return nil, ConfigErrors{{File: file, Pos: Pos{1, 1}, Msg: "the config file is empty"}}
+		return nil, Errors{{File: file, Pos: Pos{1, 1}, Msg: "the config file is empty"}}
 	}
 	d := &decoder{file: file, pos: map[string]Pos{}, env: lookup}
 	cfg := &Config{}
@@ -58,18 +57,21 @@ func Parse(file string, data []byte, lookup func(string) (string, bool)) (*Confi
 }
 
 // yamlSyntaxError turns yaml.v3's "yaml: line N: msg" into a positioned
-// error; the parser gives no column, so the column is 1.
-func yamlSyntaxError(file string, err error) ConfigError {
+// error; the parser gives no column, so the column is 1. yaml.v3 reports a
+// syntax error as text only (no type, no position fields; *yaml.TypeError
+// comes only from decoding into Go values, which Parse does not do), so
+// this is the one error read by its text.
+func yamlSyntaxError(file string, err error) Error {
 	msg := strings.TrimPrefix(err.Error(), "yaml: ")
 	var line int
 	if n, _ := fmt.Sscanf(msg, "line %d:", &line); n == 1 {
 		_, rest, _ := strings.Cut(msg, ":")
-		return ConfigError{File: file, Pos: Pos{line, 1}, Msg: "not valid YAML:" + rest}
+		return Error{File: file, Pos: Pos{line, 1}, Msg: "not valid YAML:" + rest}
 	}
-	return ConfigError{File: file, Pos: Pos{1, 1}, Msg: "not valid YAML: " + msg}
+	return Error{File: file, Pos: Pos{1, 1}, Msg: "not valid YAML: " + msg}
 }
 
-func sortErrors(es ConfigErrors) ConfigErrors {
+func sortErrors(es Errors) Errors {
 	sort.SliceStable(es, func(i, j int) bool {
 		if es[i].Line != es[j].Line {
 			return es[i].Line < es[j].Line
@@ -217,10 +219,4 @@ func (c *Config) Summary() string {
 		routes += len(l.Routes)
 	}
 	return fmt.Sprintf("%s: ok: %d listener(s), %d route(s), %d pool(s)", c.file, len(c.Listeners), routes, len(c.Pools))
-}
-
-// IsConfigError reports whether err holds positioned config problems.
-func IsConfigError(err error) bool {
-	var ce ConfigErrors
-	return errors.As(err, &ce)
 }
