@@ -125,14 +125,8 @@ func (a *accessLog) close() {
 	}
 }
 
-// NewLogger builds the process logger from the log section.
-func NewLogger(lc config.Log) (*zap.Logger, error) {
-	l, _, err := newLogger(lc)
-	return l, err
-}
-
-// newLogger is NewLogger that also returns the level, which a reload may
-// change in place.
+// newLogger builds the process logger from the log section, and returns
+// its level, which a reload may change in place.
 func newLogger(lc config.Log) (*zap.Logger, zap.AtomicLevel, error) {
 	var level zapcore.Level
 	if err := level.UnmarshalText([]byte(lc.Level)); err != nil {
