@@ -21,6 +21,7 @@ import (
 	"sekisho/health"
 	"sekisho/proxy/balance"
 	"sekisho/proxy/config"
+	"sekisho/proxy/metrics"
 	"sekisho/router"
 )
 
@@ -29,7 +30,7 @@ import (
 // as long as the process. It is safe for concurrent use.
 type Env struct {
 	Registry *health.Registry
-	Metrics  *Metrics
+	Metrics  *metrics.Metrics
 	Log      *zap.Logger
 
 	transports transportCache
@@ -42,7 +43,7 @@ func NewEnv(log *zap.Logger) *Env {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	env := &Env{Registry: health.NewRegistry(log), Metrics: NewMetrics(), Log: log, buffers: newBufferPool()}
+	env := &Env{Registry: health.NewRegistry(log), Metrics: metrics.New(), Log: log, buffers: newBufferPool()}
 	env.Registry.SetNotify(env.endpointEvent)
 	return env
 }
@@ -105,7 +106,7 @@ type routeEntry struct {
 	name     string
 	handler  http.Handler
 	upgrades routeUpgrades // the protocols a client may switch to
-	requests *codeCounters
+	requests *metrics.CodeCounters
 	duration prometheus.Observer
 	limits   *routeLimits // nil when the route sets no body limit or timeout
 }
@@ -169,7 +170,7 @@ func (c *compiler) listener(lc *config.Listener) (*listenerRuntime, error) {
 			name:     rc.Name,
 			handler:  h,
 			upgrades: newRouteUpgrades(rc.Upgrades),
-			requests: newCodeCounters(m.Requests.MustCurryWith(prometheus.Labels{"listener": lc.Name, "route": rc.Name})),
+			requests: metrics.NewCodeCounters(m.Requests.MustCurryWith(prometheus.Labels{"listener": lc.Name, "route": rc.Name})),
 			duration: m.RequestDuration.WithLabelValues(lc.Name, rc.Name),
 			limits:   newRouteLimits(lc, rc),
 		}
@@ -181,7 +182,7 @@ func (c *compiler) listener(lc *config.Listener) (*listenerRuntime, error) {
 	lr.notFound = &routeEntry{
 		name:     unmatchedRoute,
 		handler:  http.HandlerFunc(notFound),
-		requests: newCodeCounters(m.Requests.MustCurryWith(prometheus.Labels{"listener": lc.Name, "route": unmatchedRoute})),
+		requests: metrics.NewCodeCounters(m.Requests.MustCurryWith(prometheus.Labels{"listener": lc.Name, "route": unmatchedRoute})),
 		duration: m.RequestDuration.WithLabelValues(lc.Name, unmatchedRoute),
 	}
 	return lr, nil
@@ -266,7 +267,7 @@ func (c *compiler) pool(name string, pc *config.Pool) (*Pool, error) {
 		p.targets = append(p.targets, balance.Target{Addr: u.Host, Weight: e.Weight, EP: ep})
 		p.schemes = append(p.schemes, u.Scheme)
 		p.keys = append(p.keys, u.Scheme+"://"+u.Host)
-		p.attempts = append(p.attempts, newCodeCounters(m.Upstream.MustCurryWith(prometheus.Labels{"pool": name, "endpoint": u.Host})))
+		p.attempts = append(p.attempts, metrics.NewCodeCounters(m.Upstream.MustCurryWith(prometheus.Labels{"pool": name, "endpoint": u.Host})))
 	}
 	t, commit, err := env.transports.get(name, pc)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"sekisho/proxy/config"
+	"sekisho/proxy/metrics"
 	"sekisho/router"
 )
 
@@ -165,7 +166,7 @@ type inFlightGate struct {
 }
 
 // newInFlightGate returns pc's gate, or nil when max_in_flight is not set.
-func newInFlightGate(name string, pc *config.Pool, m *Metrics) *inFlightGate {
+func newInFlightGate(name string, pc *config.Pool, m *metrics.Metrics) *inFlightGate {
 	if pc.MaxInFlight <= 0 {
 		return nil
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"sekisho/proxy/config"
+	"sekisho/proxy/metrics"
 )
 
 // socket is one listening address. It outlives the http.Servers that serve
@@ -44,7 +45,7 @@ type connLimit struct {
 	limited prometheus.Counter
 }
 
-func newConnLimit(lc *config.Listener, m *Metrics) *connLimit {
+func newConnLimit(lc *config.Listener, m *metrics.Metrics) *connLimit {
 	return &connLimit{max: int64(lc.MaxConnections), open: m.Connections.WithLabelValues(lc.Name),
 		limited: m.ConnsLimited.WithLabelValues(lc.Name)}
 }

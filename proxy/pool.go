@@ -18,6 +18,7 @@ import (
 
 	"sekisho/health"
 	"sekisho/proxy/balance"
+	"sekisho/proxy/metrics"
 	"sekisho/router"
 )
 
@@ -44,7 +45,7 @@ type Pool struct {
 	lean      *h1Transport // the transport, when the direct path can use it
 	proxy     *httputil.ReverseProxy
 	log       *zap.Logger
-	attempts  []*codeCounters // per target
+	attempts  []*metrics.CodeCounters // per target
 	duration  prometheus.Observer
 	// bodyIdle (timeouts.body_idle) ends an upstream body that stalls;
 	// bodyTimeouts counts those.
@@ -201,7 +202,7 @@ func (p *Pool) begin(i int, info *router.Info) time.Time {
 // the endpoint stays in flight until the answer's body ends.
 func (p *Pool) answered(i int, start time.Time, status int) {
 	p.duration.Observe(time.Since(start).Seconds())
-	p.attempts[i].inc(status)
+	p.attempts[i].Inc(status)
 	p.targets[i].EP.ObserveResult(status < 500 || !p.group.Counts5xx())
 }
 
@@ -211,7 +212,7 @@ func (p *Pool) failed(i int, start time.Time, r *http.Request, err error, guard 
 	p.duration.Observe(time.Since(start).Seconds())
 	t := &p.targets[i]
 	t.EP.End()
-	p.attempts[i].inc(0)
+	p.attempts[i].Inc(0)
 	if r.Context().Err() != nil || clientFault(err) {
 		return false // the client left, its deadline passed or its body failed: not the endpoint's fault
 	}

@@ -618,7 +618,7 @@ func finish(rt *Runtime, entry *routeEntry, info *router.Info, r *http.Request, 
 		}
 	}
 	elapsed := time.Since(start)
-	entry.requests.inc(status)
+	entry.requests.Inc(status)
 	entry.duration.Observe(elapsed.Seconds())
 	if a := rt.access; a != nil {
 		a.write(info, r, status, bytes, elapsed, note, cut)

@@ -1,4 +1,8 @@
-package proxy
+// Package metrics holds every sekisho_ Prometheus metric in one place: the
+// daemon, the pools and the listeners resolve the label children they need
+// when a config is compiled, so that the request path never looks a label
+// set up. It knows nothing of configs, pools or requests.
+package metrics
 
 import (
 	"strconv"
@@ -44,9 +48,9 @@ type Metrics struct {
 	ClientWriteTimeouts  *prometheus.CounterVec // listener
 }
 
-// NewMetrics registers every metric, with the Go runtime and process
+// New registers every metric, with the Go runtime and process
 // collectors, on a fresh registry.
-func NewMetrics() *Metrics {
+func New() *Metrics {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	f := func(c prometheus.Collector) { reg.MustRegister(c) }
@@ -98,21 +102,24 @@ func NewMetrics() *Metrics {
 	return m
 }
 
-// codeCounters resolves the child of a vector for each status code on first
+// CodeCounters resolves the child of a vector for each status code on first
 // use and keeps it, so that counting an answer is an array load and an atomic
-// add. The vector must have exactly one free label, the code.
-type codeCounters struct {
+// add. The vector must have exactly one free label, the code. It is safe
+// for concurrent use.
+type CodeCounters struct {
 	vec   *prometheus.CounterVec
 	codes [600]atomic.Pointer[prometheus.Counter]
 	other atomic.Pointer[prometheus.Counter]
 }
 
-func newCodeCounters(vec *prometheus.CounterVec) *codeCounters {
-	return &codeCounters{vec: vec}
+// NewCodeCounters returns the counters of vec, whose one free label is the
+// status code.
+func NewCodeCounters(vec *prometheus.CounterVec) *CodeCounters {
+	return &CodeCounters{vec: vec}
 }
 
-// inc counts one answer with code; code 0 means no answer ("error").
-func (c *codeCounters) inc(code int) {
+// Inc counts one answer with code; code 0 means no answer ("error").
+func (c *CodeCounters) Inc(code int) {
 	slot := &c.other
 	if code > 0 && code < len(c.codes) {
 		slot = &c.codes[code]
