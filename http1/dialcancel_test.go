@@ -1,4 +1,4 @@
-package proxy
+package http1
 
 import (
 	"context"
@@ -57,7 +57,7 @@ func TestH1TransportCancelledRequestDialsNot(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			srv, conns := countingServer(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
-			tr := newTestH1(nil, nil)
+			tr := newTestTransport(nil)
 			defer tr.CloseIdleConnections()
 			if tc.warm {
 				_, body, err := doH1(t, tr, http.MethodGet, srv.URL)
@@ -99,7 +99,7 @@ func TestH1TransportDialOutlivesCancelledRequest(t *testing.T) {
 		}
 	})
 	tc := srv.Client().Transport.(*http.Transport).TLSClientConfig
-	tr := newTestH1(nil, tc)
+	tr := newTestTransport(tc)
 	defer tr.CloseIdleConnections()
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -119,7 +119,7 @@ func TestH1TransportDialOutlivesCancelledRequest(t *testing.T) {
 		t.Fatal("the cancelled request waited for its dial")
 	}
 	close(gate) // the upstream's handshake goes on
-	key := "https://" + srv.Listener.Addr().String()
+	key := connKey{"https", srv.Listener.Addr().String()}
 	require.Eventually(t, func() bool {
 		tr.mu.Lock()
 		defer tr.mu.Unlock()

@@ -1,4 +1,4 @@
-package proxy
+package http1
 
 import (
 	"bufio"
@@ -35,17 +35,17 @@ func countingServer(t *testing.T, h http.HandlerFunc) (*httptest.Server, *atomic
 	return s, &conns
 }
 
-func newTestH1(pc *PoolConfig, tc *tls.Config) *h1Transport {
-	if pc == nil {
-		pc = &PoolConfig{}
+// newTestTransport returns a Transport with a one-second dial timeout, eight
+// idle connections per host and tc for TLS (nil: the default).
+func newTestTransport(tc *tls.Config) *Transport {
+	dialer := &net.Dialer{Timeout: time.Second, KeepAlive: 30 * time.Second}
+	return &Transport{
+		DialContext:         dialer.DialContext,
+		TLSClientConfig:     tc,
+		TLSHandshakeTimeout: 6 * time.Second,
+		MaxIdleConnsPerHost: 8,
+		Fallback:            &http.Transport{DialContext: dialer.DialContext, TLSClientConfig: tc, DisableCompression: true},
 	}
-	if pc.Timeouts.Connect == 0 {
-		pc.Timeouts.Connect = Duration(time.Second)
-	}
-	if pc.MaxIdlePerEndpoint == 0 {
-		pc.MaxIdlePerEndpoint = 8
-	}
-	return newH1Transport(newTransport(pc, tc), tc, pc)
 }
 
 func doH1(t *testing.T, tr http.RoundTripper, method, url string) (*http.Response, string, error) {
@@ -75,7 +75,7 @@ func TestH1TransportReusesConnections(t *testing.T) {
 			fmt.Fprintf(w, "hello %s", r.Method)
 		}
 	})
-	tr := newTestH1(nil, nil)
+	tr := newTestTransport(nil)
 	defer tr.CloseIdleConnections()
 	cases := []struct{ method, path, body string }{
 		{http.MethodGet, "/", "hello GET"},
@@ -100,7 +100,7 @@ func TestH1TransportFallsBackForBodiesAndUpgrades(t *testing.T) {
 		b, _ := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "%s %s", r.Method, b)
 	})
-	tr := newTestH1(nil, nil)
+	tr := newTestTransport(nil)
 	defer tr.CloseIdleConnections()
 	req, _ := http.NewRequest(http.MethodPost, srv.URL, strings.NewReader("payload"))
 	resp, err := tr.RoundTrip(req)
@@ -117,10 +117,10 @@ func TestH1TransportFallsBackForBodiesAndUpgrades(t *testing.T) {
 			return r
 		}(),
 	} {
-		assert.False(t, lean(r), "%s with upgrade=%q", r.Method, r.Header.Get("Upgrade"))
+		assert.False(t, pooled(r), "%s with upgrade=%q", r.Method, r.Header.Get("Upgrade"))
 	}
 	get, _ := http.NewRequest(http.MethodGet, "http://x/", nil)
-	assert.True(t, lean(get))
+	assert.True(t, pooled(get))
 }
 
 func TestH1TransportRetriesAStaleConnection(t *testing.T) {
@@ -128,7 +128,7 @@ func TestH1TransportRetriesAStaleConnection(t *testing.T) {
 	srv, conns := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "answer %d", n.Add(1))
 	})
-	tr := newTestH1(nil, nil)
+	tr := newTestTransport(nil)
 	defer tr.CloseIdleConnections()
 	_, body, err := doH1(t, tr, http.MethodGet, srv.URL)
 	require.NoError(t, err)
@@ -151,7 +151,8 @@ func TestH1TransportTimeoutsAndCancellation(t *testing.T) {
 		}
 	})
 	defer close(release)
-	tr := newTestH1(&PoolConfig{Timeouts: PoolTimeouts{ResponseHeader: Duration(50 * time.Millisecond)}}, nil)
+	tr := newTestTransport(nil)
+	tr.ResponseHeaderTimeout = 50 * time.Millisecond
 	defer tr.CloseIdleConnections()
 	start := time.Now()
 	_, _, err := doH1(t, tr, http.MethodGet, srv.URL)
@@ -162,7 +163,7 @@ func TestH1TransportTimeoutsAndCancellation(t *testing.T) {
 	assert.Contains(t, err.Error(), "timeout awaiting response headers")
 	assert.Less(t, time.Since(start), time.Second)
 
-	tr2 := newTestH1(nil, nil)
+	tr2 := newTestTransport(nil)
 	defer tr2.CloseIdleConnections()
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
@@ -178,7 +179,7 @@ func TestH1TransportEarlyCloseDropsTheConnection(t *testing.T) {
 	srv, conns := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte(strings.Repeat("x", 1<<20)))
 	})
-	tr := newTestH1(nil, nil)
+	tr := newTestTransport(nil)
 	defer tr.CloseIdleConnections()
 	req, _ := http.NewRequest(http.MethodGet, srv.URL, nil)
 	resp, err := tr.RoundTrip(req)
@@ -198,7 +199,7 @@ func TestH1TransportTLS(t *testing.T) {
 	}))
 	defer srv.Close()
 	tc := &tls.Config{RootCAs: srv.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs}
-	tr := newTestH1(nil, tc)
+	tr := newTestTransport(tc)
 	defer tr.CloseIdleConnections()
 	_, body, err := doH1(t, tr, http.MethodGet, srv.URL)
 	require.NoError(t, err)
@@ -231,7 +232,8 @@ func TestH1TransportUnderChaos(t *testing.T) {
 		w.Header().Set("Content-Length", strconv.Itoa(len(id)*(n/4)*4))
 		io.WriteString(w, strings.Repeat(id, (n/4)*4))
 	})
-	tr := newTestH1(&PoolConfig{MaxIdlePerEndpoint: 4}, nil)
+	tr := newTestTransport(nil)
+	tr.MaxIdleConnsPerHost = 4
 	defer tr.CloseIdleConnections()
 	const workers, each = 8, 60
 	var wg sync.WaitGroup
@@ -324,10 +326,36 @@ func TestH1TransportBoundsTheResponseHead(t *testing.T) {
 		}
 		io.Copy(io.Discard, br) // until the proxy hangs up
 	}()
-	tr := newTestH1(nil, nil)
+	tr := newTestTransport(nil)
 	defer tr.CloseIdleConnections()
 	_, _, err = doH1(t, tr, http.MethodGet, "http://"+ln.Addr().String()+"/")
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "larger than 1 MiB")
 	<-done
+}
+
+// BenchmarkIdleConnCheck measures what taking an idle upstream connection
+// again costs for its check for unsolicited bytes (a MSG_PEEK|MSG_DONTWAIT
+// recv on the socket).
+func BenchmarkIdleConnCheck(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(b, err)
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			defer c.Close()
+			io.Copy(io.Discard, c)
+		}
+	}()
+	tr := newTestTransport(nil)
+	c, err := tr.dial(context.Background(), connKey{"http", ln.Addr().String()})
+	require.NoError(b, err)
+	defer c.conn.Close()
+	b.ReportAllocs()
+	for b.Loop() {
+		if c.unsolicited() {
+			b.Fatal("a quiet connection counts as unsolicited")
+		}
+	}
 }

@@ -1,4 +1,4 @@
-package proxy
+package http1
 
 import (
 	"bufio"
@@ -9,35 +9,13 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"go.uber.org/zap"
 )
 
-// frontOnly serves h on a frontServer over a real 127.0.0.1 listener.
-func frontOnly(t *testing.T, lc ListenerConfig, h http.Handler) (*frontServer, string) {
+// frontOnly serves h on a Server over a real 127.0.0.1 listener.
+func frontOnly(t *testing.T, h http.Handler) (*Server, string) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{log: zap.NewNop(), ctx: ctx, cancel: cancel}
-	if lc.MaxHeaderBytes == 0 {
-		lc.MaxHeaderBytes = 64 << 10
-	}
-	if lc.Timeouts.Idle == 0 {
-		lc.Timeouts.Idle = Duration(120 * time.Second)
-	}
-	fs := newFrontServer(s, &lc, h, &http.Server{Handler: h}, ln.Addr())
-	done := make(chan struct{})
-	go func() { defer close(done); fs.Serve(ln) }()
-	t.Cleanup(func() {
-		fs.Close()
-		fs.hand.Close()
-		cancel()
-		<-done
-	})
-	return fs, ln.Addr().String()
+	srv := &Server{Handler: h, MaxHeaderBytes: 64 << 10, IdleTimeout: 120 * time.Second}
+	return srv, serve(t, srv)
 }
 
 func rawConn(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
@@ -54,7 +32,7 @@ func rawConn(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
 // pushes the answer past pendingMax.
 func TestH1ServerHeldBackBytesGoFirst(t *testing.T) {
 	big := strings.Repeat("B", pendingMax+10)
-	_, addr := frontOnly(t, ListenerConfig{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	_, addr := frontOnly(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "small-")
 		io.WriteString(w, big)
 	}))
@@ -78,7 +56,7 @@ func TestH1ServerHeldBackBytesGoFirst(t *testing.T) {
 // the answer unflushed while the loop waits for a body the client will not
 // send before it gets a 100 Continue.
 func TestH1ServerAnswersAnUnreadExpectContinue(t *testing.T) {
-	_, addr := frontOnly(t, ListenerConfig{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	_, addr := frontOnly(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", "6")
 		w.WriteHeader(http.StatusRequestEntityTooLarge)
 		io.WriteString(w, "nope!\n")
@@ -92,26 +70,6 @@ func TestH1ServerAnswersAnUnreadExpectContinue(t *testing.T) {
 	}
 	if resp.StatusCode != http.StatusRequestEntityTooLarge {
 		t.Fatalf("status %d", resp.StatusCode)
-	}
-}
-
-// an upstream head whose lines end in a bare LF (which
-// http.ReadResponse, and so ReverseProxy, accepts) is never recognised as
-// complete by the direct path's parser, which waits for "\r\n\r\n".
-func TestDirectPathBareLFAnswerHead(t *testing.T) {
-	up := newScriptedUpstream(t, func(string) string {
-		return "HTTP/1.1 200 OK\nContent-Length: 2\n\nok"
-	})
-	td := directDaemon(t, up.addr())
-	td.client.Timeout = 3 * time.Second
-	resp, err := td.client.Get(td.url("edge") + "/x")
-	if err != nil {
-		t.Fatalf("GET through the direct path: %v", err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 || string(body) != "ok" {
-		t.Fatalf("got %d %q, want 200 \"ok\"", resp.StatusCode, body)
 	}
 }
 
@@ -132,7 +90,7 @@ func TestH1ServerRefusesBareLFChunkSize(t *testing.T) {
 	ref := netHTTPServer(t, h)
 	for name, addr := range map[string]string{"net/http": ref, "loop": ""} {
 		if addr == "" {
-			_, addr = frontOnly(t, ListenerConfig{}, h)
+			_, addr = frontOnly(t, h)
 		}
 		c, br := rawConn(t, addr)
 		io.WriteString(c, raw)
@@ -175,7 +133,7 @@ func TestH1ServerHijackSendsTheWrittenHead(t *testing.T) {
 		brw.Flush()
 	})
 	ref := netHTTPServer(t, h)
-	_, loop := frontOnly(t, ListenerConfig{}, h)
+	_, loop := frontOnly(t, h)
 	for _, tc := range []struct{ name, addr string }{{"net/http", ref}, {"loop", loop}} {
 		c, br := rawConn(t, tc.addr)
 		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
@@ -193,7 +151,7 @@ func TestH1ServerHijackSendsTheWrittenHead(t *testing.T) {
 func TestH1ServerUnknownExpectIs417(t *testing.T) {
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "served") })
 	ref := netHTTPServer(t, h)
-	_, loop := frontOnly(t, ListenerConfig{}, h)
+	_, loop := frontOnly(t, h)
 	for _, tc := range []struct{ name, addr string }{{"net/http", ref}, {"loop", loop}} {
 		c, br := rawConn(t, tc.addr)
 		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nExpect: something-else\r\n\r\n")
@@ -213,7 +171,7 @@ func TestH1ServerUnknownExpectIs417(t *testing.T) {
 func TestH1ServerSniffsContentType(t *testing.T) {
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "<html><body>hi</body></html>") })
 	ref := netHTTPServer(t, h)
-	_, loop := frontOnly(t, ListenerConfig{}, h)
+	_, loop := frontOnly(t, h)
 	for _, tc := range []struct{ name, addr string }{{"net/http", ref}, {"loop", loop}} {
 		c, br := rawConn(t, tc.addr)
 		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -225,77 +183,6 @@ func TestH1ServerSniffsContentType(t *testing.T) {
 		if resp.Header.Get("Content-Type") != "text/html; charset=utf-8" {
 			t.Errorf("%s: Content-Type %q, want the sniffed text/html; charset=utf-8", tc.name, resp.Header.Get("Content-Type"))
 		}
-	}
-}
-
-// the pooled upstream connection is not watched while idle, so bytes
-// the upstream sends on it between requests (here the 408 some servers
-// send before closing an idle connection) are read as the answer to the
-// next request, which goes to a different client.
-func TestDirectPathIdleConnectionsAnswerIsNotTheNextOnes(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					line, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if line == "\r\n" {
-						break
-					}
-				}
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-				// What some servers send when they close an idle
-				// connection; here at once, in the same or the next read.
-				io.WriteString(c, "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
-			}()
-		}
-	}()
-	td := directDaemon(t, ln.Addr().String())
-	resp, body := td.get(td.url("edge") + "/first")
-	if resp.StatusCode != 200 || body != "ok" {
-		t.Fatalf("first: %d %q", resp.StatusCode, body)
-	}
-	td.client.CloseIdleConnections() // a new client connection, another client
-	resp, body = td.get(td.url("edge") + "/second")
-	if resp.StatusCode != 200 {
-		t.Fatalf("second request got %d %q: the upstream's unsolicited answer on the idle connection", resp.StatusCode, body)
-	}
-}
-
-// an HTTP/1.0 request without Host goes upstream with an empty
-// Host on the direct path; through ReverseProxy (same request with a body)
-// the Host is the endpoint's address, as http.Transport fills it in.
-func TestDirectPathHostOfAnHTTP10Request(t *testing.T) {
-	up := newScriptedUpstream(t, func(string) string { return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" })
-	td := directDaemon(t, up.addr())
-	hostOf := func(raw string) []string {
-		c, br := rawConn(t, strings.TrimPrefix(td.url("edge"), "http://"))
-		io.WriteString(c, raw)
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		io.ReadAll(resp.Body)
-		return headerLines(up.lastHead())["host"]
-	}
-	viaProxy := hostOf("POST /x HTTP/1.0\r\nContent-Length: 1\r\n\r\nz")
-	direct := hostOf("GET /x HTTP/1.0\r\n\r\n")
-	t.Logf("ReverseProxy: %q, direct: %q", viaProxy, direct)
-	if len(direct) != 1 || direct[0] != up.addr() {
-		t.Errorf("direct path sent Host %q, ReverseProxy sends %q", direct, viaProxy)
 	}
 }
 
@@ -314,8 +201,8 @@ func TestH1ConnUnsolicited(t *testing.T) {
 			accepted <- c
 		}
 	}()
-	tr := newTestH1(nil, nil)
-	c, err := tr.dial(context.Background(), "http://"+ln.Addr().String(), "http", ln.Addr().String())
+	tr := newTestTransport(nil)
+	c, err := tr.dial(context.Background(), connKey{"http", ln.Addr().String()})
 	if err != nil {
 		t.Fatal(err)
 	}
