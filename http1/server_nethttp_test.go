@@ -18,6 +18,7 @@ func frontOnly(t *testing.T, h http.Handler) (*Server, string) {
 	return srv, serve(t, srv)
 }
 
+// rawConn dials addr with a five-second deadline.
 func rawConn(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -28,7 +29,7 @@ func rawConn(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
 	return c, bufio.NewReader(c)
 }
 
-// a short Write held back in pending is dropped when a later Write
+// A short Write held back in pending goes out first when a later Write
 // pushes the answer past pendingMax.
 func TestH1ServerHeldBackBytesGoFirst(t *testing.T) {
 	big := strings.Repeat("B", pendingMax+10)
@@ -51,10 +52,9 @@ func TestH1ServerHeldBackBytesGoFirst(t *testing.T) {
 	}
 }
 
-// a handler that answers an Expect: 100-continue request without
-// reading its body (with a Content-Length, so the head goes at once) leaves
-// the answer unflushed while the loop waits for a body the client will not
-// send before it gets a 100 Continue.
+// A handler that answers an Expect: 100-continue request without reading
+// its body (with a Content-Length, so the head goes at once) gets its
+// answer to the client, which sends no body before a 100 Continue.
 func TestH1ServerAnswersAnUnreadExpectContinue(t *testing.T) {
 	_, addr := frontOnly(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", "6")
@@ -73,8 +73,8 @@ func TestH1ServerAnswersAnUnreadExpectContinue(t *testing.T) {
 	}
 }
 
-// chunk-size lines ending in a bare LF are accepted; net/http rejects
-// them since the request-smuggling fix for CVE-2025-22871.
+// A chunk-size line ending in a bare LF is refused, as net/http refuses it
+// since the request-smuggling fix for CVE-2025-22871.
 func TestH1ServerRefusesBareLFChunkSize(t *testing.T) {
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, err := io.ReadAll(r.Body)
@@ -117,8 +117,8 @@ func netHTTPServer(t *testing.T, h http.Handler) string {
 	return ln.Addr().String()
 }
 
-// what the handler wrote before Hijack (a WriteHeader(101), or a short
-// body held back in pending) is dropped instead of flushed as net/http does.
+// What the handler wrote before Hijack (a WriteHeader(101), or a short
+// body held back in pending) is flushed first, as net/http does.
 func TestH1ServerHijackSendsTheWrittenHead(t *testing.T) {
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "Upgrade")
@@ -146,8 +146,8 @@ func TestH1ServerHijackSendsTheWrittenHead(t *testing.T) {
 	}
 }
 
-// an Expect other than 100-continue on a bodyless request is served
-// instead of answered 417 (net/http, and docs/config.md, say 417).
+// An Expect other than 100-continue, even on a bodyless request, is
+// answered 417, as by net/http.
 func TestH1ServerUnknownExpectIs417(t *testing.T) {
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "served") })
 	ref := netHTTPServer(t, h)
@@ -166,8 +166,8 @@ func TestH1ServerUnknownExpectIs417(t *testing.T) {
 	}
 }
 
-// net/http sniffs a Content-Type for a body written without
-// one; the loop sends none.
+// A body written without a Content-Type gets a sniffed one, as from
+// net/http.
 func TestH1ServerSniffsContentType(t *testing.T) {
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "<html><body>hi</body></html>") })
 	ref := netHTTPServer(t, h)
