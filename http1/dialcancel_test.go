@@ -43,9 +43,9 @@ func (c *gatedConn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
-// TestH1TransportCancelledRequestDialsNot: a request whose client has gone
+// TestTransportCancelledRequestDialsNot: a request whose client has gone
 // before it is sent neither dials nor spends a kept-alive connection.
-func TestH1TransportCancelledRequestDialsNot(t *testing.T) {
+func TestTransportCancelledRequestDialsNot(t *testing.T) {
 	cases := []struct {
 		name    string
 		warm    bool  // a kept-alive connection waits when the cancelled request comes
@@ -81,10 +81,10 @@ func TestH1TransportCancelledRequestDialsNot(t *testing.T) {
 	}
 }
 
-// TestH1TransportDialOutlivesCancelledRequest: a connection whose dial was
+// TestTransportDialOutlivesCancelledRequest: a connection whose dial was
 // under way when its request was cancelled is not thrown away; it waits in
 // the idle pool and the next request takes it.
-func TestH1TransportDialOutlivesCancelledRequest(t *testing.T) {
+func TestTransportDialOutlivesCancelledRequest(t *testing.T) {
 	gate := make(chan struct{})
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	gl := &gatedListener{Listener: srv.Listener, open: gate}

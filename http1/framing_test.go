@@ -13,7 +13,7 @@ import (
 
 // RFC 9112's framing rules on the loop, where it is stricter than net/http
 // on purpose, and Expect as net/http has it.
-func TestH1ServerFramingRules(t *testing.T) {
+func TestServerFramingRules(t *testing.T) {
 	u, _, addr := h1sSetup(t, nil)
 	t.Run("Content-Length with chunked: chunked framing, then close", func(t *testing.T) {
 		c := h1sDial(t, addr)
@@ -67,7 +67,7 @@ func TestH1ServerFramingRules(t *testing.T) {
 // MaxHeaderBytes bounds the head (request line, header lines and the
 // empty line) exactly: a head of that size is served, one byte more is 431,
 // whether or not the head fits the connection's read buffer.
-func TestH1ServerMaxHeaderBytesIsExact(t *testing.T) {
+func TestServerMaxHeaderBytesIsExact(t *testing.T) {
 	for _, limit := range []int{1024, 4096, 6000, 20000} {
 		t.Run(fmt.Sprint(limit), func(t *testing.T) {
 			_, _, addr := h1sSetup(t, func(s *Server) { s.MaxHeaderBytes = limit })

@@ -11,8 +11,8 @@ import (
 	"time"
 )
 
-// frontOnly serves h on a Server over a real 127.0.0.1 listener.
-func frontOnly(t *testing.T, h http.Handler) (*Server, string) {
+// serveHandler serves h on a Server over a real 127.0.0.1 listener.
+func serveHandler(t *testing.T, h http.Handler) (*Server, string) {
 	t.Helper()
 	srv := &Server{Handler: h, MaxHeaderBytes: 64 << 10, IdleTimeout: 120 * time.Second}
 	return srv, serve(t, srv)
@@ -31,9 +31,9 @@ func rawConn(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
 
 // A short Write held back in pending goes out first when a later Write
 // pushes the answer past pendingMax.
-func TestH1ServerHeldBackBytesGoFirst(t *testing.T) {
+func TestServerHeldBackBytesGoFirst(t *testing.T) {
 	big := strings.Repeat("B", pendingMax+10)
-	_, addr := frontOnly(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	_, addr := serveHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "small-")
 		io.WriteString(w, big)
 	}))
@@ -55,8 +55,8 @@ func TestH1ServerHeldBackBytesGoFirst(t *testing.T) {
 // A handler that answers an Expect: 100-continue request without reading
 // its body (with a Content-Length, so the head goes at once) gets its
 // answer to the client, which sends no body before a 100 Continue.
-func TestH1ServerAnswersAnUnreadExpectContinue(t *testing.T) {
-	_, addr := frontOnly(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+func TestServerAnswersAnUnreadExpectContinue(t *testing.T) {
+	_, addr := serveHandler(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", "6")
 		w.WriteHeader(http.StatusRequestEntityTooLarge)
 		io.WriteString(w, "nope!\n")
@@ -75,7 +75,7 @@ func TestH1ServerAnswersAnUnreadExpectContinue(t *testing.T) {
 
 // A chunk-size line ending in a bare LF is refused, as net/http refuses it
 // since the request-smuggling fix for CVE-2025-22871.
-func TestH1ServerRefusesBareLFChunkSize(t *testing.T) {
+func TestServerRefusesBareLFChunkSize(t *testing.T) {
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, err := io.ReadAll(r.Body)
 		if err != nil {
@@ -90,7 +90,7 @@ func TestH1ServerRefusesBareLFChunkSize(t *testing.T) {
 	ref := netHTTPServer(t, h)
 	for name, addr := range map[string]string{"net/http": ref, "loop": ""} {
 		if addr == "" {
-			_, addr = frontOnly(t, h)
+			_, addr = serveHandler(t, h)
 		}
 		c, br := rawConn(t, addr)
 		io.WriteString(c, raw)
@@ -119,7 +119,7 @@ func netHTTPServer(t *testing.T, h http.Handler) string {
 
 // What the handler wrote before Hijack (a WriteHeader(101), or a short
 // body held back in pending) is flushed first, as net/http does.
-func TestH1ServerHijackSendsTheWrittenHead(t *testing.T) {
+func TestServerHijackSendsTheWrittenHead(t *testing.T) {
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "Upgrade")
 		w.Header().Set("Upgrade", "echo")
@@ -133,7 +133,7 @@ func TestH1ServerHijackSendsTheWrittenHead(t *testing.T) {
 		brw.Flush()
 	})
 	ref := netHTTPServer(t, h)
-	_, loop := frontOnly(t, h)
+	_, loop := serveHandler(t, h)
 	for _, tc := range []struct{ name, addr string }{{"net/http", ref}, {"loop", loop}} {
 		c, br := rawConn(t, tc.addr)
 		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
@@ -148,10 +148,10 @@ func TestH1ServerHijackSendsTheWrittenHead(t *testing.T) {
 
 // An Expect other than 100-continue, even on a bodyless request, is
 // answered 417, as by net/http.
-func TestH1ServerUnknownExpectIs417(t *testing.T) {
+func TestServerUnknownExpectIs417(t *testing.T) {
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "served") })
 	ref := netHTTPServer(t, h)
-	_, loop := frontOnly(t, h)
+	_, loop := serveHandler(t, h)
 	for _, tc := range []struct{ name, addr string }{{"net/http", ref}, {"loop", loop}} {
 		c, br := rawConn(t, tc.addr)
 		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nExpect: something-else\r\n\r\n")
@@ -168,10 +168,10 @@ func TestH1ServerUnknownExpectIs417(t *testing.T) {
 
 // A body written without a Content-Type gets a sniffed one, as from
 // net/http.
-func TestH1ServerSniffsContentType(t *testing.T) {
+func TestServerSniffsContentType(t *testing.T) {
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "<html><body>hi</body></html>") })
 	ref := netHTTPServer(t, h)
-	_, loop := frontOnly(t, h)
+	_, loop := serveHandler(t, h)
 	for _, tc := range []struct{ name, addr string }{{"net/http", ref}, {"loop", loop}} {
 		c, br := rawConn(t, tc.addr)
 		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -188,7 +188,7 @@ func TestH1ServerSniffsContentType(t *testing.T) {
 
 // An idle upstream connection that received bytes, or was closed, is not
 // taken again.
-func TestH1ConnUnsolicited(t *testing.T) {
+func TestConnUnsolicited(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

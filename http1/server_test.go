@@ -255,7 +255,7 @@ func (c *h1sConn) assertClosed(d time.Duration) time.Duration {
 	return time.Since(start)
 }
 
-func TestH1ServerKeepAlive(t *testing.T) {
+func TestServerKeepAlive(t *testing.T) {
 	_, _, addr := h1sSetup(t, nil)
 	t.Run("three requests on one HTTP/1.1 connection", func(t *testing.T) {
 		c := h1sDial(t, addr)
@@ -300,7 +300,7 @@ func TestH1ServerKeepAlive(t *testing.T) {
 	})
 }
 
-func TestH1ServerPipelining(t *testing.T) {
+func TestServerPipelining(t *testing.T) {
 	_, _, addr := h1sSetup(t, nil)
 	c := h1sDial(t, addr)
 	c.send("GET /fixed HTTP/1.1\r\nHost: edge.test\r\n\r\n" +
@@ -314,7 +314,7 @@ func TestH1ServerPipelining(t *testing.T) {
 	c.assertOpen()
 }
 
-func TestH1ServerRequestBodies(t *testing.T) {
+func TestServerRequestBodies(t *testing.T) {
 	_, _, addr := h1sSetup(t, nil)
 	t.Run("Content-Length", func(t *testing.T) {
 		big := strings.Repeat("0123456789abcdef", (1<<20)/16)
@@ -350,7 +350,7 @@ func TestH1ServerRequestBodies(t *testing.T) {
 	})
 }
 
-func TestH1ServerUnreadBodyIsDiscarded(t *testing.T) {
+func TestServerUnreadBodyIsDiscarded(t *testing.T) {
 	u, _, addr := h1sSetup(t, nil)
 	// Were the body taken for requests, they would reach the upstream.
 	smuggled := strings.Repeat("GET /api/smuggled HTTP/1.1\r\nHost: edge.test\r\n\r\n", 100)
@@ -372,7 +372,7 @@ func TestH1ServerUnreadBodyIsDiscarded(t *testing.T) {
 	assert.Zero(t, u.hits.Load(), "no part of a body was served as a request")
 }
 
-func TestH1ServerResponseFraming(t *testing.T) {
+func TestServerResponseFraming(t *testing.T) {
 	_, _, addr := h1sSetup(t, nil)
 	t.Run("small answer of unknown length", func(t *testing.T) {
 		for path, want := range map[string]string{"/api/chunked": "chunked answer\n", "/api/close": "close-delimited answer\n"} {
@@ -437,7 +437,7 @@ func TestH1ServerResponseFraming(t *testing.T) {
 	})
 }
 
-func TestH1ServerMalformedRequests(t *testing.T) {
+func TestServerMalformedRequests(t *testing.T) {
 	u, _, addr := h1sSetup(t, func(s *Server) { s.MaxHeaderBytes = 4096 })
 	cases := []struct {
 		name, raw string
@@ -466,7 +466,7 @@ func TestH1ServerMalformedRequests(t *testing.T) {
 	assert.Zero(t, u.hits.Load(), "no malformed request reached the upstream")
 }
 
-func TestH1ServerTimeouts(t *testing.T) {
+func TestServerTimeouts(t *testing.T) {
 	_, _, addr := h1sSetup(t, func(s *Server) { s.ReadHeaderTimeout, s.IdleTimeout = time.Second, time.Second })
 	t.Run("a half-sent head is cut after read_header", func(t *testing.T) {
 		c := h1sDial(t, addr)
@@ -482,7 +482,7 @@ func TestH1ServerTimeouts(t *testing.T) {
 	})
 }
 
-func TestH1ServerUpgrade(t *testing.T) {
+func TestServerUpgrade(t *testing.T) {
 	_, _, addr := h1sSetup(t, nil)
 	c := h1sDial(t, addr)
 	resp, _ := c.do(http.MethodGet, "GET /api/ws HTTP/1.1\r\nHost: edge.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
@@ -499,7 +499,7 @@ func TestH1ServerUpgrade(t *testing.T) {
 	}
 }
 
-func TestH1ServerH2CPriorKnowledge(t *testing.T) {
+func TestServerH2CPriorKnowledge(t *testing.T) {
 	_, _, addr := h1sSetup(t, func(s *Server) { s.ServeHTTP2 = h2cHandOver(t, s.Handler) })
 	var protos http.Protocols
 	protos.SetUnencryptedHTTP2(true)
@@ -522,7 +522,7 @@ func TestH1ServerH2CPriorKnowledge(t *testing.T) {
 	assert.Equal(t, "fixed\n", string(body))
 }
 
-func TestH1ServerGracefulShutdown(t *testing.T) {
+func TestServerGracefulShutdown(t *testing.T) {
 	u, srv, addr := h1sSetup(t, nil)
 	busy := h1sDial(t, addr)
 	busy.send("GET /api/slow HTTP/1.1\r\nHost: edge.test\r\n\r\n")
@@ -555,7 +555,7 @@ func TestH1ServerGracefulShutdown(t *testing.T) {
 	}
 }
 
-func TestH1ServerForwardsClientAddress(t *testing.T) {
+func TestServerForwardsClientAddress(t *testing.T) {
 	u, _, addr := h1sSetup(t, nil)
 	c := h1sDial(t, addr)
 	resp, _ := c.do(http.MethodGet, "GET /api/hello HTTP/1.1\r\nHost: shop.test\r\n\r\n")

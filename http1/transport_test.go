@@ -60,7 +60,7 @@ func doH1(t *testing.T, tr http.RoundTripper, method, url string) (*http.Respons
 	return resp, string(b), err
 }
 
-func TestH1TransportReusesConnections(t *testing.T) {
+func TestTransportReusesConnections(t *testing.T) {
 	srv, conns := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/chunked":
@@ -95,7 +95,7 @@ func TestH1TransportReusesConnections(t *testing.T) {
 	assert.Equal(t, int64(1), conns.Load(), "every request rode one kept-alive connection")
 }
 
-func TestH1TransportFallsBackForBodiesAndUpgrades(t *testing.T) {
+func TestTransportFallsBackForBodiesAndUpgrades(t *testing.T) {
 	srv, _ := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "%s %s", r.Method, b)
@@ -123,7 +123,7 @@ func TestH1TransportFallsBackForBodiesAndUpgrades(t *testing.T) {
 	assert.True(t, pooled(get))
 }
 
-func TestH1TransportRetriesAStaleConnection(t *testing.T) {
+func TestTransportRetriesAStaleConnection(t *testing.T) {
 	var n atomic.Int64
 	srv, conns := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "answer %d", n.Add(1))
@@ -142,7 +142,7 @@ func TestH1TransportRetriesAStaleConnection(t *testing.T) {
 	assert.Equal(t, int64(2), conns.Load())
 }
 
-func TestH1TransportTimeoutsAndCancellation(t *testing.T) {
+func TestTransportTimeoutsAndCancellation(t *testing.T) {
 	release := make(chan struct{})
 	srv, _ := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
 		select {
@@ -175,7 +175,7 @@ func TestH1TransportTimeoutsAndCancellation(t *testing.T) {
 	assert.True(t, errors.Is(err, context.Canceled), "got %v", err)
 }
 
-func TestH1TransportEarlyCloseDropsTheConnection(t *testing.T) {
+func TestTransportEarlyCloseDropsTheConnection(t *testing.T) {
 	srv, conns := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte(strings.Repeat("x", 1<<20)))
 	})
@@ -193,7 +193,7 @@ func TestH1TransportEarlyCloseDropsTheConnection(t *testing.T) {
 	assert.Equal(t, int64(2), conns.Load())
 }
 
-func TestH1TransportTLS(t *testing.T) {
+func TestTransportTLS(t *testing.T) {
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "tls %v", r.TLS != nil)
 	}))
@@ -206,12 +206,12 @@ func TestH1TransportTLS(t *testing.T) {
 	assert.Equal(t, "tls true", body)
 }
 
-// TestH1TransportUnderChaos sends many concurrent requests over a small
+// TestTransportUnderChaos sends many concurrent requests over a small
 // pool of kept-alive connections while some are cancelled mid-answer and
 // some bodies are closed early. Every answer that arrives whole must be the
 // one for its own request: a connection given back to the pool too soon
 // would hand one request the tail of another's answer.
-func TestH1TransportUnderChaos(t *testing.T) {
+func TestTransportUnderChaos(t *testing.T) {
 	srv, _ := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
 		id := r.URL.Query().Get("id")
 		n := len(id) * 50
@@ -296,9 +296,9 @@ func TestH1TransportUnderChaos(t *testing.T) {
 	assert.Greater(t, whole.Load(), int64(workers*each/2), "most requests complete (cut short: %d)", cut.Load())
 }
 
-// TestH1TransportBoundsTheResponseHead: an upstream that sends headers
+// TestTransportBoundsTheResponseHead: an upstream that sends headers
 // without end gets an error, not the proxy's memory.
-func TestH1TransportBoundsTheResponseHead(t *testing.T) {
+func TestTransportBoundsTheResponseHead(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer ln.Close()

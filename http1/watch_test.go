@@ -36,7 +36,7 @@ func TestServerClientGoneCancelsTheRequest(t *testing.T) {
 // The watch of a long request may read the first byte of the next one
 // (a client that sends its next request before the answer): that byte
 // still starts the next request.
-func TestH1ServerWatchKeepsTheNextRequestsFirstByte(t *testing.T) {
+func TestServerWatchKeepsTheNextRequestsFirstByte(t *testing.T) {
 	u, srv, addr := h1sSetup(t, nil)
 	c := h1sDial(t, addr)
 	c.send("GET /api/slow HTTP/1.1\r\nHost: edge.test\r\n\r\n")
@@ -55,7 +55,7 @@ func TestH1ServerWatchKeepsTheNextRequestsFirstByte(t *testing.T) {
 
 // A head larger than the connection's read buffer but within
 // MaxHeaderBytes is served, and so is one with bare LF line ends.
-func TestH1ServerLargeAndBareLFHeads(t *testing.T) {
+func TestServerLargeAndBareLFHeads(t *testing.T) {
 	u, _, addr := h1sSetup(t, nil)
 	c := h1sDial(t, addr)
 	big := strings.Repeat("b", 20<<10)
