@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -420,30 +419,4 @@ pools:
 	assert.NotEqualValues(t, 200, line["status"])
 	assert.EqualValues(t, 0, line["bytes"])
 	assert.Equal(t, true, line["cut"])
-}
-
-// BenchmarkIdleConnCheck measures what taking an idle upstream connection
-// again costs for its check for unsolicited bytes (a MSG_PEEK|MSG_DONTWAIT
-// recv on the socket).
-func BenchmarkIdleConnCheck(b *testing.B) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(b, err)
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			defer c.Close()
-			io.Copy(io.Discard, c)
-		}
-	}()
-	tr := newTestH1(nil, nil)
-	c, err := tr.dial(context.Background(), "http://"+ln.Addr().String(), "http", ln.Addr().String())
-	require.NoError(b, err)
-	defer c.conn.Close()
-	b.ReportAllocs()
-	for b.Loop() {
-		if c.unsolicited() {
-			b.Fatal("a quiet connection counts as unsolicited")
-		}
-	}
 }

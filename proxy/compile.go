@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"sekisho/health"
+	"sekisho/http1"
 	"sekisho/proxy/balance"
 	"sekisho/proxy/config"
 	"sekisho/proxy/metrics"
@@ -266,7 +267,7 @@ func (c *compiler) pool(name string, pc *config.Pool) (*Pool, error) {
 		eps = append(eps, ep)
 		p.targets = append(p.targets, balance.Target{Addr: u.Host, Weight: e.Weight, EP: ep})
 		p.schemes = append(p.schemes, u.Scheme)
-		p.keys = append(p.keys, u.Scheme+"://"+u.Host)
+		p.bodyEnds = append(p.bodyEnds, bodyEnd{ep: ep, idleTimeouts: p.bodyTimeouts})
 		p.attempts = append(p.attempts, metrics.NewCodeCounters(m.Upstream.MustCurryWith(prometheus.Labels{"pool": name, "endpoint": u.Host})))
 	}
 	t, commit, err := env.transports.get(name, pc)
@@ -275,7 +276,7 @@ func (c *compiler) pool(name string, pc *config.Pool) (*Pool, error) {
 	}
 	c.rt.commits = append(c.rt.commits, commit)
 	p.transport = t
-	p.lean, _ = t.(*h1Transport)
+	p.direct, _ = t.(*http1.Transport)
 	p.proxy = &httputil.ReverseProxy{
 		Rewrite:      p.rewrite,
 		Transport:    p,

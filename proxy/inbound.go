@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strings"
 
+	"sekisho/http1"
 	"sekisho/proxy/config"
 	"sekisho/router"
 	"sekisho/scatter"
@@ -144,19 +145,19 @@ func (in *inboundRules) sanitize(r *http.Request) {
 	teKept := len(te) == 1 && te[0] == "trailers"
 	// An upgrade means something on HTTP/1.1 only (RFC 9110 7.8).
 	var upgrade []string
-	if len(conn) > 0 && r.ProtoMajor == 1 && r.ProtoMinor >= 1 && len(h["Upgrade"]) > 0 && hasToken(conn, "upgrade") {
+	if len(conn) > 0 && r.ProtoMajor == 1 && r.ProtoMinor >= 1 && len(h["Upgrade"]) > 0 && http1.HasToken(conn, "upgrade") {
 		upgrade = h["Upgrade"]
 	}
 	for k := range h {
 		switch {
 		case k == "Te" && teKept:
 		case hopByHop(k),
-			len(conn) > 0 && hasToken(conn, k),
+			len(conn) > 0 && http1.HasToken(conn, k),
 			strings.IndexByte(k, '_') >= 0 && in.isConfusable(k):
 			delete(h, k)
 		}
 	}
-	if !teKept && len(te) > 0 && hasToken(te, "trailers") {
+	if !teKept && len(te) > 0 && http1.HasToken(te, "trailers") {
 		h["Te"] = []string{"trailers"}
 	}
 	if upgrade != nil {

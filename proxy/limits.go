@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"sekisho/http1"
 	"sekisho/proxy/config"
 	"sekisho/proxy/metrics"
 	"sekisho/router"
@@ -110,15 +111,9 @@ func plainError(w http.ResponseWriter, status int, msg string) {
 // handler (it would otherwise drain a small remainder to keep the
 // connection), so that the connection closes after the answer.
 func stopBody(body io.ReadCloser) {
-	rb, ok := body.(*reqBody)
-	if !ok {
-		return
+	if sb, ok := body.(http1.StoppableBody); ok {
+		sb.Stop(errBodyTooLarge)
 	}
-	rb.mu.Lock()
-	if rb.err == nil && !rb.eof {
-		rb.err = errBodyTooLarge
-	}
-	rb.mu.Unlock()
 }
 
 // limitedBody passes on at most left bytes of a request body. A body that

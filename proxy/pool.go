@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"sekisho/health"
+	"sekisho/http1"
 	"sekisho/proxy/balance"
 	"sekisho/proxy/metrics"
 	"sekisho/router"
@@ -36,13 +37,12 @@ type Pool struct {
 	name      string
 	targets   []balance.Target
 	schemes   []string
-	keys      []string // scheme://address per target: the transport's idle pool keys
 	policy    balance.Policy
 	group     *health.Group
 	retries   int
 	panicMode bool
 	transport http.RoundTripper
-	lean      *h1Transport // the transport, when the direct path can use it
+	direct    *http1.Transport // the transport, when the direct path can use it
 	proxy     *httputil.ReverseProxy
 	log       *zap.Logger
 	attempts  []*metrics.CodeCounters // per target
@@ -51,7 +51,10 @@ type Pool struct {
 	// bodyTimeouts counts those.
 	bodyIdle     time.Duration
 	bodyTimeouts prometheus.Counter
-	checker      *health.Checker // nil without readiness probes
+	// bodyEnds, per target, is told when a body the direct transport read
+	// ends.
+	bodyEnds []bodyEnd
+	checker  *health.Checker // nil without readiness probes
 	// gatesReadyz holds /readyz at 503 while no endpoint is available.
 	gatesReadyz bool
 	gate        *inFlightGate // max_in_flight; nil without
@@ -75,9 +78,9 @@ func (p *Pool) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		defer g.leave()
 	}
-	if p.lean != nil && directable(r) {
+	if p.direct != nil && http1.Forwardable(r) {
 		if info := router.InfoFrom(r); info != nil {
-			p.forward(w, r, p.lean, info)
+			p.forward(w, r, p.direct, info)
 			return
 		}
 	}
@@ -117,12 +120,11 @@ func (p *Pool) rewrite(pr *httputil.ProxyRequest) {
 
 // setForwarded writes X-Forwarded-For, -Host and -Proto.
 func setForwarded(in, out *http.Request) {
-	var fwd forwardedValues
-	fwd.set(in, router.InfoFrom(in))
+	fwd := forwardedFor(in, router.InfoFrom(in))
 	// One allocation holds the three values; each header gets a slice of
 	// it with no spare capacity, so an Add elsewhere copies instead of
 	// writing over a neighbour.
-	vals := []string{fwd.forFor, fwd.host, fwd.proto}
+	vals := []string{fwd.For, fwd.Host, fwd.Proto}
 	out.Header["X-Forwarded-For"] = vals[0:1:1]
 	out.Header["X-Forwarded-Host"] = vals[1:2:2]
 	out.Header["X-Forwarded-Proto"] = vals[2:3:3]
@@ -165,7 +167,7 @@ func (p *Pool) RoundTrip(out *http.Request) (*http.Response, error) {
 				resp.Header.Del("Content-Length")
 				resp.ContentLength = -1
 			}
-			resp.Body = p.wrapBody(resp.Body, t.EP)
+			resp.Body = p.wrapBody(resp.Body, i)
 			return resp, nil
 		}
 		if guard != nil {
@@ -368,7 +370,7 @@ func (g *replayGuard) used() bool { return g.read.Load() }
 // closed, so that least_request and shard load see streaming responses.
 // With idle set, a read that waits longer than idle for the upstream ends
 // the body: a timer closes it under the read, which then fails with a
-// bodyIdleError, counted by idleTimeouts.
+// *http1.BodyIdleError, counted by idleTimeouts.
 type endBody struct {
 	io.ReadCloser
 	ep   *health.Endpoint
@@ -393,7 +395,7 @@ func (b *endBody) Read(p []byte) (int, error) {
 	b.timer.Stop()
 	if err != nil && err != io.EOF && b.expired.Load() {
 		b.idleTimeouts.Inc()
-		err = bodyIdleError{b.idle}
+		err = &http1.BodyIdleError{Idle: b.idle}
 	}
 	return n, err
 }
@@ -421,14 +423,16 @@ type endRWC struct {
 	io.Writer
 }
 
-// wrapBody makes body end the endpoint's in-flight count when it is closed
-// and end itself when the upstream stalls for the pool's body_idle.
-func (p *Pool) wrapBody(body io.ReadCloser, ep *health.Endpoint) io.ReadCloser {
-	if hb, ok := body.(*h1Body); ok {
-		// The lean path's body ends the count and bounds its reads itself:
-		// no wrapper.
-		hb.ep, hb.idle, hb.idleTimeouts = ep, p.bodyIdle, p.bodyTimeouts
-		return hb
+// wrapBody makes body, from target i, end the endpoint's in-flight count
+// when it is closed and end itself when the upstream stalls for the pool's
+// body_idle.
+func (p *Pool) wrapBody(body io.ReadCloser, i int) io.ReadCloser {
+	ep := p.targets[i].EP
+	if nb, ok := body.(http1.NotifyingBody); ok {
+		// The direct transport's body bounds its reads itself and says
+		// when it ends: no wrapper.
+		nb.NotifyEnd(&p.bodyEnds[i])
+		return nb
 	}
 	if rwc, ok := body.(io.ReadWriteCloser); ok {
 		return endRWC{endBody: &endBody{ReadCloser: rwc, ep: ep}, Writer: rwc}
@@ -437,6 +441,23 @@ func (p *Pool) wrapBody(body io.ReadCloser, ep *health.Endpoint) io.ReadCloser {
 		return &endBody{ReadCloser: body, ep: ep}
 	}
 	return &endBody{ReadCloser: body, ep: ep, idle: p.bodyIdle, idleTimeouts: p.bodyTimeouts}
+}
+
+// bodyEnd is told when a body of the direct transport from one target
+// ends: it ends the endpoint's in-flight count and counts a stalled body.
+type bodyEnd struct {
+	ep           *health.Endpoint
+	idleTimeouts prometheus.Counter
+}
+
+var _ http1.BodyEnder = (*bodyEnd)(nil)
+
+func (e *bodyEnd) EndBody(err error) {
+	var idle *http1.BodyIdleError
+	if err != nil && errors.As(err, &idle) {
+		e.idleTimeouts.Inc()
+	}
+	e.ep.End()
 }
 
 // errorHandler answers a request that could not be forwarded: 503 when no
@@ -449,8 +470,8 @@ func (p *Pool) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 		info.Pool = p.name
 	}
 	if status == statusClientClosed {
-		if sw, ok := w.(*statusWriter); ok {
-			sw.status = statusClientClosed
+		if cg, ok := w.(clientGoneRecorder); ok {
+			cg.RecordClientGone()
 		}
 		p.log.Debug("client went away", zap.String("pool", p.name), zap.Error(err))
 		return
@@ -465,6 +486,10 @@ func (p *Pool) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 	w.WriteHeader(status)
 	io.WriteString(w, msg)
 }
+
+// clientGoneRecorder is the listener's ResponseWriter as the pool sees it:
+// it records an answer never sent because the client left.
+type clientGoneRecorder interface{ RecordClientGone() }
 
 // clientBodyError is a failure to read the client's request body: the
 // request ends there, answered 400 (408 for a read timeout), and it never
@@ -493,7 +518,7 @@ func classify(r *http.Request, err error) (int, string) {
 	case r.Context().Err() == context.Canceled || errors.Is(err, context.Canceled):
 		return statusClientClosed, ""
 	case clientFault(err):
-		var fe *bodyFramingError
+		var fe *http1.FramingError
 		switch {
 		case errors.As(err, &fe):
 			return http.StatusBadRequest, "malformed request body\n"

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"runtime/debug"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +19,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"sekisho/http1"
 	"sekisho/proxy/config"
 	"sekisho/router"
 )
@@ -597,23 +597,24 @@ func finish(rt *Runtime, entry *routeEntry, info *router.Info, r *http.Request, 
 	if status == 0 {
 		status = http.StatusOK
 	}
-	if rw, ok := sw.ResponseWriter.(*respWriter); ok {
+	if rw, ok := sw.ResponseWriter.(http1.Finisher); ok {
 		if cut {
-			rw.abort()
+			rw.Abort()
 		} else {
-			rw.complete()
+			rw.Complete()
 		}
-		if head, n, wasCut := rw.delivered(); wasCut {
+		if head, n, wasCut := rw.Delivered(); wasCut {
 			cut, bytes = true, n
+			werr := rw.Err()
 			switch {
 			case head:
-			case rw.err != nil:
+			case werr != nil:
 				status = statusClientClosed // the client could not be written to
 			default:
 				status = http.StatusBadGateway // aborted before a byte went out
 			}
-			if rw.err != nil {
-				note = "client write failed: " + rw.err.Error()
+			if werr != nil {
+				note = "client write failed: " + werr.Error()
 			}
 		}
 	}
@@ -699,6 +700,10 @@ func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return http.NewResponseController(w.ResponseWriter).Hijack()
 }
 
+// RecordClientGone records an answer never sent because the client left
+// (statusClientClosed).
+func (w *statusWriter) RecordClientGone() { w.status = statusClientClosed }
+
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // ReadFrom lets io.Copy reach the connection's own ReadFrom (sendfile).
@@ -711,9 +716,9 @@ func (w *statusWriter) ReadFrom(r io.Reader) (int64, error) {
 	return n, err
 }
 
-// serverLogWriter carries net/http's own log lines (TLS handshake errors,
-// bad requests) into the process log at debug level, and counts handshake
-// failures.
+// serverLogWriter carries net/http's own log lines (those of its HTTP/2
+// side) into the process log at debug level. TLS handshakes are the
+// HTTP/1.x loop's, which counts their failures (front.go).
 type serverLogWriter struct {
 	s        *Server
 	listener string
@@ -723,9 +728,6 @@ func (w *serverLogWriter) Write(b []byte) (int, error) {
 	msg := string(b)
 	if len(msg) > 0 && msg[len(msg)-1] == '\n' {
 		msg = msg[:len(msg)-1]
-	}
-	if strings.Contains(msg, "TLS handshake error") {
-		w.s.env.Metrics.TLSHandshakeErrs.WithLabelValues(w.listener).Inc()
 	}
 	w.s.log.Debug(msg, zap.String("listener", w.listener))
 	return len(b), nil

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"sekisho/http1"
 	"sekisho/proxy/config"
 )
 
@@ -77,16 +78,17 @@ type transportEntry struct {
 	t   upstreamTransport
 }
 
-// upstreamTransport is a pool's RoundTripper: an *http.Transport, or the
-// lean HTTP/1.1 path in front of one.
+// upstreamTransport is a pool's RoundTripper: an *http.Transport, or an
+// *http1.Transport in front of one.
 type upstreamTransport interface {
 	http.RoundTripper
 	CloseIdleConnections()
 }
 
-// buildTransport returns the RoundTripper for a pool: for HTTP/1.1 pools the
-// lean path (h1Transport) with a stock Transport behind it for everything
-// it does not take; for h2 and h2c the stock Transport alone.
+// buildTransport returns the RoundTripper for a pool: for HTTP/1.1 pools an
+// http1.Transport (which the direct path uses too) with a stock Transport
+// behind it for everything it does not take; for h2 and h2c the stock
+// Transport alone.
 func buildTransport(pc *config.Pool) (upstreamTransport, error) {
 	tc, err := upstreamTLSConfig(pc)
 	if err != nil {
@@ -94,9 +96,25 @@ func buildTransport(pc *config.Pool) (upstreamTransport, error) {
 	}
 	t := newTransport(pc, tc)
 	if pc.Protocol == "http1" {
-		return newH1Transport(t, tc, pc), nil
+		return newDirectTransport(t, pc.Timeouts.BodyIdle.D()), nil
 	}
 	return t, nil
+}
+
+// newDirectTransport returns an http1.Transport with the dialer, TLS and
+// idle settings of fallback, which takes what it does not send itself;
+// bodyIdle ends the bodies it reads that stall.
+func newDirectTransport(fallback *http.Transport, bodyIdle time.Duration) *http1.Transport {
+	return &http1.Transport{
+		DialContext:           fallback.DialContext,
+		TLSClientConfig:       fallback.TLSClientConfig,
+		TLSHandshakeTimeout:   fallback.TLSHandshakeTimeout,
+		MaxIdleConnsPerHost:   fallback.MaxIdleConnsPerHost,
+		IdleConnTimeout:       fallback.IdleConnTimeout,
+		ResponseHeaderTimeout: fallback.ResponseHeaderTimeout,
+		BodyIdleTimeout:       bodyIdle,
+		Fallback:              fallback,
+	}
 }
 
 // get returns the cached Transport for pool when its signature matches, or

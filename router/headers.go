@@ -10,6 +10,8 @@ import (
 	"net/textproto"
 	"slices"
 	"strings"
+
+	"sekisho/http1"
 )
 
 // HeaderOps edits one header map. Operations run in a fixed order: Remove,
@@ -32,7 +34,7 @@ func (o HeaderOps) validate(side string, request bool) []error {
 	var errs []error
 	check := func(op, name, value string) {
 		switch {
-		case !ValidToken(name):
+		case !http1.ValidToken(name):
 			errs = append(errs, FieldErrorf(side+"."+op, "%s.%s: %q is not a header name", side, op, name))
 		case request && strings.EqualFold(name, "Host"):
 			errs = append(errs, FieldErrorf(side+"."+op, "%s.%s: Host is the request's authority, not a header here; the pool decides the upstream Host", side, op))

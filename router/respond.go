@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"sekisho/http1"
 )
 
 // Respond is the respond stage: it answers the request itself with a fixed
@@ -42,7 +44,7 @@ func (s Respond) Validate() error {
 	for _, name := range slices.Sorted(maps.Keys(s.Headers)) {
 		v := s.Headers[name]
 		switch {
-		case !ValidToken(name):
+		case !http1.ValidToken(name):
 			errs = append(errs, FieldErrorf("headers", "header %q: not a header name", name))
 		case strings.EqualFold(name, "Content-Length"), strings.EqualFold(name, "Transfer-Encoding"):
 			errs = append(errs, FieldErrorf("headers", "header %q: computed from the body, cannot be set", name))

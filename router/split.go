@@ -10,6 +10,8 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"sekisho/http1"
 )
 
 // ArmHeader is the request header that tells the upstream which arm of which
@@ -136,7 +138,7 @@ func NewSplit(s Split) (*SplitStage, error) {
 	if len(s.Arms) > 0 && total == 0 {
 		errs = append(errs, FieldErrorf("arms", "weights sum to 0: at least one arm needs a positive weight"))
 	}
-	if s.OverrideHeader != "" && !ValidToken(s.OverrideHeader) {
+	if s.OverrideHeader != "" && !http1.ValidToken(s.OverrideHeader) {
 		errs = append(errs, FieldErrorf("override_header", "override_header %q: not a header name", s.OverrideHeader))
 	}
 	if len(errs) > 0 {

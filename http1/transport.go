@@ -1,4 +1,4 @@
-package proxy
+package http1
 
 import (
 	"bufio"
@@ -13,36 +13,62 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"sekisho/proxy/config"
 )
 
-// h1Transport is a lean HTTP/1.1 RoundTripper for the requests that make up
-// most proxy traffic: GET, HEAD and OPTIONS without a body and without an
+// Transport is a lean HTTP/1.1 client for the requests that make up most
+// proxy traffic: GET, HEAD and OPTIONS without a body and without an
 // upgrade. It writes the request and reads the response head on the
-// caller's goroutine over a pooled keep-alive connection, so a request costs
-// no goroutine hand-off and none of http.Transport's per-request
-// bookkeeping. Everything else (bodies, upgrades, Expect, h2 and h2c) goes
-// to the fallback, a stock *http.Transport with the same settings.
+// caller's goroutine over a pooled keep-alive connection, so a request
+// costs no goroutine hand-off and none of http.Transport's per-request
+// bookkeeping. RoundTrip hands everything else (bodies, upgrades, Expect)
+// to Fallback; Forward is the direct path of a proxy, which writes the
+// forwarded head and relays a plain answer without building either side's
+// header map.
 //
-// An h1Transport is safe for concurrent use. Its idle connections are
-// closed by CloseIdleConnections and after IdleTimeout.
-type h1Transport struct {
-	fallback *http.Transport
-
-	dialer         *net.Dialer
-	tlsConfig      *tls.Config // nil: the transport's default
-	headerTimeout  time.Duration
-	idleTimeout    time.Duration
-	maxIdlePerHost int
+// The zero Transport is usable. Its fields must not change once it is in
+// use; it must not be copied after first use; it is safe for concurrent
+// use. Its idle connections are closed by CloseIdleConnections and after
+// IdleConnTimeout.
+type Transport struct {
+	// DialContext dials the TCP connections. If nil, a net.Dialer's with
+	// a 30-second keep-alive.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// TLSClientConfig configures the TLS connections of https requests;
+	// its ServerName defaults to the address's host and its NextProtos are
+	// always http/1.1. If nil, the zero tls.Config.
+	TLSClientConfig *tls.Config
+	// TLSHandshakeTimeout bounds a TLS handshake. Zero means no limit.
+	TLSHandshakeTimeout time.Duration
+	// MaxIdleConnsPerHost bounds the kept-alive connections waiting per
+	// scheme and address. Zero means http.DefaultMaxIdleConnsPerHost.
+	MaxIdleConnsPerHost int
+	// IdleConnTimeout is how long a kept-alive connection may wait for its
+	// next request. Zero means no limit.
+	IdleConnTimeout time.Duration
+	// ResponseHeaderTimeout bounds the wait for an answer's head once the
+	// request is written. Zero means no limit.
+	ResponseHeaderTimeout time.Duration
+	// BodyIdleTimeout ends an answer's body (with a *BodyIdleError) when
+	// the upstream sends nothing of it for this long. Zero means no limit.
+	BodyIdleTimeout time.Duration
+	// Fallback sends the requests RoundTrip does not send itself. If nil,
+	// http.DefaultTransport.
+	Fallback http.RoundTripper
 
 	mu   sync.Mutex
-	idle map[string][]*h1Conn // by scheme://host:port, most recent last
+	idle map[connKey][]*conn // most recent last
 }
+
+// connKey is what the idle pool is keyed by.
+type connKey struct{ scheme, addr string }
+
+var _ http.RoundTripper = (*Transport)(nil)
 
 // maxResponseHead bounds an upstream's status line and headers, as
 // http.Transport's MaxResponseHeaderBytes does.
 const maxResponseHead = 1 << 20
+
+var defaultDialer = &net.Dialer{KeepAlive: 30 * time.Second}
 
 // headLimit stands between a connection and its reader: while a response
 // head is read, it lets at most budget bytes through, so an upstream that
@@ -69,17 +95,16 @@ func (l *headLimit) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// h1Conn is one upstream connection with its buffers.
-type h1Conn struct {
+// conn is one upstream connection with its buffers.
+type conn struct {
 	conn    net.Conn
 	lim     *headLimit
 	br      *bufio.Reader
 	bw      *bufio.Writer
-	key     string
-	addr    string
+	key     connKey
 	idleAt  time.Time
 	reused  bool
-	t       *h1Transport
+	t       *Transport
 	stopCtx func() bool // stops the context watch of the request in flight
 	cut     func()      // moves the deadline into the past: bound once
 	tls     bool
@@ -89,27 +114,15 @@ type h1Conn struct {
 	bodyDeadline bool
 }
 
-func newH1Transport(fallback *http.Transport, tlsConfig *tls.Config, pc *config.Pool) *h1Transport {
-	return &h1Transport{
-		fallback:       fallback,
-		dialer:         &net.Dialer{Timeout: pc.Timeouts.Connect.D(), KeepAlive: 30 * time.Second},
-		tlsConfig:      tlsConfig,
-		headerTimeout:  pc.Timeouts.ResponseHeader.D(),
-		idleTimeout:    pc.Timeouts.Idle.D(),
-		maxIdlePerHost: pc.MaxIdlePerEndpoint,
-		idle:           map[string][]*h1Conn{},
-	}
+// pooled reports whether RoundTrip sends r itself.
+func pooled(r *http.Request) bool {
+	return replayable(r) && (r.URL.Scheme == "http" || r.URL.Scheme == "https")
 }
 
-// lean reports whether r can take the lean path.
-func lean(r *http.Request) bool {
-	return bodylessIdempotent(r) && (r.URL.Scheme == "http" || r.URL.Scheme == "https")
-}
-
-// bodylessIdempotent reports whether r is a GET, HEAD or OPTIONS without a
-// body, an upgrade or an expectation: what the lean and the direct paths
-// can send over a pooled connection and send again on a fresh one.
-func bodylessIdempotent(r *http.Request) bool {
+// replayable reports whether r is a GET, HEAD or OPTIONS without a body, an
+// upgrade or an expectation: what the Transport can send over a pooled
+// connection and send again on a fresh one.
+func replayable(r *http.Request) bool {
 	switch r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
 	default:
@@ -121,13 +134,19 @@ func bodylessIdempotent(r *http.Request) bool {
 	return r.Header.Get("Upgrade") == "" && r.Header.Get("Expect") == ""
 }
 
-// RoundTrip sends r, on the lean path when it can.
-func (t *h1Transport) RoundTrip(r *http.Request) (*http.Response, error) {
-	if !lean(r) {
-		return t.fallback.RoundTrip(r)
+// RoundTrip sends r itself when it is a bodyless GET, HEAD or OPTIONS
+// without an upgrade or an expectation, and through Fallback otherwise.
+// The body of a response it read itself is a NotifyingBody.
+func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if !pooled(r) {
+		fb := t.Fallback
+		if fb == nil {
+			fb = http.DefaultTransport
+		}
+		return fb.RoundTrip(r)
 	}
-	x, err := t.exchange(r.Context(), r, r.URL.Scheme+"://"+r.URL.Host, r.URL.Scheme, r.URL.Host, nil)
-	return x.resp, err
+	a, err := t.do(r.Context(), r, r.URL.Scheme, r.URL.Host, nil)
+	return a.Response, err
 }
 
 var errStaleConn = errors.New("upstream closed the kept-alive connection")
@@ -153,8 +172,31 @@ var errBadStatus = errors.New("upstream answered with a status below 100")
 // that arrives after the next request was written; from then on it is that
 // request's answer.
 
-// get returns an idle connection to key, or dials one to addr.
-func (t *h1Transport) get(ctx context.Context, key, scheme, addr string) (*h1Conn, error) {
+// do sends r to addr and reads the answer's head, written for the direct
+// path when fwd is not nil. A kept-alive connection the upstream had closed
+// fails before a byte of the answer; the request is idempotent and
+// bodyless, so it goes again on a fresh connection, as http.Transport does.
+func (t *Transport) do(ctx context.Context, r *http.Request, scheme, addr string, fwd *Forwarded) (Answer, error) {
+	key := connKey{scheme, addr}
+	for {
+		c, err := t.get(ctx, key)
+		if err != nil {
+			return Answer{}, err
+		}
+		a, err := c.roundTrip(ctx, r, fwd)
+		if err == nil {
+			return a, nil
+		}
+		c.close()
+		if c.reused && ctx.Err() == nil && err == errStaleConn {
+			continue
+		}
+		return Answer{}, err
+	}
+}
+
+// get returns an idle connection to key, or dials one.
+func (t *Transport) get(ctx context.Context, key connKey) (*conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err // gone: neither a dial nor an idle connection spent on it
 	}
@@ -165,7 +207,7 @@ func (t *h1Transport) get(ctx context.Context, key, scheme, addr string) (*h1Con
 		list[len(list)-1] = nil
 		t.idle[key] = list[:len(list)-1]
 		t.mu.Unlock()
-		if t.idleTimeout > 0 && now.Sub(c.idleAt) > t.idleTimeout || c.unsolicited() {
+		if t.IdleConnTimeout > 0 && now.Sub(c.idleAt) > t.IdleConnTimeout || c.unsolicited() {
 			c.conn.Close()
 			t.mu.Lock()
 			continue
@@ -174,7 +216,7 @@ func (t *h1Transport) get(ctx context.Context, key, scheme, addr string) (*h1Con
 		return c, nil
 	}
 	t.mu.Unlock()
-	return t.dial(ctx, key, scheme, addr)
+	return t.dial(ctx, key)
 }
 
 // unsolicited reports whether anything has arrived on the idle connection
@@ -184,7 +226,7 @@ func (t *h1Transport) get(ctx context.Context, key, scheme, addr string) (*h1Con
 // any byte waiting on its socket is taken as unsolicited, though it may be
 // a late session ticket: the cost is a new connection, never a wrong
 // answer.
-func (c *h1Conn) unsolicited() bool {
+func (c *conn) unsolicited() bool {
 	if c.br.Buffered() > 0 {
 		return true
 	}
@@ -205,18 +247,18 @@ func (c *h1Conn) unsolicited() bool {
 // client resetting its streams), dial returns at once and the connection,
 // once made, waits in the idle pool for the next request, as
 // http.Transport's do, rather than costing the upstream a connection per
-// cancelled request. The connect timeout bounds it.
-func (t *h1Transport) dial(ctx context.Context, key, scheme, addr string) (*h1Conn, error) {
+// cancelled request. The dialer's timeout bounds it.
+func (t *Transport) dial(ctx context.Context, key connKey) (*conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	type dialed struct {
-		c   *h1Conn
+		c   *conn
 		err error
 	}
 	done := make(chan dialed, 1)
 	go func() {
-		c, err := t.connect(context.WithoutCancel(ctx), key, scheme, addr)
+		c, err := t.connect(context.WithoutCancel(ctx), key)
 		done <- dialed{c, err}
 	}()
 	select {
@@ -232,42 +274,56 @@ func (t *h1Transport) dial(ctx context.Context, key, scheme, addr string) (*h1Co
 	}
 }
 
-func (t *h1Transport) connect(ctx context.Context, key, scheme, addr string) (*h1Conn, error) {
-	conn, err := t.dialer.DialContext(ctx, "tcp", addr)
+func (t *Transport) connect(ctx context.Context, key connKey) (*conn, error) {
+	dial := t.DialContext
+	if dial == nil {
+		dial = defaultDialer.DialContext
+	}
+	nc, err := dial(ctx, "tcp", key.addr)
 	if err != nil {
 		return nil, err
 	}
-	if scheme == "https" {
+	if key.scheme == "https" {
 		cfg := &tls.Config{}
-		if t.tlsConfig != nil {
-			cfg = t.tlsConfig.Clone()
+		if t.TLSClientConfig != nil {
+			cfg = t.TLSClientConfig.Clone()
 		}
 		if cfg.ServerName == "" {
-			cfg.ServerName, _, _ = net.SplitHostPort(addr)
+			cfg.ServerName, _, _ = net.SplitHostPort(key.addr)
 		}
 		cfg.NextProtos = []string{"http/1.1"}
-		tc := tls.Client(conn, cfg)
-		hctx, cancel := context.WithTimeout(ctx, t.dialer.Timeout+5*time.Second)
+		tc := tls.Client(nc, cfg)
+		hctx, cancel := ctx, context.CancelFunc(func() {})
+		if t.TLSHandshakeTimeout > 0 {
+			hctx, cancel = context.WithTimeout(ctx, t.TLSHandshakeTimeout)
+		}
 		err := tc.HandshakeContext(hctx)
 		cancel()
 		if err != nil {
-			conn.Close()
+			nc.Close()
 			return nil, err
 		}
-		conn = tc
+		nc = tc
 	}
-	lim := &headLimit{conn: conn, budget: -1}
-	c := &h1Conn{conn: conn, lim: lim, br: bufio.NewReaderSize(lim, 16<<10), bw: bufio.NewWriterSize(conn, 4<<10), key: key, addr: addr, t: t,
-		tls: scheme == "https", poll: newSocketPoll(conn)}
+	lim := &headLimit{conn: nc, budget: -1}
+	c := &conn{conn: nc, lim: lim, br: bufio.NewReaderSize(lim, 16<<10), bw: bufio.NewWriterSize(nc, 4<<10), key: key, t: t,
+		tls: key.scheme == "https", poll: newSocketPoll(nc)}
 	c.cut = func() { c.conn.SetDeadline(aLongTimeAgo) }
 	return c, nil
 }
 
 // put returns c to the idle pool, or closes it when the pool is full.
-func (t *h1Transport) put(c *h1Conn) {
+func (t *Transport) put(c *conn) {
 	c.idleAt = time.Now()
+	limit := t.MaxIdleConnsPerHost
+	if limit == 0 {
+		limit = http.DefaultMaxIdleConnsPerHost
+	}
 	t.mu.Lock()
-	if list := t.idle[c.key]; len(list) < t.maxIdlePerHost {
+	if list := t.idle[c.key]; len(list) < limit {
+		if t.idle == nil {
+			t.idle = map[connKey][]*conn{}
+		}
 		t.idle[c.key] = append(list, c)
 		t.mu.Unlock()
 		return
@@ -276,21 +332,23 @@ func (t *h1Transport) put(c *h1Conn) {
 	c.conn.Close()
 }
 
-// CloseIdleConnections closes every idle connection, of both paths.
-func (t *h1Transport) CloseIdleConnections() {
+// CloseIdleConnections closes every idle connection, Fallback's included.
+func (t *Transport) CloseIdleConnections() {
 	t.mu.Lock()
 	idle := t.idle
-	t.idle = map[string][]*h1Conn{}
+	t.idle = nil
 	t.mu.Unlock()
 	for _, list := range idle {
 		for _, c := range list {
 			c.conn.Close()
 		}
 	}
-	t.fallback.CloseIdleConnections()
+	if ci, ok := t.Fallback.(interface{ CloseIdleConnections() }); ok {
+		ci.CloseIdleConnections()
+	}
 }
 
-func (c *h1Conn) close() {
+func (c *conn) close() {
 	if c.stopCtx != nil {
 		c.stopCtx()
 		c.stopCtx = nil
@@ -302,7 +360,7 @@ func (c *h1Conn) close() {
 // and waits for the first byte of the answer, within the response header
 // timeout. Until the answer is complete, the end of ctx cuts the
 // connection's blocked reads and writes.
-func (c *h1Conn) send(ctx context.Context, r *http.Request, fwd *forwardedValues) error {
+func (c *conn) send(ctx context.Context, r *http.Request, fwd *Forwarded) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -311,7 +369,7 @@ func (c *h1Conn) send(ctx context.Context, r *http.Request, fwd *forwardedValues
 	c.stopCtx = context.AfterFunc(ctx, c.cut)
 	var err error
 	if fwd != nil {
-		err = writeForwardHead(c.bw, r, fwd, c.addr)
+		err = writeForwardHead(c.bw, r, fwd, c.key.addr)
 	} else {
 		err = writeRequestHead(c.bw, r)
 	}
@@ -323,8 +381,8 @@ func (c *h1Conn) send(ctx context.Context, r *http.Request, fwd *forwardedValues
 		// early as the write.
 		return c.wrapErr(ctx, err, c.reused)
 	}
-	if c.t.headerTimeout > 0 {
-		c.conn.SetReadDeadline(time.Now().Add(c.t.headerTimeout))
+	if to := c.t.ResponseHeaderTimeout; to > 0 {
+		c.conn.SetReadDeadline(time.Now().Add(to))
 	}
 	c.lim.budget = maxResponseHead
 	if c.reused {
@@ -339,7 +397,7 @@ func (c *h1Conn) send(ctx context.Context, r *http.Request, fwd *forwardedValues
 
 // readResponse reads the answer's head into an *http.Response whose body
 // gives the connection back to the pool at its clean end.
-func (c *h1Conn) readResponse(ctx context.Context, r *http.Request) (*http.Response, error) {
+func (c *conn) readResponse(ctx context.Context, r *http.Request) (*http.Response, error) {
 	var resp *http.Response
 	var err error
 	for {
@@ -363,25 +421,22 @@ func (c *h1Conn) readResponse(ctx context.Context, r *http.Request) (*http.Respo
 		return nil, errStaleConn
 	}
 	c.endHead(ctx)
-	// After a 101 the connection speaks another protocol: never reused
-	// (these requests ask for no upgrade, so it is unsolicited too).
-	reuse := !resp.Close && !r.Close && resp.ProtoAtLeast(1, 1) && resp.StatusCode != http.StatusSwitchingProtocols
-	body := &h1Body{rc: resp.Body, c: c, ctx: ctx, reuse: reuse}
+	b := &body{rc: resp.Body, c: c, ctx: ctx, reuse: !resp.Close && !r.Close && resp.ProtoAtLeast(1, 1)}
 	if resp.Body == http.NoBody {
 		// HEAD, 204, 304: the answer is complete, the connection free now.
-		body.finish(true)
+		b.finish(true, nil)
 		return resp, nil
 	}
-	resp.Body = body
+	resp.Body = b
 	return resp, nil
 }
 
 // endHead marks the answer's head as read: the body is bounded by its own
 // framing, and by no header timeout. It runs before anything can hand the
 // connection back to the pool.
-func (c *h1Conn) endHead(ctx context.Context) {
+func (c *conn) endHead(ctx context.Context) {
 	c.lim.budget = -1
-	if c.t.headerTimeout > 0 {
+	if c.t.ResponseHeaderTimeout > 0 {
 		c.conn.SetReadDeadline(time.Time{})
 		if ctx.Err() != nil {
 			// Cancelled between the head and here: the watch's deadline
@@ -390,8 +445,6 @@ func (c *h1Conn) endHead(ctx context.Context) {
 		}
 	}
 }
-
-var aLongTimeAgo = time.Unix(1, 0)
 
 // writeRequestHead writes a bodyless request's head, as Request.Write would
 // but without its per-request allocations. A request it cannot write
@@ -414,10 +467,7 @@ func writeRequestHead(w *bufio.Writer, r *http.Request) error {
 			if v == "" && k == "User-Agent" {
 				continue // ReverseProxy's way of saying "send none"
 			}
-			w.WriteString(k)
-			w.WriteString(": ")
-			w.WriteString(v)
-			w.WriteString("\r\n")
+			writeField(w, k, v)
 		}
 	}
 	_, err := w.WriteString("\r\n")
@@ -437,9 +487,8 @@ func writeRequestLine(w *bufio.Writer, r *http.Request, host string) {
 		w.WriteByte('?')
 		w.WriteString(r.URL.RawQuery)
 	}
-	w.WriteString(" HTTP/1.1\r\nHost: ")
-	w.WriteString(host)
-	w.WriteString("\r\n")
+	w.WriteString(" HTTP/1.1\r\n")
+	writeField(w, "Host", host)
 }
 
 // headerSafe reports whether every name and value can go on the wire as
@@ -467,13 +516,13 @@ func (e timeoutError) Error() string {
 func (timeoutError) Timeout() bool   { return true }
 func (timeoutError) Temporary() bool { return true }
 
-func (c *h1Conn) wrapErr(ctx context.Context, err error, firstByte bool) error {
+func (c *conn) wrapErr(ctx context.Context, err error, firstByte bool) error {
 	if ctxErr := ctx.Err(); ctxErr != nil {
 		return ctxErr
 	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
-		return timeoutError{c.t.headerTimeout}
+		return timeoutError{c.t.ResponseHeaderTimeout}
 	}
 	if firstByte && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || isConnReset(err) ||
 		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)) {
@@ -487,18 +536,23 @@ func isConnReset(err error) bool {
 	return errors.As(err, &op) && op.Op == "read"
 }
 
-// bodyIdleError ends an upstream body that sent nothing for the pool's
-// timeouts.body_idle.
-type bodyIdleError struct{ d time.Duration }
+// BodyIdleError ends an upstream body that sent nothing for the
+// Transport's BodyIdleTimeout (Idle).
+type BodyIdleError struct{ Idle time.Duration }
 
-func (e bodyIdleError) Error() string { return fmt.Sprintf("upstream body idle for %s", e.d) }
-func (bodyIdleError) Timeout() bool   { return true }
-func (bodyIdleError) Temporary() bool { return false }
+func (e *BodyIdleError) Error() string { return fmt.Sprintf("upstream body idle for %s", e.Idle) }
+
+// Timeout reports true: a BodyIdleError is a net.Error that timed out.
+func (*BodyIdleError) Timeout() bool { return true }
+
+// Temporary reports false.
+func (*BodyIdleError) Temporary() bool { return false }
 
 // awaitBody bounds the body read that is about to wait for the upstream by
-// idle (none when 0). The end of ctx still cuts it: were the context's cut
-// (a deadline in the past) to have run already, it is set again.
-func (c *h1Conn) awaitBody(ctx context.Context, idle time.Duration) {
+// the body idle timeout. The end of ctx still cuts it: were the context's
+// cut (a deadline in the past) to have run already, it is set again.
+func (c *conn) awaitBody(ctx context.Context) {
+	idle := c.t.BodyIdleTimeout
 	if idle <= 0 {
 		return
 	}
@@ -510,65 +564,72 @@ func (c *h1Conn) awaitBody(ctx context.Context, idle time.Duration) {
 }
 
 // bodyErr tells a body read that outwaited awaitBody's deadline
-// (bodyIdleError) from the rest.
-func (c *h1Conn) bodyErr(ctx context.Context, err error, idle time.Duration) error {
+// (*BodyIdleError) from the rest.
+func (c *conn) bodyErr(ctx context.Context, err error) error {
 	var ne net.Error
 	if c.bodyDeadline && ctx.Err() == nil && errors.As(err, &ne) && ne.Timeout() {
-		return bodyIdleError{idle}
+		return &BodyIdleError{c.t.BodyIdleTimeout}
 	}
 	return err
 }
 
-// h1Body is a response body on the lean path: at its clean end the
+// BodyEnder is told once that a response body of the Transport ended: err
+// is the read error that ended it (a *BodyIdleError when the upstream
+// stalled), nil at its end or when it was closed early.
+type BodyEnder interface{ EndBody(err error) }
+
+// NotifyingBody is the body of a response the Transport read itself.
+// NotifyEnd, called before the first Read, names who is told of its end.
+type NotifyingBody interface {
+	io.ReadCloser
+	NotifyEnd(BodyEnder)
+}
+
+// body is a response body read by the Transport: at its clean end the
 // connection goes back to the pool; closed early, the connection is closed
 // (what is left of the body would have to be read first).
-type h1Body struct {
+type body struct {
 	rc    io.ReadCloser
-	c     *h1Conn
+	c     *conn
 	ctx   context.Context
 	reuse bool
 	done  bool
-	ep    interface{ End() } // set by the pool: the endpoint's in-flight count
-	// Set by the pool: a read that waits longer than idle for the
-	// upstream ends the body, counted by idleTimeouts.
-	idle         time.Duration
-	idleTimeouts interface{ Inc() }
+	ender BodyEnder
 }
 
-func (b *h1Body) Read(p []byte) (int, error) {
+var _ NotifyingBody = (*body)(nil)
+
+func (b *body) NotifyEnd(e BodyEnder) { b.ender = e }
+
+func (b *body) Read(p []byte) (int, error) {
 	if b.done {
 		return 0, io.EOF
 	}
 	if b.c.br.Buffered() == 0 {
-		b.c.awaitBody(b.ctx, b.idle)
+		b.c.awaitBody(b.ctx)
 	}
 	n, err := b.rc.Read(p)
 	if err == io.EOF {
-		b.finish(true)
+		b.finish(true, nil)
 	} else if err != nil {
-		if err = b.c.bodyErr(b.ctx, err, b.idle); b.idleTimeouts != nil {
-			var idle bodyIdleError
-			if errors.As(err, &idle) {
-				b.idleTimeouts.Inc()
-			}
-		}
-		b.finish(false)
+		err = b.c.bodyErr(b.ctx, err)
+		b.finish(false, err)
 	}
 	return n, err
 }
 
-func (b *h1Body) Close() error {
+func (b *body) Close() error {
 	if !b.done {
-		b.finish(false)
+		b.finish(false, nil)
 	}
 	return nil
 }
 
-func (b *h1Body) finish(clean bool) {
+func (b *body) finish(clean bool, err error) {
 	b.done = true
-	if b.ep != nil {
-		b.ep.End()
-		b.ep = nil
+	if b.ender != nil {
+		b.ender.EndBody(err)
+		b.ender = nil
 	}
 	b.c.release(clean && b.reuse)
 }
@@ -577,7 +638,7 @@ func (b *h1Body) finish(clean bool) {
 // when reuse is true (its answer ended exactly at its framing boundary and
 // neither side asked for a close), no cancellation cut it and nothing past
 // the answer is buffered; otherwise it is closed.
-func (c *h1Conn) release(reuse bool) {
+func (c *conn) release(reuse bool) {
 	stopped := c.stopCtx()
 	c.stopCtx = nil
 	if reuse && stopped && c.br.Buffered() == 0 {

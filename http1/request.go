@@ -1,8 +1,7 @@
-package proxy
+package http1
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"io"
 	"net/http"
@@ -10,12 +9,10 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"sekisho/router"
 )
 
-// The HTTP/1.x loop's reading side: the request head, its parsing, the
-// request body (Content-Length or chunked) and 100 Continue.
+// The loop's reading side: the request head, its parsing, the request body
+// (Content-Length or chunked) and 100 Continue.
 
 var errRequestHeadTooLarge = errors.New("request head too large")
 
@@ -23,10 +20,10 @@ var errRequestHeadTooLarge = errors.New("request head too large")
 // a view of br's buffer (consumed bytes to discard once parsed) or, for a
 // head larger than the buffer, a copy gathered in big. A head longer than
 // max_header_bytes, its request line and empty line included, is refused
-// exactly there: net/http allows 4 KiB more for the request line, and the
-// loop no longer does.
+// exactly there (MaxHeaderBytes): net/http allows 4 KiB more for the
+// request line, and the loop does not.
 func (sc *serverConn) readHead() (head []byte, consumed int, err error) {
-	limit := sc.fs.maxHeader
+	limit := sc.maxHeader
 	tightened := false
 	for {
 		buf, _ := sc.br.Peek(sc.br.Buffered())
@@ -46,7 +43,7 @@ func (sc *serverConn) readHead() (head []byte, consumed int, err error) {
 			// The head did not come in one piece: from here on the header
 			// timeout, not the idle one, bounds the wait.
 			tightened = true
-			if to := sc.fs.timeouts.ReadHeader.D(); to > 0 && sc.served > 0 {
+			if to := sc.srv.ReadHeaderTimeout; to > 0 && sc.served > 0 {
 				sc.c.SetReadDeadline(time.Now().Add(to))
 			}
 		}
@@ -78,28 +75,6 @@ func (sc *serverConn) readHead() (head []byte, consumed int, err error) {
 	}
 }
 
-// headEnd returns the length of the head in b (through its empty line), or
-// -1 while it is incomplete. Lines end in CRLF or a bare LF.
-func headEnd(b []byte) int { return headEndFrom(b, 0) }
-
-// headEndFrom is headEnd for a b whose bytes before from (but the last
-// two) were searched already.
-func headEndFrom(b []byte, from int) int {
-	for i := from; ; {
-		j := bytes.IndexByte(b[i:], '\n')
-		if j < 0 {
-			return -1
-		}
-		i += j + 1
-		switch {
-		case i < len(b) && b[i] == '\n':
-			return i + 1
-		case i+1 < len(b) && b[i] == '\r' && b[i+1] == '\n':
-			return i + 2
-		}
-	}
-}
-
 // parse builds the request from its head, or returns the status and
 // message of a refusal.
 func (sc *serverConn) parse(head []byte) (*http.Request, int, string) {
@@ -110,7 +85,7 @@ func (sc *serverConn) parse(head []byte) (*http.Request, int, string) {
 	if !ok1 || !ok2 || method == "" || target == "" {
 		return nil, http.StatusBadRequest, "malformed HTTP request"
 	}
-	if !router.ValidToken(method) {
+	if !ValidToken(method) {
 		return nil, http.StatusBadRequest, "invalid method"
 	}
 	r := &sc.req
@@ -140,26 +115,9 @@ func (sc *serverConn) parse(head []byte) (*http.Request, int, string) {
 	clear(h)
 	sc.vals = sc.vals[:0]
 	hosts := 0
-	for rest != "" {
-		line, rest = cutLine(rest)
-		if line == "" {
-			break
-		}
-		if line[0] == ' ' || line[0] == '\t' {
-			return nil, http.StatusBadRequest, "obsolete line folding"
-		}
-		colon := strings.IndexByte(line, ':')
-		if colon <= 0 {
-			return nil, http.StatusBadRequest, "malformed MIME header line"
-		}
-		key, ok := canonicalKey(line[:colon])
-		if !ok {
-			return nil, http.StatusBadRequest, "invalid header name"
-		}
-		val := strings.Trim(line[colon+1:], " \t")
-		if !validValue(val) {
-			return nil, http.StatusBadRequest, "invalid header value"
-		}
+	hs := headerScanner{rest: rest}
+	for hs.next() {
+		key, val := hs.key, hs.val
 		if key == "Host" {
 			hosts++
 		}
@@ -170,6 +128,9 @@ func (sc *serverConn) parse(head []byte) (*http.Request, int, string) {
 			continue
 		}
 		h[key] = sc.vals[i : i+1 : i+1]
+	}
+	if hs.refused != "" {
+		return nil, http.StatusBadRequest, hs.refused
 	}
 	r.Header = h
 
@@ -231,25 +192,6 @@ func (sc *serverConn) parse(head []byte) (*http.Request, int, string) {
 	}
 	r.Close = closeRequested(r)
 	return r, 0, ""
-}
-
-func cutLine(s string) (line, rest string) {
-	line, rest, _ = strings.Cut(s, "\n")
-	return strings.TrimSuffix(line, "\r"), rest
-}
-
-// trailerKeys returns the canonical names a Trailer header's values
-// announce, leaving out what is not a name.
-func trailerKeys(vs []string) []string {
-	var keys []string
-	for _, v := range vs {
-		for _, k := range strings.Split(v, ",") {
-			if k, ok := canonicalKey(strings.TrimSpace(k)); ok && k != "" {
-				keys = append(keys, k)
-			}
-		}
-	}
-	return keys
 }
 
 // parseTarget sets r.URL (and r.Host for an absolute target). A plain
@@ -324,9 +266,9 @@ var hostTable = asciiTable("!$%&'()*+,-.:;=[]_~")
 func closeRequested(r *http.Request) bool {
 	conn := r.Header["Connection"]
 	if r.ProtoMajor == 1 && r.ProtoMinor == 0 {
-		return !hasToken(conn, "keep-alive")
+		return !HasToken(conn, "keep-alive")
 	}
-	return len(conn) > 0 && hasToken(conn, "close")
+	return len(conn) > 0 && HasToken(conn, "close")
 }
 
 // reqBody is a request's body on the loop: Content-Length or chunked, read
@@ -336,7 +278,7 @@ type reqBody struct {
 	mu      sync.Mutex
 	sc      *serverConn
 	left    int64 // bytes left of a Content-Length body; -1 for chunked
-	chunked io.Reader
+	chunked *chunkedReader
 	trailer http.Header
 	expect  bool // a 100 Continue is owed before the first read
 	eof     bool
@@ -382,11 +324,11 @@ func (b *reqBody) read(p []byte) (int, error) {
 		return n, err
 	}
 	if b.chunked == nil {
-		b.chunked = newChunkedReader(br)
+		b.chunked = &chunkedReader{br: br}
 	}
 	n, err := b.chunked.Read(p)
 	if err == io.EOF {
-		if err = b.readTrailer(); err == nil {
+		if err = readTrailer(br, b.sc.maxHeader, b.trailer); err == nil {
 			b.eof = true
 			return n, io.EOF
 		}
@@ -395,34 +337,14 @@ func (b *reqBody) read(p []byte) (int, error) {
 	return n, err
 }
 
-// readTrailer reads the trailer section after the last chunk into the
-// announced keys of the request's Trailer.
-func (b *reqBody) readTrailer() error {
-	total := 0
-	for {
-		line, err := b.sc.br.ReadSlice('\n')
-		if err != nil {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return err
-		}
-		if total += len(line); total > b.sc.fs.maxHeader {
-			return errTrailerTooLarge
-		}
-		l := strings.TrimRight(string(line), "\r\n")
-		if l == "" {
-			return nil
-		}
-		k, v, ok := strings.Cut(l, ":")
-		if !ok {
-			return errTrailerLine
-		}
-		if key, ok := canonicalKey(k); ok && b.trailer != nil {
-			if _, announced := b.trailer[key]; announced {
-				b.trailer[key] = append(b.trailer[key], strings.TrimSpace(v))
-			}
-		}
+// Stop ends the body with err, unless it has ended already: later reads
+// return err, and the loop does not read what is left after the handler,
+// so the connection closes after the answer.
+func (b *reqBody) Stop(err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err == nil && !b.eof {
+		b.err = err
 	}
 }
 
@@ -468,122 +390,6 @@ func (sc *serverConn) sendContinue() {
 	sc.continued = true
 	sc.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
 	sc.bw.Flush()
-}
-
-// newChunkedReader reads a chunked body up to (not including) its trailer.
-func newChunkedReader(br *bufio.Reader) io.Reader { return &chunkedReader{br: br} }
-
-// chunkedReader decodes chunked transfer coding (RFC 9112 section 7.1),
-// leaving the trailer section to its caller.
-type chunkedReader struct {
-	br   *bufio.Reader
-	left int64 // bytes left in the current chunk
-	done bool
-}
-
-func (c *chunkedReader) Read(p []byte) (int, error) {
-	for c.left == 0 {
-		if c.done {
-			return 0, io.EOF
-		}
-		size, err := c.chunkSize()
-		if err != nil {
-			return 0, err
-		}
-		if size == 0 {
-			c.done = true
-			return 0, io.EOF
-		}
-		c.left = size
-	}
-	if int64(len(p)) > c.left {
-		p = p[:c.left]
-	}
-	n, err := c.br.Read(p)
-	c.left -= int64(n)
-	if c.left == 0 && err == nil {
-		err = c.crlf()
-	}
-	if err == io.EOF {
-		err = io.ErrUnexpectedEOF
-	}
-	return n, err
-}
-
-// bodyFramingError is a request body whose framing is broken (chunk
-// sizes, line ends, the trailer): the client's fault, answered 400.
-type bodyFramingError struct{ msg string }
-
-func (e *bodyFramingError) Error() string { return e.msg }
-
-var (
-	errChunk           = &bodyFramingError{"malformed chunked encoding"}
-	errTrailerTooLarge = &bodyFramingError{"request trailer too large"}
-	errTrailerLine     = &bodyFramingError{"malformed trailer line"}
-)
-
-func (c *chunkedReader) chunkSize() (int64, error) {
-	line, err := c.br.ReadSlice('\n')
-	if err != nil {
-		if err == bufio.ErrBufferFull {
-			return 0, errChunk
-		}
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
-		return 0, err
-	}
-	// A bare LF or a stray CR before the CRLF is refused, as by net/http:
-	// a proxy in front that reads them otherwise would frame the body
-	// differently.
-	if len(line) < 2 || line[len(line)-2] != '\r' {
-		return 0, errChunk
-	}
-	line = line[:len(line)-2]
-	if bytes.IndexByte(line, '\r') >= 0 {
-		return 0, errChunk
-	}
-	if i := bytes.IndexByte(line, ';'); i >= 0 {
-		line = line[:i] // chunk extensions are ignored
-	}
-	line = bytes.TrimRight(line, " \t")
-	if len(line) == 0 || len(line) > 16 {
-		return 0, errChunk
-	}
-	var n int64
-	for _, b := range line {
-		var d byte
-		switch {
-		case '0' <= b && b <= '9':
-			d = b - '0'
-		case 'a' <= b && b <= 'f':
-			d = b - 'a' + 10
-		case 'A' <= b && b <= 'F':
-			d = b - 'A' + 10
-		default:
-			return 0, errChunk
-		}
-		n = n<<4 | int64(d)
-	}
-	if n < 0 {
-		return 0, errChunk
-	}
-	return n, nil
-}
-
-func (c *chunkedReader) crlf() error {
-	b, err := c.br.Peek(2)
-	if err != nil {
-		if err == io.EOF {
-			return io.ErrUnexpectedEOF
-		}
-		return err
-	}
-	if b[0] != '\r' || b[1] != '\n' {
-		return errChunk
-	}
-	c.br.Discard(2)
-	return nil
 }
 
 // expectsContinue reports whether an Expect value lists 100-continue,

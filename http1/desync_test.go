@@ -1,4 +1,4 @@
-package proxy
+package http1
 
 import (
 	"bufio"
@@ -18,7 +18,8 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// Many clients with their own markers share a small upstream pool whose
+// Many clients with their own markers share a small idle pool of a
+// Transport, on its direct path (forwarder), whose
 // backend misbehaves at random: late extra answers, bytes past a body, cut
 // bodies, HEAD, 204 and 304 answers followed by a body. Every answer a
 // client gets carries its own request's marker, or is an error, or the
@@ -32,7 +33,8 @@ func TestResponseDesyncStress(t *testing.T) {
 	const clients, requests = 32, 30
 	const unsolicited = "HTTP/1.1 502 Bad Gateway\r\nX-Marker: unsolicited\r\nContent-Length: 11\r\n\r\nunsolicited"
 	var misbehaved, lateSent atomic.Int64
-	var lean atomic.Pointer[h1Transport] // the pool's, once the daemon runs
+	tr := &Transport{MaxIdleConnsPerHost: 2, ResponseHeaderTimeout: 2 * time.Second, BodyIdleTimeout: 2 * time.Second}
+	t.Cleanup(tr.CloseIdleConnections)
 	var up *rawBackend
 	var seed atomic.Uint64
 	up = newRawBackend(t, func(c net.Conn, br *bufio.Reader) {
@@ -55,10 +57,9 @@ func TestResponseDesyncStress(t *testing.T) {
 			if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
 				return // the next request came first
 			}
-			tr := lean.Load()
 			tr.mu.Lock()
 			defer tr.mu.Unlock()
-			for _, ic := range tr.idle["http://"+up.addr()] {
+			for _, ic := range tr.idle[connKey{"http", up.addr()}] {
 				if ic.conn.LocalAddr().String() == c.RemoteAddr().String() {
 					write(s) // the misbehaviour under test: bytes after the answer
 					lateSent.Add(1)
@@ -112,12 +113,7 @@ func TestResponseDesyncStress(t *testing.T) {
 			}
 		}
 	})
-	td := startDaemon(t, fmt.Sprintf(edgePreamble+`    routes: [{name: all, pipeline: [{proxy: up}]}]
-pools:
-  up: {endpoints: [%s], retries: 0, max_idle_per_endpoint: 2, timeouts: {response_header: 2s, body_idle: 2s}}
-`, up.addr()))
-	lean.Store(td.d.Env().transports.entries["up"].t.(*h1Transport))
-	base := td.url("edge")
+	base := "http://" + serve(t, &Server{Handler: forwarder(tr, up.addr())})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var answered, failed, wrong atomic.Int64
@@ -205,3 +201,79 @@ func readMarked(br *bufio.Reader) (method, marker, want string, err error) {
 		}
 	}
 }
+
+// forwarder is a proxy's direct path in miniature: Forward, then Relay for
+// a plain answer and a plain copy of any other.
+func forwarder(tr *Transport, addr string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a, err := tr.Forward(r.Context(), r, "http", addr, &Forwarded{For: "127.0.0.1", Host: r.Host, Proto: "http"})
+		if err != nil {
+			w.WriteHeader(http.StatusBadGateway)
+			return
+		}
+		if a.Response == nil {
+			if err := a.Relay(r.Context(), w); err != nil {
+				panic(http.ErrAbortHandler)
+			}
+			return
+		}
+		resp := a.Response
+		defer resp.Body.Close()
+		for k, vs := range resp.Header {
+			w.Header()[k] = vs
+		}
+		w.WriteHeader(resp.StatusCode)
+		if _, err := io.Copy(w, resp.Body); err != nil {
+			panic(http.ErrAbortHandler)
+		}
+	})
+}
+
+// rawBackend is an upstream whose every connection is handled by a script
+// that reads request heads and writes exact bytes.
+type rawBackend struct {
+	ln    net.Listener
+	conns atomic.Int64
+}
+
+func newRawBackend(t testing.TB, handle func(c net.Conn, br *bufio.Reader)) *rawBackend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	b := &rawBackend{ln: ln}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var open []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range open {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b.conns.Add(1)
+			mu.Lock()
+			open = append(open, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				handle(c, bufio.NewReader(c))
+			}()
+		}
+	}()
+	return b
+}
+
+func (b *rawBackend) addr() string { return b.ln.Addr().String() }

@@ -1,4 +1,4 @@
-package proxy
+package http1
 
 import (
 	"bufio"
@@ -17,7 +17,7 @@ import (
 func writeAnswer(t *testing.T, method string, minor int, handle func(w http.ResponseWriter)) (string, *respWriter) {
 	t.Helper()
 	var out bytes.Buffer
-	sc := &serverConn{fs: &frontServer{}, bw: bufio.NewWriter(&out)}
+	sc := &serverConn{srv: &Server{}, bw: bufio.NewWriter(&out)}
 	sc.w.sc = sc
 	sc.w.header = http.Header{}
 	r := &http.Request{Method: method, ProtoMajor: 1, ProtoMinor: minor, Header: http.Header{}, Body: http.NoBody}

@@ -1,4 +1,4 @@
-package proxy
+package http1
 
 import (
 	"context"
@@ -43,9 +43,9 @@ func (c *gatedConn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
-// TestH1TransportCancelledRequestDialsNot: a request whose client has gone
+// TestTransportCancelledRequestDialsNot: a request whose client has gone
 // before it is sent neither dials nor spends a kept-alive connection.
-func TestH1TransportCancelledRequestDialsNot(t *testing.T) {
+func TestTransportCancelledRequestDialsNot(t *testing.T) {
 	cases := []struct {
 		name    string
 		warm    bool  // a kept-alive connection waits when the cancelled request comes
@@ -57,7 +57,7 @@ func TestH1TransportCancelledRequestDialsNot(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			srv, conns := countingServer(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })
-			tr := newTestH1(nil, nil)
+			tr := newTestTransport(nil)
 			defer tr.CloseIdleConnections()
 			if tc.warm {
 				_, body, err := doH1(t, tr, http.MethodGet, srv.URL)
@@ -81,10 +81,10 @@ func TestH1TransportCancelledRequestDialsNot(t *testing.T) {
 	}
 }
 
-// TestH1TransportDialOutlivesCancelledRequest: a connection whose dial was
+// TestTransportDialOutlivesCancelledRequest: a connection whose dial was
 // under way when its request was cancelled is not thrown away; it waits in
 // the idle pool and the next request takes it.
-func TestH1TransportDialOutlivesCancelledRequest(t *testing.T) {
+func TestTransportDialOutlivesCancelledRequest(t *testing.T) {
 	gate := make(chan struct{})
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
 	gl := &gatedListener{Listener: srv.Listener, open: gate}
@@ -99,7 +99,7 @@ func TestH1TransportDialOutlivesCancelledRequest(t *testing.T) {
 		}
 	})
 	tc := srv.Client().Transport.(*http.Transport).TLSClientConfig
-	tr := newTestH1(nil, tc)
+	tr := newTestTransport(tc)
 	defer tr.CloseIdleConnections()
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -119,7 +119,7 @@ func TestH1TransportDialOutlivesCancelledRequest(t *testing.T) {
 		t.Fatal("the cancelled request waited for its dial")
 	}
 	close(gate) // the upstream's handshake goes on
-	key := "https://" + srv.Listener.Addr().String()
+	key := connKey{"https", srv.Listener.Addr().String()}
 	require.Eventually(t, func() bool {
 		tr.mu.Lock()
 		defer tr.mu.Unlock()

@@ -1,4 +1,4 @@
-package proxy
+package http1
 
 import (
 	"bufio"
@@ -14,12 +14,12 @@ import (
 // (method, target, host, framing, header), so that the loop is never the
 // more lenient of the two, the root of request smuggling.
 //
-// Where issue 13 departs from net/http on purpose the loop is stricter or
+// Where the loop departs from net/http on purpose the loop is stricter or
 // acts after parsing, so no expectation here changes: an HTTP/1.1 request
 // in absolute form without Host is refused (net/http serves it); a request
 // with both Content-Length and chunked is read as net/http reads it, but
 // its connection closes after the answer (serverConn.ambiguous, not
-// r.Close); max_header_bytes is exact, which readHead enforces before
+// r.Close); MaxHeaderBytes is exact, which readHead enforces before
 // parse sees a head.
 func FuzzParseRequestHead(f *testing.F) {
 	for _, seed := range []string{
@@ -39,7 +39,7 @@ func FuzzParseRequestHead(f *testing.F) {
 	} {
 		f.Add([]byte(seed))
 	}
-	sc := &serverConn{remote: "192.0.2.1:1234", header: http.Header{}}
+	sc := &serverConn{srv: &Server{}, remote: "192.0.2.1:1234", header: http.Header{}}
 	sc.base = (&http.Request{}).WithContext(context.Background())
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		end := headEnd(raw)

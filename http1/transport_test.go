@@ -1,4 +1,4 @@
-package proxy
+package http1
 
 import (
 	"bufio"
@@ -19,8 +19,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"sekisho/proxy/config"
 )
 
 // countingServer counts the connections it accepts.
@@ -37,17 +35,17 @@ func countingServer(t *testing.T, h http.HandlerFunc) (*httptest.Server, *atomic
 	return s, &conns
 }
 
-func newTestH1(pc *config.Pool, tc *tls.Config) *h1Transport {
-	if pc == nil {
-		pc = &config.Pool{}
+// newTestTransport returns a Transport with a one-second dial timeout, eight
+// idle connections per host and tc for TLS (nil: the default).
+func newTestTransport(tc *tls.Config) *Transport {
+	dialer := &net.Dialer{Timeout: time.Second, KeepAlive: 30 * time.Second}
+	return &Transport{
+		DialContext:         dialer.DialContext,
+		TLSClientConfig:     tc,
+		TLSHandshakeTimeout: 6 * time.Second,
+		MaxIdleConnsPerHost: 8,
+		Fallback:            &http.Transport{DialContext: dialer.DialContext, TLSClientConfig: tc, DisableCompression: true},
 	}
-	if pc.Timeouts.Connect == 0 {
-		pc.Timeouts.Connect = config.Duration(time.Second)
-	}
-	if pc.MaxIdlePerEndpoint == 0 {
-		pc.MaxIdlePerEndpoint = 8
-	}
-	return newH1Transport(newTransport(pc, tc), tc, pc)
 }
 
 func doH1(t *testing.T, tr http.RoundTripper, method, url string) (*http.Response, string, error) {
@@ -62,7 +60,7 @@ func doH1(t *testing.T, tr http.RoundTripper, method, url string) (*http.Respons
 	return resp, string(b), err
 }
 
-func TestH1TransportReusesConnections(t *testing.T) {
+func TestTransportReusesConnections(t *testing.T) {
 	srv, conns := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/chunked":
@@ -77,7 +75,7 @@ func TestH1TransportReusesConnections(t *testing.T) {
 			fmt.Fprintf(w, "hello %s", r.Method)
 		}
 	})
-	tr := newTestH1(nil, nil)
+	tr := newTestTransport(nil)
 	defer tr.CloseIdleConnections()
 	cases := []struct{ method, path, body string }{
 		{http.MethodGet, "/", "hello GET"},
@@ -97,12 +95,12 @@ func TestH1TransportReusesConnections(t *testing.T) {
 	assert.Equal(t, int64(1), conns.Load(), "every request rode one kept-alive connection")
 }
 
-func TestH1TransportFallsBackForBodiesAndUpgrades(t *testing.T) {
+func TestTransportFallsBackForBodiesAndUpgrades(t *testing.T) {
 	srv, _ := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "%s %s", r.Method, b)
 	})
-	tr := newTestH1(nil, nil)
+	tr := newTestTransport(nil)
 	defer tr.CloseIdleConnections()
 	req, _ := http.NewRequest(http.MethodPost, srv.URL, strings.NewReader("payload"))
 	resp, err := tr.RoundTrip(req)
@@ -119,18 +117,18 @@ func TestH1TransportFallsBackForBodiesAndUpgrades(t *testing.T) {
 			return r
 		}(),
 	} {
-		assert.False(t, lean(r), "%s with upgrade=%q", r.Method, r.Header.Get("Upgrade"))
+		assert.False(t, pooled(r), "%s with upgrade=%q", r.Method, r.Header.Get("Upgrade"))
 	}
 	get, _ := http.NewRequest(http.MethodGet, "http://x/", nil)
-	assert.True(t, lean(get))
+	assert.True(t, pooled(get))
 }
 
-func TestH1TransportRetriesAStaleConnection(t *testing.T) {
+func TestTransportRetriesAStaleConnection(t *testing.T) {
 	var n atomic.Int64
 	srv, conns := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "answer %d", n.Add(1))
 	})
-	tr := newTestH1(nil, nil)
+	tr := newTestTransport(nil)
 	defer tr.CloseIdleConnections()
 	_, body, err := doH1(t, tr, http.MethodGet, srv.URL)
 	require.NoError(t, err)
@@ -144,7 +142,7 @@ func TestH1TransportRetriesAStaleConnection(t *testing.T) {
 	assert.Equal(t, int64(2), conns.Load())
 }
 
-func TestH1TransportTimeoutsAndCancellation(t *testing.T) {
+func TestTransportTimeoutsAndCancellation(t *testing.T) {
 	release := make(chan struct{})
 	srv, _ := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
 		select {
@@ -153,7 +151,8 @@ func TestH1TransportTimeoutsAndCancellation(t *testing.T) {
 		}
 	})
 	defer close(release)
-	tr := newTestH1(&config.Pool{Timeouts: config.PoolTimeouts{ResponseHeader: config.Duration(50 * time.Millisecond)}}, nil)
+	tr := newTestTransport(nil)
+	tr.ResponseHeaderTimeout = 50 * time.Millisecond
 	defer tr.CloseIdleConnections()
 	start := time.Now()
 	_, _, err := doH1(t, tr, http.MethodGet, srv.URL)
@@ -164,7 +163,7 @@ func TestH1TransportTimeoutsAndCancellation(t *testing.T) {
 	assert.Contains(t, err.Error(), "timeout awaiting response headers")
 	assert.Less(t, time.Since(start), time.Second)
 
-	tr2 := newTestH1(nil, nil)
+	tr2 := newTestTransport(nil)
 	defer tr2.CloseIdleConnections()
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
@@ -176,11 +175,11 @@ func TestH1TransportTimeoutsAndCancellation(t *testing.T) {
 	assert.True(t, errors.Is(err, context.Canceled), "got %v", err)
 }
 
-func TestH1TransportEarlyCloseDropsTheConnection(t *testing.T) {
+func TestTransportEarlyCloseDropsTheConnection(t *testing.T) {
 	srv, conns := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte(strings.Repeat("x", 1<<20)))
 	})
-	tr := newTestH1(nil, nil)
+	tr := newTestTransport(nil)
 	defer tr.CloseIdleConnections()
 	req, _ := http.NewRequest(http.MethodGet, srv.URL, nil)
 	resp, err := tr.RoundTrip(req)
@@ -194,25 +193,25 @@ func TestH1TransportEarlyCloseDropsTheConnection(t *testing.T) {
 	assert.Equal(t, int64(2), conns.Load())
 }
 
-func TestH1TransportTLS(t *testing.T) {
+func TestTransportTLS(t *testing.T) {
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "tls %v", r.TLS != nil)
 	}))
 	defer srv.Close()
 	tc := &tls.Config{RootCAs: srv.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs}
-	tr := newTestH1(nil, tc)
+	tr := newTestTransport(tc)
 	defer tr.CloseIdleConnections()
 	_, body, err := doH1(t, tr, http.MethodGet, srv.URL)
 	require.NoError(t, err)
 	assert.Equal(t, "tls true", body)
 }
 
-// TestH1TransportUnderChaos sends many concurrent requests over a small
+// TestTransportUnderChaos sends many concurrent requests over a small
 // pool of kept-alive connections while some are cancelled mid-answer and
 // some bodies are closed early. Every answer that arrives whole must be the
 // one for its own request: a connection given back to the pool too soon
 // would hand one request the tail of another's answer.
-func TestH1TransportUnderChaos(t *testing.T) {
+func TestTransportUnderChaos(t *testing.T) {
 	srv, _ := countingServer(t, func(w http.ResponseWriter, r *http.Request) {
 		id := r.URL.Query().Get("id")
 		n := len(id) * 50
@@ -233,7 +232,8 @@ func TestH1TransportUnderChaos(t *testing.T) {
 		w.Header().Set("Content-Length", strconv.Itoa(len(id)*(n/4)*4))
 		io.WriteString(w, strings.Repeat(id, (n/4)*4))
 	})
-	tr := newTestH1(&config.Pool{MaxIdlePerEndpoint: 4}, nil)
+	tr := newTestTransport(nil)
+	tr.MaxIdleConnsPerHost = 4
 	defer tr.CloseIdleConnections()
 	const workers, each = 8, 60
 	var wg sync.WaitGroup
@@ -296,9 +296,9 @@ func TestH1TransportUnderChaos(t *testing.T) {
 	assert.Greater(t, whole.Load(), int64(workers*each/2), "most requests complete (cut short: %d)", cut.Load())
 }
 
-// TestH1TransportBoundsTheResponseHead: an upstream that sends headers
+// TestTransportBoundsTheResponseHead: an upstream that sends headers
 // without end gets an error, not the proxy's memory.
-func TestH1TransportBoundsTheResponseHead(t *testing.T) {
+func TestTransportBoundsTheResponseHead(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer ln.Close()
@@ -326,10 +326,36 @@ func TestH1TransportBoundsTheResponseHead(t *testing.T) {
 		}
 		io.Copy(io.Discard, br) // until the proxy hangs up
 	}()
-	tr := newTestH1(nil, nil)
+	tr := newTestTransport(nil)
 	defer tr.CloseIdleConnections()
 	_, _, err = doH1(t, tr, http.MethodGet, "http://"+ln.Addr().String()+"/")
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "larger than 1 MiB")
 	<-done
+}
+
+// BenchmarkIdleConnCheck measures what taking an idle upstream connection
+// again costs for its check for unsolicited bytes (a MSG_PEEK|MSG_DONTWAIT
+// recv on the socket).
+func BenchmarkIdleConnCheck(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(b, err)
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			defer c.Close()
+			io.Copy(io.Discard, c)
+		}
+	}()
+	tr := newTestTransport(nil)
+	c, err := tr.dial(context.Background(), connKey{"http", ln.Addr().String()})
+	require.NoError(b, err)
+	defer c.conn.Close()
+	b.ReportAllocs()
+	for b.Loop() {
+		if c.unsolicited() {
+			b.Fatal("a quiet connection counts as unsolicited")
+		}
+	}
 }

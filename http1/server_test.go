@@ -1,13 +1,17 @@
-package proxy
+package http1
 
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,10 +23,9 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// These tests hold the client-facing HTTP/1.1 server to what clients rely
-// on: they talk to a real listener over raw sockets, so that framing,
-// keep-alive and error answers are seen byte for byte, as a client sees
-// them, whatever serves the listener.
+// These tests hold the Server to what clients rely on: they talk to a real
+// listener over raw sockets, so that framing, keep-alive and error answers
+// are seen byte for byte, as a client sees them.
 
 // h1sStreamPieces pieces of h1sPieceSize bytes make the streamed answer of
 // /api/stream: 256 KiB, well past any buffering before chunking.
@@ -134,20 +137,59 @@ func (u *h1sUpstream) serve(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// h1sSetup starts an upstream and a daemon in front of it: /api goes to the
-// upstream, /fixed is answered by a respond stage. listener holds extra keys
-// of the listener, each line indented by four spaces. It returns the
-// listener's host:port.
-func h1sSetup(t *testing.T, listener string) (*h1sUpstream, *testDaemon, string) {
+// h1sSetup starts an upstream and a Server in front of it: /api goes to the
+// upstream through httputil.ReverseProxy over a Transport, /fixed is
+// answered "fixed\n". configure, when not nil, sets the Server's fields.
+// It returns the Server's host:port.
+func h1sSetup(t *testing.T, configure func(*Server)) (*h1sUpstream, *Server, string) {
 	t.Helper()
 	u := newH1sUpstream(t)
-	td := startDaemon(t, fmt.Sprintf(edgePreamble+`%s    routes:
-      - {name: api, match: {path_prefix: /api}, pipeline: [{proxy: up}]}
-      - {name: fixed, match: {path_prefix: /fixed}, pipeline: [{respond: {status: 200, body: "fixed\n"}}]}
-pools:
-  up: {endpoints: [%s], retries: 0}
-`, listener, strings.TrimPrefix(u.URL, "http://")))
-	return u, td, strings.TrimPrefix(td.url("edge"), "http://")
+	target, err := url.Parse(u.URL)
+	require.NoError(t, err)
+	tr := &Transport{Fallback: &http.Transport{}}
+	t.Cleanup(tr.CloseIdleConnections)
+	mux := http.NewServeMux()
+	mux.Handle("/api/", &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.Host = pr.In.Host
+			pr.SetXForwarded()
+			// The server fills in the announced trailers on In's map once
+			// the body is read: shared, they go upstream after the body.
+			pr.Out.Trailer = pr.In.Trailer
+		},
+		Transport:     tr,
+		FlushInterval: -1,
+		// A request body the client framed wrongly is the client's fault.
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			status := http.StatusBadGateway
+			if fe := (*FramingError)(nil); errors.As(err, &fe) {
+				status = http.StatusBadRequest
+			}
+			w.WriteHeader(status)
+		},
+	})
+	mux.HandleFunc("/fixed", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "fixed\n") })
+	srv := &Server{Handler: mux, MaxHeaderBytes: 64 << 10, IdleTimeout: 120 * time.Second}
+	if configure != nil {
+		configure(srv)
+	}
+	return u, srv, serve(t, srv)
+}
+
+// serve serves srv on a 127.0.0.1 listener until the test ends, and
+// returns its host:port.
+func serve(t *testing.T, srv *Server) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	done := make(chan struct{})
+	go func() { defer close(done); srv.Serve(ln) }()
+	t.Cleanup(func() {
+		srv.Close()
+		<-done
+	})
+	return ln.Addr().String()
 }
 
 // h1sConn is a raw client connection to a listener.
@@ -213,8 +255,8 @@ func (c *h1sConn) assertClosed(d time.Duration) time.Duration {
 	return time.Since(start)
 }
 
-func TestH1ServerKeepAlive(t *testing.T) {
-	_, _, addr := h1sSetup(t, "")
+func TestServerKeepAlive(t *testing.T) {
+	_, _, addr := h1sSetup(t, nil)
 	t.Run("three requests on one HTTP/1.1 connection", func(t *testing.T) {
 		c := h1sDial(t, addr)
 		for i, path := range []string{"/fixed", "/api/echo", "/fixed"} {
@@ -258,8 +300,8 @@ func TestH1ServerKeepAlive(t *testing.T) {
 	})
 }
 
-func TestH1ServerPipelining(t *testing.T) {
-	_, _, addr := h1sSetup(t, "")
+func TestServerPipelining(t *testing.T) {
+	_, _, addr := h1sSetup(t, nil)
 	c := h1sDial(t, addr)
 	c.send("GET /fixed HTTP/1.1\r\nHost: edge.test\r\n\r\n" +
 		"POST /api/echo HTTP/1.1\r\nHost: edge.test\r\nContent-Length: 6\r\n\r\nsecond" +
@@ -272,8 +314,8 @@ func TestH1ServerPipelining(t *testing.T) {
 	c.assertOpen()
 }
 
-func TestH1ServerRequestBodies(t *testing.T) {
-	_, _, addr := h1sSetup(t, "")
+func TestServerRequestBodies(t *testing.T) {
+	_, _, addr := h1sSetup(t, nil)
 	t.Run("Content-Length", func(t *testing.T) {
 		big := strings.Repeat("0123456789abcdef", (1<<20)/16)
 		for _, body := range []string{"hello, upstream", big} {
@@ -308,8 +350,8 @@ func TestH1ServerRequestBodies(t *testing.T) {
 	})
 }
 
-func TestH1ServerUnreadBodyIsDiscarded(t *testing.T) {
-	u, _, addr := h1sSetup(t, "")
+func TestServerUnreadBodyIsDiscarded(t *testing.T) {
+	u, _, addr := h1sSetup(t, nil)
 	// Were the body taken for requests, they would reach the upstream.
 	smuggled := strings.Repeat("GET /api/smuggled HTTP/1.1\r\nHost: edge.test\r\n\r\n", 100)
 	cases := []struct {
@@ -330,8 +372,8 @@ func TestH1ServerUnreadBodyIsDiscarded(t *testing.T) {
 	assert.Zero(t, u.hits.Load(), "no part of a body was served as a request")
 }
 
-func TestH1ServerResponseFraming(t *testing.T) {
-	_, _, addr := h1sSetup(t, "")
+func TestServerResponseFraming(t *testing.T) {
+	_, _, addr := h1sSetup(t, nil)
 	t.Run("small answer of unknown length", func(t *testing.T) {
 		for path, want := range map[string]string{"/api/chunked": "chunked answer\n", "/api/close": "close-delimited answer\n"} {
 			c := h1sDial(t, addr)
@@ -395,8 +437,8 @@ func TestH1ServerResponseFraming(t *testing.T) {
 	})
 }
 
-func TestH1ServerMalformedRequests(t *testing.T) {
-	u, _, addr := h1sSetup(t, "    max_header_bytes: 4096\n")
+func TestServerMalformedRequests(t *testing.T) {
+	u, _, addr := h1sSetup(t, func(s *Server) { s.MaxHeaderBytes = 4096 })
 	cases := []struct {
 		name, raw string
 		status    int
@@ -424,8 +466,8 @@ func TestH1ServerMalformedRequests(t *testing.T) {
 	assert.Zero(t, u.hits.Load(), "no malformed request reached the upstream")
 }
 
-func TestH1ServerTimeouts(t *testing.T) {
-	_, _, addr := h1sSetup(t, "    timeouts: {read_header: 1s, idle: 1s}\n")
+func TestServerTimeouts(t *testing.T) {
+	_, _, addr := h1sSetup(t, func(s *Server) { s.ReadHeaderTimeout, s.IdleTimeout = time.Second, time.Second })
 	t.Run("a half-sent head is cut after read_header", func(t *testing.T) {
 		c := h1sDial(t, addr)
 		c.send("GET /fixed HTTP/1.1\r\nHost: edge.test\r\n")
@@ -440,8 +482,8 @@ func TestH1ServerTimeouts(t *testing.T) {
 	})
 }
 
-func TestH1ServerUpgrade(t *testing.T) {
-	_, _, addr := h1sSetup(t, "")
+func TestServerUpgrade(t *testing.T) {
+	_, _, addr := h1sSetup(t, nil)
 	c := h1sDial(t, addr)
 	resp, _ := c.do(http.MethodGet, "GET /api/ws HTTP/1.1\r\nHost: edge.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
 	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
@@ -457,21 +499,21 @@ func TestH1ServerUpgrade(t *testing.T) {
 	}
 }
 
-func TestH1ServerH2CPriorKnowledge(t *testing.T) {
-	_, td, _ := h1sSetup(t, "")
+func TestServerH2CPriorKnowledge(t *testing.T) {
+	_, _, addr := h1sSetup(t, func(s *Server) { s.ServeHTTP2 = h2cHandOver(t, s.Handler) })
 	var protos http.Protocols
 	protos.SetUnencryptedHTTP2(true)
 	tr := &http.Transport{Protocols: &protos}
 	t.Cleanup(tr.CloseIdleConnections)
 	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	resp, err := client.Post(td.url("edge")+"/api/echo", "text/plain", strings.NewReader("over h2c"))
+	resp, err := client.Post("http://"+addr+"/api/echo", "text/plain", strings.NewReader("over h2c"))
 	require.NoError(t, err)
 	body, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	require.NoError(t, err)
 	assert.Equal(t, 2, resp.ProtoMajor)
 	assert.Equal(t, "over h2c", string(body))
-	resp, err = client.Get(td.url("edge") + "/fixed")
+	resp, err = client.Get("http://" + addr + "/fixed")
 	require.NoError(t, err)
 	body, err = io.ReadAll(resp.Body)
 	resp.Body.Close()
@@ -480,8 +522,8 @@ func TestH1ServerH2CPriorKnowledge(t *testing.T) {
 	assert.Equal(t, "fixed\n", string(body))
 }
 
-func TestH1ServerGracefulShutdown(t *testing.T) {
-	u, td, addr := h1sSetup(t, "")
+func TestServerGracefulShutdown(t *testing.T) {
+	u, srv, addr := h1sSetup(t, nil)
 	busy := h1sDial(t, addr)
 	busy.send("GET /api/slow HTTP/1.1\r\nHost: edge.test\r\n\r\n")
 	select {
@@ -495,8 +537,8 @@ func TestH1ServerGracefulShutdown(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	stopped := make(chan error, 1)
-	go func() { stopped <- td.d.Shutdown(ctx) }()
-	require.Eventually(t, td.d.Server().Draining, 5*time.Second, 5*time.Millisecond)
+	go func() { stopped <- srv.Shutdown(ctx) }()
+	require.Eventually(t, srv.shutting.Load, 5*time.Second, 5*time.Millisecond)
 	idle.assertClosed(5 * time.Second)
 
 	u.let()
@@ -513,8 +555,8 @@ func TestH1ServerGracefulShutdown(t *testing.T) {
 	}
 }
 
-func TestH1ServerForwardsClientAddress(t *testing.T) {
-	u, _, addr := h1sSetup(t, "")
+func TestServerForwardsClientAddress(t *testing.T) {
+	u, _, addr := h1sSetup(t, nil)
 	c := h1sDial(t, addr)
 	resp, _ := c.do(http.MethodGet, "GET /api/hello HTTP/1.1\r\nHost: shop.test\r\n\r\n")
 	require.Equal(t, http.StatusOK, resp.StatusCode)
@@ -524,3 +566,40 @@ func TestH1ServerForwardsClientAddress(t *testing.T) {
 	assert.Equal(t, "shop.test", seen.Get("X-Forwarded-Host"))
 	assert.Equal(t, "http", seen.Get("X-Forwarded-Proto"))
 }
+
+// h2cHandOver is a ServeHTTP2 that serves the connections handed over with
+// net/http's own HTTP/2 with prior knowledge.
+func h2cHandOver(t *testing.T, h http.Handler) func(net.Conn, *tls.ConnectionState) {
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	hs := &http.Server{Handler: h, Protocols: &protos}
+	t.Cleanup(func() { hs.Close() })
+	return func(c net.Conn, _ *tls.ConnectionState) {
+		hs.Serve(&oneConnListener{c: c, done: make(chan struct{})})
+	}
+}
+
+// oneConnListener yields its one connection, then waits to be closed.
+type oneConnListener struct {
+	c    net.Conn
+	once sync.Once
+	done chan struct{}
+	shut sync.Once
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	var c net.Conn
+	l.once.Do(func() { c = l.c })
+	if c != nil {
+		return c, nil
+	}
+	<-l.done
+	return nil, net.ErrClosed
+}
+
+func (l *oneConnListener) Close() error {
+	l.shut.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *oneConnListener) Addr() net.Addr { return l.c.LocalAddr() }

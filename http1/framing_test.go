@@ -1,4 +1,4 @@
-package proxy
+package http1
 
 import (
 	"fmt"
@@ -11,10 +11,10 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// RFC 9112's framing rules on the loop, where sekisho is stricter than
-// net/http on purpose, and Expect as net/http has it.
-func TestH1ServerFramingRules(t *testing.T) {
-	u, _, addr := h1sSetup(t, "")
+// RFC 9112's framing rules on the loop, where it is stricter than net/http
+// on purpose, and Expect as net/http has it.
+func TestServerFramingRules(t *testing.T) {
+	u, _, addr := h1sSetup(t, nil)
 	t.Run("Content-Length with chunked: chunked framing, then close", func(t *testing.T) {
 		c := h1sDial(t, addr)
 		resp, body := c.do(http.MethodPost, "POST /api/echo HTTP/1.1\r\nHost: edge.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
@@ -64,13 +64,13 @@ func TestH1ServerFramingRules(t *testing.T) {
 	_ = u
 }
 
-// max_header_bytes bounds the head (request line, header lines and the
+// MaxHeaderBytes bounds the head (request line, header lines and the
 // empty line) exactly: a head of that size is served, one byte more is 431,
 // whether or not the head fits the connection's read buffer.
-func TestH1ServerMaxHeaderBytesIsExact(t *testing.T) {
+func TestServerMaxHeaderBytesIsExact(t *testing.T) {
 	for _, limit := range []int{1024, 4096, 6000, 20000} {
 		t.Run(fmt.Sprint(limit), func(t *testing.T) {
-			_, _, addr := h1sSetup(t, fmt.Sprintf("    max_header_bytes: %d\n", limit))
+			_, _, addr := h1sSetup(t, func(s *Server) { s.MaxHeaderBytes = limit })
 			head := func(n int) string {
 				pre, post := "GET /fixed HTTP/1.1\r\nHost: edge.test\r\nX-Pad: ", "\r\n\r\n"
 				return pre + strings.Repeat("p", n-len(pre)-len(post)) + post

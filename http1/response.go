@@ -1,4 +1,4 @@
-package proxy
+package http1
 
 import (
 	"bufio"
@@ -8,14 +8,10 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
-
-	"sekisho/router"
 )
 
-// The HTTP/1.x loop's writing side: the ResponseWriter, the answer's
-// framing, trailers and the Date header.
+// The loop's writing side: the ResponseWriter and the answer's framing.
 
 // respWriter is the http.ResponseWriter of the loop, reused per request.
 // It holds an answer without a Content-Length back while it is short, so
@@ -46,6 +42,7 @@ var (
 	_ http.ResponseWriter = (*respWriter)(nil)
 	_ http.Flusher        = (*respWriter)(nil)
 	_ http.Hijacker       = (*respWriter)(nil)
+	_ Finisher            = (*respWriter)(nil)
 )
 
 func (w *respWriter) reset(r *http.Request) {
@@ -166,17 +163,8 @@ func (w *respWriter) writeBody(p []byte) (int, error) {
 		w.failed(err)
 		return n, err
 	}
-	if len(p) == 0 {
-		return 0, nil
-	}
-	size := strconv.AppendInt(w.sc.scratch[:0], int64(len(p)), 16)
-	w.framing += int64(len(size)) + 4
-	bw.Write(size)
-	bw.WriteString("\r\n")
-	n, err := bw.Write(p)
-	if err == nil {
-		_, err = bw.WriteString("\r\n")
-	}
+	n, framing, err := writeChunk(bw, w.sc.scratch[:], p)
+	w.framing += framing
 	w.failed(err)
 	return n, err
 }
@@ -190,8 +178,8 @@ func (w *respWriter) failed(err error) {
 	w.err = err
 	w.closeAfter = true
 	var ne net.Error
-	if c := w.sc.fs.writeTimeouts; c != nil && errors.As(err, &ne) && ne.Timeout() {
-		c.Inc()
+	if f := w.sc.srv.OnWriteTimeout; f != nil && errors.As(err, &ne) && ne.Timeout() {
+		f()
 	}
 }
 
@@ -207,7 +195,7 @@ func (w *respWriter) sendHead() {
 	sc.wmu.Unlock()
 	streaming := w.length < 0
 	r := w.req
-	if r.Close || sc.fs.shutting.Load() || hasToken(w.header["Connection"], "close") {
+	if r.Close || sc.srv.shutting.Load() || HasToken(w.header["Connection"], "close") {
 		w.closeAfter = true
 	}
 	if streaming && !w.noBody {
@@ -258,26 +246,18 @@ func (w *respWriter) writeFields(skipFraming bool) {
 			case "Content-Length", "Transfer-Encoding", "Connection":
 				continue
 			}
-			if strings.HasPrefix(k, http.TrailerPrefix) || len(trailers) > 0 && k != "Trailer" && hasToken(trailers, k) {
+			if strings.HasPrefix(k, http.TrailerPrefix) || len(trailers) > 0 && k != "Trailer" && HasToken(trailers, k) {
 				continue
 			}
 		}
-		if !router.ValidToken(k) {
+		if !ValidToken(k) {
 			continue
 		}
 		for _, v := range vs {
-			bw.WriteString(k)
-			bw.WriteString(": ")
-			if strings.ContainsAny(v, "\r\n") {
-				v = newlineToSpace.Replace(v)
-			}
-			bw.WriteString(v)
-			bw.WriteString("\r\n")
+			writeField(bw, k, v)
 		}
 	}
 }
-
-var newlineToSpace = strings.NewReplacer("\r", " ", "\n", " ")
 
 // Flush sends what is held back and the buffer.
 func (w *respWriter) Flush() {
@@ -295,11 +275,11 @@ func (w *respWriter) Flush() {
 	w.failed(w.sc.bw.Flush())
 }
 
-// complete ends the request after the handler returned: what is left of
+// Complete ends the request after the handler returned: what is left of
 // the request body is drained (or the connection marked to close) and the
-// answer is finished and flushed. It runs once, from the listener's handler
-// before it logs what the client got, or from the loop.
-func (w *respWriter) complete() {
+// answer is finished and flushed. It runs once, from a handler before it
+// records what the client got (Finisher), or from the loop.
+func (w *respWriter) Complete() {
 	if w.done {
 		return
 	}
@@ -310,10 +290,10 @@ func (w *respWriter) complete() {
 	w.finish()
 }
 
-// abort ends an answer that failed half-way: what was already given goes
+// Abort ends an answer that failed half-way: what was already given goes
 // out, but never the end of its framing (no final chunk, no padding to its
 // length), and the connection is closed after it.
-func (w *respWriter) abort() {
+func (w *respWriter) Abort() {
 	if w.done {
 		return
 	}
@@ -323,11 +303,11 @@ func (w *respWriter) abort() {
 	}
 }
 
-// delivered reports what the client was sent of an answer that was cut
+// Delivered reports what the client was sent of an answer that was cut
 // (aborted, or a write to the client failed): whether its whole head went
-// out, and how many body bytes after it. It is meant for after complete or
-// abort; an answer that was not cut reports cut false.
-func (w *respWriter) delivered() (head bool, body int64, cut bool) {
+// out, and how many body bytes after it. It is meant for after Complete or
+// Abort; an answer that was not cut reports cut false.
+func (w *respWriter) Delivered() (head bool, body int64, cut bool) {
 	if !w.aborted && w.err == nil {
 		return true, w.written, false
 	}
@@ -337,6 +317,9 @@ func (w *respWriter) delivered() (head bool, body int64, cut bool) {
 	body = min(max(w.sc.wire-w.bodyStart-w.framing, 0), w.written)
 	return true, body, true
 }
+
+// Err returns the first write to the client that failed, or nil.
+func (w *respWriter) Err() error { return w.err }
 
 // finish completes the answer after the handler returned.
 func (w *respWriter) finish() {
@@ -364,9 +347,7 @@ func (w *respWriter) finish() {
 	}
 	switch {
 	case w.chunked:
-		bw.WriteString("0\r\n")
-		w.writeTrailers()
-		bw.WriteString("\r\n")
+		writeLastChunk(bw, w.header)
 	case w.length >= 0 && w.written < w.length && !w.noBody:
 		w.closeAfter = true // short of its length: the client must not wait
 	}
@@ -386,29 +367,6 @@ func (w *respWriter) wantsTrailers() bool {
 		}
 	}
 	return false
-}
-
-func (w *respWriter) writeTrailers() {
-	bw := w.sc.bw
-	write := func(k string, vs []string) {
-		if !router.ValidToken(k) {
-			return
-		}
-		for _, v := range vs {
-			bw.WriteString(k)
-			bw.WriteString(": ")
-			bw.WriteString(newlineToSpace.Replace(v))
-			bw.WriteString("\r\n")
-		}
-	}
-	for _, k := range trailerKeys(w.header["Trailer"]) {
-		write(k, w.header[k])
-	}
-	for k, vs := range w.header {
-		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
-			write(name, vs)
-		}
-	}
 }
 
 // Hijack hands the connection to the handler (an upgrade): the loop lets
@@ -434,7 +392,7 @@ func (w *respWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	sc.hijack = true
 	sc.unwatch() // the connection is the handler's alone now
 	sc.c.SetDeadline(time.Time{})
-	sc.fs.forget(sc)
+	sc.srv.forget(sc)
 	return sc.c, bufio.NewReadWriter(sc.br, sc.bw), nil
 }
 
@@ -446,43 +404,3 @@ func (w *respWriter) SetWriteDeadline(t time.Time) error { return w.sc.c.SetWrit
 // EnableFullDuplex serves http.ResponseController: the loop always lets a
 // handler read the body while it writes the answer.
 func (w *respWriter) EnableFullDuplex() error { return nil }
-
-// statusLine returns "HTTP/1.1 CODE TEXT\r\n".
-func statusLine(code int) string {
-	if code >= 100 && code < 600 {
-		if s := statusLines[code]; s != "" {
-			return s
-		}
-	}
-	return "HTTP/1.1 " + strconv.Itoa(code) + " " + http.StatusText(code) + "\r\n"
-}
-
-var statusLines = func() (t [600]string) {
-	for c := 100; c < 600; c++ {
-		if text := http.StatusText(c); text != "" {
-			t[c] = "HTTP/1.1 " + strconv.Itoa(c) + " " + text + "\r\n"
-		}
-	}
-	return t
-}()
-
-// httpDateNow returns the Date header's value for now, formatted once a
-// second and shared by every connection.
-func httpDateNow() []byte {
-	d := currentDate.Load()
-	now := time.Now().Unix()
-	if d == nil || d.unix != now {
-		d = &httpDate{unix: now}
-		d.text = time.Unix(now, 0).UTC().AppendFormat(d.buf[:0], http.TimeFormat)
-		currentDate.Store(d)
-	}
-	return d.text
-}
-
-type httpDate struct {
-	unix int64
-	buf  [32]byte
-	text []byte
-}
-
-var currentDate atomic.Pointer[httpDate]
