@@ -421,7 +421,10 @@ func (c *conn) readResponse(ctx context.Context, r *http.Request) (*http.Respons
 		return nil, errStaleConn
 	}
 	c.endHead(ctx)
-	b := &body{rc: resp.Body, c: c, ctx: ctx, reuse: !resp.Close && !r.Close && resp.ProtoAtLeast(1, 1)}
+	// After a 101 the connection speaks another protocol: never reused
+	// (these requests ask for no upgrade, so it is unsolicited too).
+	reuse := !resp.Close && !r.Close && resp.ProtoAtLeast(1, 1) && resp.StatusCode != http.StatusSwitchingProtocols
+	b := &body{rc: resp.Body, c: c, ctx: ctx, reuse: reuse}
 	if resp.Body == http.NoBody {
 		// HEAD, 204, 304: the answer is complete, the connection free now.
 		b.finish(true, nil)
