@@ -1,3 +1,12 @@
+// Package proxy is sekisho's daemon: the Daemon (process log, admin server,
+// signals, reload triggers), the Server (listeners, TLS termination, the
+// atomic swap of the Runtime in force, graceful drain), the per-request
+// entry (entry.go: inbound request cleaning, client identity, route match,
+// access log), Compile (config -> Runtime: routes, stages and pools), HTTP/2
+// serving behind a guard, the route limits, the admin endpoints and the file
+// watch. It owns no wire format and no pool mechanics: the HTTP/1.x codec is
+// http1, pools are proxy/upstream, the config language is proxy/config,
+// metrics are proxy/metrics.
 package proxy
 
 import (
