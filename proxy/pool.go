@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -533,12 +532,13 @@ func classify(r *http.Request, err error) (int, string) {
 	}
 }
 
+// isTimeout reports whether err is a timeout by its type: net/http's
+// "timeout awaiting response headers" (HTTP/1 and HTTP/2 alike), a dial or
+// read deadline and http1's own timeouts are net.Errors whose Timeout is
+// true.
 func isTimeout(err error) bool {
 	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return true
-	}
-	return strings.Contains(err.Error(), "timeout awaiting response headers")
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // bufferPool lends ReverseProxy its 32 KiB copy buffers from a bounded
