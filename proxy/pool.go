@@ -77,9 +77,17 @@ func (p *Pool) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		defer g.leave()
 	}
+	p.serve(w, r)
+}
+
+// serve is the one place that chooses how r goes upstream: on the direct
+// path over http1.Transport when the pool speaks HTTP/1.1 and r is a plain
+// bodyless request that came through a listener (its Info set), through
+// httputil.ReverseProxy otherwise.
+func (p *Pool) serve(w http.ResponseWriter, r *http.Request) {
 	if p.direct != nil && http1.Forwardable(r) {
 		if info := router.InfoFrom(r); info != nil {
-			p.forward(w, r, p.direct, info)
+			p.forward(w, r, info)
 			return
 		}
 	}
@@ -129,45 +137,64 @@ func setForwarded(in, out *http.Request) {
 	out.Header["X-Forwarded-Proto"] = vals[2:3:3]
 }
 
-// RoundTrip sends out to an endpoint chosen by the balance policy. An
-// attempt that failed before the endpoint saw the request (a refused dial),
-// or that was reset before any response byte on an idempotent request whose
-// body was not read, is retried on another endpoint, up to retries times.
+// RoundTrip sends out to an endpoint chosen by the balance policy, with
+// the retries of try.
 func (p *Pool) RoundTrip(out *http.Request) (*http.Response, error) {
 	if resp, ok := p.takePrepared(out); ok {
 		return resp, nil
 	}
-	info := router.InfoFrom(out)
 	guard, _ := out.Body.(*replayGuard)
+	var resp *http.Response
+	i, err := p.try(out, router.InfoFrom(out), guard, func(i int) (int, error) {
+		out.URL.Scheme, out.URL.Host = p.schemes[i], p.targets[i].Addr
+		var err error
+		if resp, err = p.transport.RoundTrip(out); err != nil {
+			return 0, err
+		}
+		return resp.StatusCode, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.Trailer) > 0 && resp.ContentLength >= 0 {
+		// An HTTP/2 upstream may state a length along with trailers;
+		// passed on to an HTTP/1.1 client, it would rule out the chunked
+		// encoding that trailers travel in.
+		resp.Header.Del("Content-Length")
+		resp.ContentLength = -1
+	}
+	resp.Body = p.wrapBody(resp.Body, i)
+	return resp, nil
+}
+
+// try is the one retry loop of both ways of forwarding: it picks an
+// endpoint, sends r there with send (which returns the answer's status)
+// and records the attempt. An attempt that failed before the endpoint saw
+// the request (a refused dial), or that was reset before any response byte
+// on an idempotent request whose body was not read, is retried on another
+// endpoint, up to retries times. It returns the target that answered, whose
+// in-flight count the caller ends with the answer, or the error to answer
+// with. send, which does not escape, costs the plain path no allocation.
+func (p *Pool) try(r *http.Request, info *router.Info, guard *replayGuard, send func(i int) (status int, err error)) (int, error) {
 	pk := p.picker()
 	defer pk.release()
 	var lastErr error
 	for attempt := 0; attempt <= p.retries; attempt++ {
-		if err := out.Context().Err(); err != nil {
-			return nil, err // the client has gone: no attempt, no dial
+		if err := r.Context().Err(); err != nil {
+			return -1, err // the client has gone: no attempt, no dial
 		}
-		i := pk.pick(out, info)
+		i := pk.pick(r, info)
 		if i < 0 {
 			if lastErr != nil {
-				return nil, lastErr
+				return -1, lastErr
 			}
-			return nil, ErrNoReadyEndpoint
+			return -1, ErrNoReadyEndpoint
 		}
-		t := &p.targets[i]
-		out.URL.Scheme, out.URL.Host = p.schemes[i], t.Addr
 		start := p.begin(i, info)
-		resp, err := p.transport.RoundTrip(out)
+		status, err := send(i)
 		if err == nil {
-			p.answered(i, start, resp.StatusCode)
-			if len(resp.Trailer) > 0 && resp.ContentLength >= 0 {
-				// An HTTP/2 upstream may state a length along with
-				// trailers; passed on to an HTTP/1.1 client, it would rule
-				// out the chunked encoding that trailers travel in.
-				resp.Header.Del("Content-Length")
-				resp.ContentLength = -1
-			}
-			resp.Body = p.wrapBody(resp.Body, i)
-			return resp, nil
+			p.answered(i, start, status)
+			return i, nil
 		}
 		if guard != nil {
 			if ce := guard.err.Load(); ce != nil {
@@ -177,12 +204,12 @@ func (p *Pool) RoundTrip(out *http.Request) (*http.Response, error) {
 			}
 		}
 		lastErr = err
-		if !p.failed(i, start, out, err, guard) {
-			return nil, err
+		if !p.failed(i, start, r, err, guard) {
+			return -1, err
 		}
 		pk.exclude(i)
 	}
-	return nil, lastErr
+	return -1, lastErr
 }
 
 // begin starts an attempt on target i: the Info names it, it joins the
