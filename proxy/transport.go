@@ -33,6 +33,11 @@ func endpointSchemes(pc *config.Pool) string {
 // transportCache keeps pools' Transports across Runtimes, keyed by pool name,
 // so that a reload which leaves a pool's transport settings alone keeps its
 // kept-alive connections. It is safe for concurrent use.
+//
+// It is the daemon's, not upstream's: it lives in the Env as long as the
+// process, its key is the pool's config section (transportSignature), and
+// on a hit it loads no TLS file at all, which only a cache that sees the
+// config, and may import proxy/certs, can do.
 type transportCache struct {
 	mu      sync.Mutex
 	entries map[string]transportEntry
