@@ -35,7 +35,9 @@ type Options struct {
 	// robin.
 	Policy balance.Policy
 	// Retries is how many more endpoints a request may try after a failed
-	// attempt (see Pool.RoundTrip). Default 0.
+	// attempt: one that never reached its endpoint (a refused dial), or
+	// that was reset before any answer byte on an idempotent request whose
+	// body was not read. Default 0.
 	Retries int
 	// PanicMode sends requests to unavailable endpoints when no endpoint is
 	// available, rather than answer 503. Default false.
@@ -317,8 +319,10 @@ func setForwarded(in, out *http.Request) {
 	out.Header["X-Forwarded-Proto"] = vals[2:3:3]
 }
 
-// RoundTrip sends out to an endpoint chosen by the balance policy, with
-// the retries of try.
+// RoundTrip sends out to an endpoint chosen by the balance policy,
+// retrying as Options.Retries says. It is the pool's ReverseProxy's
+// Transport; an answer the direct path received but leaves to ReverseProxy
+// is handed over here rather than asked for again.
 func (p *Pool) RoundTrip(out *http.Request) (*http.Response, error) {
 	if resp, ok := p.takePrepared(out); ok {
 		return resp, nil
