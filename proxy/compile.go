@@ -2,13 +2,10 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"io"
-	"log"
 	"maps"
 	"net/http"
-	"net/http/httputil"
 	"net/netip"
 	"slices"
 	"sync"
@@ -19,10 +16,10 @@ import (
 	"go.uber.org/zap"
 
 	"sekisho/health"
-	"sekisho/http1"
 	"sekisho/proxy/balance"
 	"sekisho/proxy/config"
 	"sekisho/proxy/metrics"
+	"sekisho/proxy/upstream"
 	"sekisho/router"
 )
 
@@ -36,7 +33,7 @@ type Env struct {
 
 	transports transportCache
 	rings      ringCache
-	buffers    *bufferPool
+	buffers    *upstream.BufferPool
 }
 
 // NewEnv returns an Env with a fresh registry and metrics; log may be nil.
@@ -44,7 +41,7 @@ func NewEnv(log *zap.Logger) *Env {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	env := &Env{Registry: health.NewRegistry(log), Metrics: metrics.New(), Log: log, buffers: newBufferPool()}
+	env := &Env{Registry: health.NewRegistry(log), Metrics: metrics.New(), Log: log, buffers: upstream.NewBufferPool()}
 	env.Registry.SetNotify(env.endpointEvent)
 	return env
 }
@@ -74,7 +71,7 @@ func (env *Env) endpointEvent(ev health.Event) {
 type Runtime struct {
 	cfg       *config.Config
 	listeners map[string]*listenerRuntime // by listen address
-	pools     map[string]*Pool
+	pools     map[string]*upstream.Pool
 	closers   []io.Closer
 	shards    []hotKeyReporter
 	loadedAt  time.Time
@@ -125,7 +122,7 @@ func (rt *Runtime) Config() *config.Config { return rt.cfg }
 // in env.Registry, so an endpoint that a previous Runtime knew keeps its
 // state.
 func Compile(cfg *config.Config, env *Env) (rt *Runtime, err error) {
-	c := &compiler{cfg: cfg, env: env, rt: &Runtime{cfg: cfg, listeners: map[string]*listenerRuntime{}, pools: map[string]*Pool{}, loadedAt: time.Now()}}
+	c := &compiler{cfg: cfg, env: env, rt: &Runtime{cfg: cfg, listeners: map[string]*listenerRuntime{}, pools: map[string]*upstream.Pool{}, loadedAt: time.Now()}}
 	defer func() {
 		if err != nil {
 			c.rt.Close()
@@ -210,7 +207,7 @@ func (c *compiler) pipeline(stages []config.Stage, route string) (http.Handler, 
 }
 
 // proxyStage is the terminal stage that hands the request to a pool.
-type proxyStage struct{ pool *Pool }
+type proxyStage struct{ pool *upstream.Pool }
 
 func (s proxyStage) Wrap(next http.Handler) (http.Handler, error) {
 	if next != nil {
@@ -221,9 +218,11 @@ func (s proxyStage) Wrap(next http.Handler) (http.Handler, error) {
 
 func (proxyStage) Terminal() {}
 
-func (c *compiler) pool(name string, pc *config.Pool) (*Pool, error) {
-	env, m := c.env, c.env.Metrics
-	group := env.Registry.Group(name)
+// pool builds pool name of the config through upstream.New: the config's
+// terms become upstream's, and the pool's Transport comes from the cache
+// that keeps it across reloads.
+func (c *compiler) pool(name string, pc *config.Pool) (*upstream.Pool, error) {
+	env := c.env
 	outlier := health.Outlier{}
 	if o := pc.Outlier; o != nil {
 		pct := *o.MaxEjectedPercent
@@ -233,13 +232,6 @@ func (c *compiler) pool(name string, pc *config.Pool) (*Pool, error) {
 		outlier = health.Outlier{ConsecutiveFailures: o.ConsecutiveFailures, Eject: o.Eject.D(), MaxEject: o.MaxEject.D(),
 			MaxEjectedPercent: pct, Count5xx: o.Count5xx}
 	}
-	// The group's settings are shared with the Runtime in force: they change
-	// only when this one is put in force (Runtime.commit).
-	probed := pc.Readiness != nil
-	c.rt.commits = append(c.rt.commits, func() {
-		group.SetProbed(probed)
-		group.SetOutlier(outlier)
-	})
 	key := router.Key{}
 	if len(pc.HashKey) > 0 {
 		k, err := router.ParseKey(pc.HashKey...)
@@ -252,74 +244,39 @@ func (c *compiler) pool(name string, pc *config.Pool) (*Pool, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Pool{name: name, policy: policy, group: group, retries: *pc.Retries, panicMode: pc.PanicMode,
-		log: env.Log, duration: m.UpstreamDuration.WithLabelValues(name),
-		bodyIdle: pc.Timeouts.BodyIdle.D(), bodyTimeouts: m.UpstreamBodyTimeouts.WithLabelValues(name)}
-	p.gatesReadyz = pc.Readiness != nil && pc.Readiness.GatesReadyz
-	p.gate = newInFlightGate(name, pc, m)
-	eps := make([]*health.Endpoint, 0, len(pc.Endpoints))
+	o := upstream.Options{Name: name, Policy: policy, Retries: *pc.Retries, PanicMode: pc.PanicMode,
+		BodyIdle: pc.Timeouts.BodyIdle.D(), Outlier: outlier, MaxInFlight: pc.MaxInFlight,
+		OverflowRetryAfter: pc.OverflowRetryAfter.D(),
+		Registry:           env.Registry, Metrics: env.Metrics, Log: env.Log, Buffers: env.buffers}
 	for _, e := range pc.Endpoints {
 		u, err := config.ParseEndpoint(e.Address)
 		if err != nil {
 			return nil, err
 		}
-		ep := env.Registry.EndpointFor(name, u.Host, probed)
-		eps = append(eps, ep)
-		p.targets = append(p.targets, balance.Target{Addr: u.Host, Weight: e.Weight, EP: ep})
-		p.schemes = append(p.schemes, u.Scheme)
-		p.bodyEnds = append(p.bodyEnds, bodyEnd{ep: ep, idleTimeouts: p.bodyTimeouts})
-		p.attempts = append(p.attempts, metrics.NewCodeCounters(m.Upstream.MustCurryWith(prometheus.Labels{"pool": name, "endpoint": u.Host})))
+		o.Endpoints = append(o.Endpoints, upstream.Endpoint{Scheme: u.Scheme, Addr: u.Host, Weight: e.Weight})
 	}
 	t, commit, err := env.transports.get(name, pc)
 	if err != nil {
 		return nil, err
 	}
-	c.rt.commits = append(c.rt.commits, commit)
-	p.transport = t
-	p.direct, _ = t.(*http1.Transport)
-	p.proxy = &httputil.ReverseProxy{
-		Rewrite:      p.rewrite,
-		Transport:    p,
-		BufferPool:   env.buffers,
-		ErrorHandler: p.errorHandler,
-		ErrorLog:     log.New(zapWriter{env.Log}, "", 0),
-		// Each piece of the body goes to the client as it comes: a body
-		// with a length is otherwise held in the client connection's
-		// buffer while the upstream is slow. ReverseProxy already flushes
-		// this way when the length is unknown.
-		FlushInterval: -1,
-	}
+	o.Transport = t
 	if r := pc.Readiness; r != nil {
 		expect, err := health.ParseStatusRanges(r.ExpectStatus)
 		if err != nil {
 			return nil, err
 		}
-		scheme := "http"
-		if len(p.schemes) > 0 {
-			scheme = p.schemes[0]
-		}
-		p.checker = health.NewChecker(group, eps, health.Probe{Path: r.Path, Interval: r.Interval.D(), Timeout: r.Timeout.D(),
-			Rise: r.Rise, Fall: r.Fall, Expect: expect, Host: r.Host, Scheme: scheme}, t, env.Log)
+		o.Readiness = &health.Probe{Path: r.Path, Interval: r.Interval.D(), Timeout: r.Timeout.D(),
+			Rise: r.Rise, Fall: r.Fall, Expect: expect, Host: r.Host}
+		o.GatesReadyz = r.GatesReadyz
 	}
+	p, err := upstream.New(o)
+	if err != nil {
+		return nil, err
+	}
+	// The pool's health settings are shared with the Runtime in force:
+	// they change only when this one is put in force (Runtime.commit).
+	c.rt.commits = append(c.rt.commits, p.Commit, commit)
 	return p, nil
-}
-
-// zapWriter carries ReverseProxy's own log lines (rare: a failed body copy)
-// into the process log at debug level.
-type zapWriter struct{ l *zap.Logger }
-
-func (w zapWriter) Write(b []byte) (int, error) {
-	w.l.Debug(string(b))
-	return len(b), nil
-}
-
-// upstreamTLSConfig builds the client TLS config of a pool with https
-// endpoints, or nil to use the Transport's defaults.
-func upstreamTLSConfig(pc *config.Pool) (*tls.Config, error) {
-	if pc.TLS == nil {
-		return nil, nil
-	}
-	return buildUpstreamTLS(pc.TLS)
 }
 
 // commit makes the changes to state shared with other Runtimes (pool
@@ -337,9 +294,7 @@ func (rt *Runtime) Start(ctx context.Context) {
 	rt.startOnce.Do(func() {
 		ctx, rt.cancel = context.WithCancel(ctx)
 		for _, p := range rt.pools {
-			if p.checker != nil {
-				p.checker.Start(ctx)
-			}
+			p.Start(ctx)
 		}
 	})
 }
@@ -347,7 +302,7 @@ func (rt *Runtime) Start(ctx context.Context) {
 // Ready reports whether every pool with probes has finished its first round.
 func (rt *Runtime) Ready() bool {
 	for _, p := range rt.pools {
-		if p.checker != nil && !p.checker.FirstRoundDone() {
+		if !p.FirstRoundDone() {
 			return false
 		}
 	}
@@ -358,7 +313,7 @@ func (rt *Runtime) Ready() bool {
 // available endpoint now, or returns "".
 func (rt *Runtime) closedGate() string {
 	for name, p := range rt.pools {
-		if p.gatesReadyz && !p.Available() {
+		if p.GatesReadyz() && !p.Available() {
 			return name
 		}
 	}
@@ -373,9 +328,7 @@ func (rt *Runtime) Close() {
 			rt.cancel()
 		}
 		for _, p := range rt.pools {
-			if p.checker != nil {
-				p.checker.Close()
-			}
+			p.Close()
 		}
 		for _, c := range rt.closers {
 			c.Close()

@@ -879,9 +879,9 @@ pools:
 		}
 		np := rt.pools[name]
 		require.NotNil(t, np, name)
-		assert.Same(t, p.transport, np.transport, "pool %s keeps its Transport", name)
-		for i := range p.targets {
-			assert.Same(t, p.targets[i].EP, np.targets[i].EP, "pool %s endpoint %s keeps its state", name, p.targets[i].Addr)
+		assert.Same(t, p.Transport(), np.Transport(), "pool %s keeps its Transport", name)
+		for i, tg := range p.Targets() {
+			assert.Same(t, tg.EP, np.Targets()[i].EP, "pool %s endpoint %s keeps its state", name, tg.Addr)
 		}
 	}
 	for range 10 {

@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"sekisho/http1"
+	"sekisho/proxy/upstream"
 	"sekisho/router"
 )
 
@@ -161,7 +162,7 @@ func finish(rt *Runtime, entry *routeEntry, info *router.Info, r *http.Request, 
 			switch {
 			case head:
 			case werr != nil:
-				status = statusClientClosed // the client could not be written to
+				status = upstream.StatusClientClosed // the client could not be written to
 			default:
 				status = http.StatusBadGateway // aborted before a byte went out
 			}
@@ -252,9 +253,11 @@ func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return http.NewResponseController(w.ResponseWriter).Hijack()
 }
 
+var _ upstream.ClientGoneRecorder = (*statusWriter)(nil)
+
 // RecordClientGone records an answer never sent because the client left
-// (statusClientClosed).
-func (w *statusWriter) RecordClientGone() { w.status = statusClientClosed }
+// (upstream.StatusClientClosed).
+func (w *statusWriter) RecordClientGone() { w.status = upstream.StatusClientClosed }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 

@@ -247,8 +247,8 @@ func (s *Server) retain(rt *Runtime) {
 	}
 	pools := map[string][]string{}
 	for name, p := range rt.pools {
-		addrs := make([]string, 0, len(p.targets))
-		for _, t := range p.targets {
+		addrs := make([]string, 0, len(p.Targets()))
+		for _, t := range p.Targets() {
 			addrs = append(addrs, t.Addr)
 		}
 		pools[name] = addrs

@@ -247,26 +247,6 @@ func (s *Server) wrapListener(ln net.Listener, lc *config.Listener, bl *boundLis
 	return ln
 }
 
-// buildUpstreamTLS is the client TLS config of a pool with https endpoints.
-func buildUpstreamTLS(u *config.UpstreamTLS) (*tls.Config, error) {
-	tc := &tls.Config{ServerName: u.ServerName, InsecureSkipVerify: u.InsecureSkipVerify, MinVersion: tls.VersionTLS12}
-	if u.CAFile != "" {
-		pool, err := certs.LoadCAPool(u.CAFile)
-		if err != nil {
-			return nil, err
-		}
-		tc.RootCAs = pool
-	}
-	if u.CertFile != "" || u.KeyFile != "" {
-		cert, err := certs.LoadPair(certs.Pair{CertFile: u.CertFile, KeyFile: u.KeyFile})
-		if err != nil {
-			return nil, err
-		}
-		tc.Certificates = []tls.Certificate{*cert}
-	}
-	return tc, nil
-}
-
 // clientCertSubject returns the verified client certificate's subject.
 func clientCertSubject(cs *tls.ConnectionState) string {
 	if cs == nil || len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {

@@ -3,47 +3,12 @@ package proxy
 import (
 	"crypto/tls"
 	"fmt"
-	"net"
-	"net/http"
 	"sync"
-	"time"
 
-	"sekisho/http1"
+	"sekisho/proxy/certs"
 	"sekisho/proxy/config"
+	"sekisho/proxy/upstream"
 )
-
-// newTransport builds the one Transport a pool shares between its endpoints:
-// keep-alive with a generous idle pool, bounded dial and header waits, and
-// the pool's upstream protocol.
-func newTransport(pc *config.Pool, tlsConf *tls.Config) *http.Transport {
-	dialer := &net.Dialer{Timeout: pc.Timeouts.Connect.D(), KeepAlive: 30 * time.Second}
-	t := &http.Transport{
-		Proxy:                  nil, // never an environment proxy: endpoints are addressed directly
-		DialContext:            dialer.DialContext,
-		MaxIdleConns:           0,
-		MaxIdleConnsPerHost:    pc.MaxIdlePerEndpoint,
-		IdleConnTimeout:        pc.Timeouts.Idle.D(),
-		ResponseHeaderTimeout:  pc.Timeouts.ResponseHeader.D(),
-		TLSHandshakeTimeout:    pc.Timeouts.Connect.D() + 5*time.Second,
-		ExpectContinueTimeout:  time.Second,
-		MaxResponseHeaderBytes: 1 << 20,
-		WriteBufferSize:        16 << 10,
-		ReadBufferSize:         16 << 10,
-		TLSClientConfig:        tlsConf,
-		DisableCompression:     true, // pass Accept-Encoding and bodies through untouched
-	}
-	var protos http.Protocols
-	switch pc.Protocol {
-	case "h2c":
-		protos.SetUnencryptedHTTP2(true)
-	case "h2":
-		protos.SetHTTP2(true)
-	default:
-		protos.SetHTTP1(true)
-	}
-	t.Protocols = &protos
-	return t
-}
 
 // transportSignature is what decides whether a pool's Transport (and so its
 // open connections) can be kept across a reload.
@@ -68,6 +33,11 @@ func endpointSchemes(pc *config.Pool) string {
 // transportCache keeps pools' Transports across Runtimes, keyed by pool name,
 // so that a reload which leaves a pool's transport settings alone keeps its
 // kept-alive connections. It is safe for concurrent use.
+//
+// It is the daemon's, not upstream's: it lives in the Env as long as the
+// process, its key is the pool's config section (transportSignature), and
+// on a hit it loads no TLS file at all, which only a cache that sees the
+// config, and may import proxy/certs, can do.
 type transportCache struct {
 	mu      sync.Mutex
 	entries map[string]transportEntry
@@ -75,53 +45,50 @@ type transportCache struct {
 
 type transportEntry struct {
 	sig string
-	t   upstreamTransport
+	t   upstream.Transport
 }
 
-// upstreamTransport is a pool's RoundTripper: an *http.Transport, or an
-// *http1.Transport in front of one.
-type upstreamTransport interface {
-	http.RoundTripper
-	CloseIdleConnections()
+// buildTransport returns the Transport for a pool, with its TLS files
+// loaded.
+func buildTransport(pc *config.Pool) (upstream.Transport, error) {
+	o := upstream.TransportOptions{Protocol: pc.Protocol, ConnectTimeout: pc.Timeouts.Connect.D(),
+		ResponseHeaderTimeout: pc.Timeouts.ResponseHeader.D(), IdleTimeout: pc.Timeouts.Idle.D(),
+		BodyIdleTimeout: pc.Timeouts.BodyIdle.D(), MaxIdlePerEndpoint: pc.MaxIdlePerEndpoint}
+	if pc.TLS != nil {
+		tc, err := upstreamTLS(pc.TLS)
+		if err != nil {
+			return nil, err
+		}
+		o.TLS = tc
+	}
+	return upstream.NewTransport(o), nil
 }
 
-// buildTransport returns the RoundTripper for a pool: for HTTP/1.1 pools an
-// http1.Transport (which the direct path uses too) with a stock Transport
-// behind it for everything it does not take; for h2 and h2c the stock
-// Transport alone.
-func buildTransport(pc *config.Pool) (upstreamTransport, error) {
-	tc, err := upstreamTLSConfig(pc)
-	if err != nil {
-		return nil, err
+// upstreamTLS loads the files of a pool's tls section.
+func upstreamTLS(u *config.UpstreamTLS) (*upstream.TLSOptions, error) {
+	o := &upstream.TLSOptions{ServerName: u.ServerName, InsecureSkipVerify: u.InsecureSkipVerify}
+	if u.CAFile != "" {
+		pool, err := certs.LoadCAPool(u.CAFile)
+		if err != nil {
+			return nil, err
+		}
+		o.RootCAs = pool
 	}
-	t := newTransport(pc, tc)
-	if pc.Protocol == "http1" {
-		return newDirectTransport(t, pc.Timeouts.BodyIdle.D()), nil
+	if u.CertFile != "" || u.KeyFile != "" {
+		cert, err := certs.LoadPair(certs.Pair{CertFile: u.CertFile, KeyFile: u.KeyFile})
+		if err != nil {
+			return nil, err
+		}
+		o.Certificates = []tls.Certificate{*cert}
 	}
-	return t, nil
-}
-
-// newDirectTransport returns an http1.Transport with the dialer, TLS and
-// idle settings of fallback, which takes what it does not send itself;
-// bodyIdle ends the bodies it reads that stall.
-func newDirectTransport(fallback *http.Transport, bodyIdle time.Duration) *http1.Transport {
-	return &http1.Transport{
-		DialContext:           fallback.DialContext,
-		TLSClientConfig:       fallback.TLSClientConfig,
-		TLSHandshakeTimeout:   fallback.TLSHandshakeTimeout,
-		MaxIdleConnsPerHost:   fallback.MaxIdleConnsPerHost,
-		IdleConnTimeout:       fallback.IdleConnTimeout,
-		ResponseHeaderTimeout: fallback.ResponseHeaderTimeout,
-		BodyIdleTimeout:       bodyIdle,
-		Fallback:              fallback,
-	}
+	return o, nil
 }
 
 // get returns the cached Transport for pool when its signature matches, or
 // builds a new one; commit, to be called once the config that asked for it
 // is in force, caches it in place of the old one. A config that fails to
 // compile thus leaves the cache and the old Transport's connections alone.
-func (c *transportCache) get(pool string, pc *config.Pool) (t upstreamTransport, commit func(), err error) {
+func (c *transportCache) get(pool string, pc *config.Pool) (t upstream.Transport, commit func(), err error) {
 	sig := transportSignature(pc)
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -1,4 +1,4 @@
-package proxy
+package upstream
 
 import (
 	"context"
@@ -30,60 +30,39 @@ type prepared struct {
 
 type preparedKey struct{}
 
-// forward serves r on the direct path: it picks an endpoint as RoundTrip
-// does (a refused dial moves on to another endpoint), sends the request and
-// relays the answer.
-//
-// Its attempts loop is RoundTrip's, over Forward instead of a
-// RoundTripper; both move to proxy/upstream together (issue 14), where
-// they can become one.
-func (p *Pool) forward(w http.ResponseWriter, r *http.Request, t *http1.Transport, info *router.Info) {
+// forward serves r on the direct path, with the retries of try.
+func (p *Pool) forward(w http.ResponseWriter, r *http.Request, info *router.Info) {
 	ctx := r.Context()
 	fwd := forwardedFor(r, info)
-	pk := p.picker()
-	defer pk.release()
-	var lastErr error
-	for attempt := 0; attempt <= p.retries; attempt++ {
-		if err := ctx.Err(); err != nil {
-			lastErr = err // the client has gone: no attempt, no dial
-			break
+	var a http1.Answer
+	i, err := p.try(r, info, nil, func(i int) (int, error) {
+		var err error
+		if a, err = p.direct.Forward(ctx, r, p.schemes[i], p.targets[i].Addr, &fwd); err != nil {
+			return 0, err
 		}
-		i := pk.pick(r, info)
-		if i < 0 {
-			if lastErr == nil {
-				lastErr = ErrNoReadyEndpoint
+		if a.Response != nil {
+			return a.Response.StatusCode, nil
+		}
+		return a.Status, nil
+	})
+	switch {
+	case err != nil:
+		p.errorHandler(w, r, err)
+	case a.Response != nil:
+		p.relayPrepared(w, r, a.Response, i)
+	default:
+		err := a.Relay(ctx, w)
+		p.targets[i].EP.End()
+		if err != nil {
+			var idle *http1.BodyIdleError
+			if errors.As(err, &idle) {
+				p.bodyTimeouts.Inc()
 			}
-			break
+			// The head has gone: the client's answer can only be cut, as
+			// ReverseProxy cuts it.
+			panic(http.ErrAbortHandler)
 		}
-		start := p.begin(i, info)
-		a, err := t.Forward(ctx, r, p.schemes[i], p.targets[i].Addr, &fwd)
-		if err == nil {
-			if a.Response != nil {
-				p.answered(i, start, a.Response.StatusCode)
-				p.relayPrepared(w, r, a.Response, i)
-				return
-			}
-			p.answered(i, start, a.Status)
-			err := a.Relay(ctx, w)
-			p.targets[i].EP.End()
-			if err != nil {
-				var idle *http1.BodyIdleError
-				if errors.As(err, &idle) {
-					p.bodyTimeouts.Inc()
-				}
-				// The head has gone: the client's answer can only be cut,
-				// as ReverseProxy cuts it.
-				panic(http.ErrAbortHandler)
-			}
-			return
-		}
-		lastErr = err
-		if !p.failed(i, start, r, err, nil) {
-			break
-		}
-		pk.exclude(i)
 	}
-	p.errorHandler(w, r, lastErr)
 }
 
 // relayPrepared lets ReverseProxy forward an answer the direct path has

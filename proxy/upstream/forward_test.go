@@ -1,11 +1,14 @@
-package proxy
+package upstream
 
 import (
 	"bufio"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"sekisho/health"
+	"sekisho/http1"
+	"sekisho/proxy/metrics"
+	"sekisho/router"
 	"strings"
 	"sync"
 	"testing"
@@ -108,11 +111,65 @@ func headerLines(head string) map[string][]string {
 	return out
 }
 
-func directDaemon(t *testing.T, up string) *testDaemon {
-	return startDaemon(t, fmt.Sprintf(edgePreamble+`    routes: [{name: all, pipeline: [{proxy: up}]}]
-pools:
-  up: {endpoints: [%s], retries: 0}
-`, up))
+// directPool serves a pool of one endpoint, up, with no retries, behind
+// an http1.Server on 127.0.0.1 that does what a listener does for the pool:
+// it gives each request its router.Info (without which a request goes the
+// ReverseProxy way) and passes on one X-Request-Id.
+func directPool(t *testing.T, up string) *testFront {
+	reg := health.NewRegistry(nil)
+	p, err := New(Options{Name: "up", Endpoints: []Endpoint{{Addr: up}}, Registry: reg, Metrics: metrics.New(),
+		Transport: NewTransport(TransportOptions{MaxIdlePerEndpoint: 256})})
+	require.NoError(t, err)
+	p.Commit()
+	srv := &http1.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(r.Header["X-Request-Id"]) == 0 {
+			r.Header.Set("X-Request-Id", "test")
+		}
+		p.ServeHTTP(w, router.WithInfo(r, &router.Info{}))
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(ln)
+	}()
+	tr := &http.Transport{}
+	t.Cleanup(func() {
+		tr.CloseIdleConnections()
+		srv.Close()
+		<-done
+		p.Transport().CloseIdleConnections()
+	})
+	return &testFront{t: t, addr: ln.Addr().String(), client: &http.Client{Transport: tr, Timeout: 10 * time.Second}}
+}
+
+// testFront is a client of directPool's server.
+type testFront struct {
+	t      *testing.T
+	addr   string
+	client *http.Client
+}
+
+// url returns the server's base URL; the listener name is the one the
+// same tests used when they ran through the daemon.
+func (td *testFront) url(string) string { return "http://" + td.addr }
+
+func (td *testFront) do(req *http.Request) (*http.Response, string) {
+	td.t.Helper()
+	resp, err := td.client.Do(req)
+	require.NoError(td.t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(td.t, err)
+	return resp, string(b)
+}
+
+func (td *testFront) get(url string) (*http.Response, string) {
+	td.t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	require.NoError(td.t, err)
+	return td.do(req)
 }
 
 // The direct path rewrites the request head as ReverseProxy with the
@@ -121,7 +178,7 @@ func TestDirectPathRewritesTheRequestHead(t *testing.T) {
 	up := newScriptedUpstream(t, func(string) string {
 		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 	})
-	td := directDaemon(t, up.addr())
+	td := directPool(t, up.addr())
 	req, err := http.NewRequest(http.MethodGet, td.url("edge")+"/a/b%2Fc?q=1&r", nil)
 	require.NoError(t, err)
 	req.Host = "shop.example.com"
@@ -190,7 +247,7 @@ func TestDirectPathAnswers(t *testing.T) {
 		}
 		return answers[path]
 	})
-	td := directDaemon(t, up.addr())
+	td := directPool(t, up.addr())
 
 	t.Run("plain: hop-by-hop headers dropped, repeated ones kept", func(t *testing.T) {
 		resp, body := td.get(td.url("edge") + "/plain")
@@ -252,7 +309,7 @@ func TestDirectPathReusesUpstreamConnections(t *testing.T) {
 	up := newScriptedUpstream(t, func(string) string {
 		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 	})
-	td := directDaemon(t, up.addr())
+	td := directPool(t, up.addr())
 	for i := 0; i < 50; i++ {
 		resp, body := td.get(td.url("edge") + "/")
 		require.Equal(t, http.StatusOK, resp.StatusCode)
@@ -271,7 +328,7 @@ func TestDirectPathTruncatedBody(t *testing.T) {
 		}
 		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 	})
-	td := directDaemon(t, up.addr())
+	td := directPool(t, up.addr())
 	resp, err := http.Get(td.url("edge") + "/cut")
 	if err == nil { // the head may or may not have left before the abort
 		_, err = io.ReadAll(resp.Body)
@@ -290,7 +347,7 @@ func TestDirectPathBareLFAnswerHead(t *testing.T) {
 	up := newScriptedUpstream(t, func(string) string {
 		return "HTTP/1.1 200 OK\nContent-Length: 2\n\nok"
 	})
-	td := directDaemon(t, up.addr())
+	td := directPool(t, up.addr())
 	td.client.Timeout = 3 * time.Second
 	resp, err := td.client.Get(td.url("edge") + "/x")
 	if err != nil {
@@ -338,7 +395,7 @@ func TestDirectPathIdleConnectionsAnswerIsNotTheNextOnes(t *testing.T) {
 			}()
 		}
 	}()
-	td := directDaemon(t, ln.Addr().String())
+	td := directPool(t, ln.Addr().String())
 	resp, body := td.get(td.url("edge") + "/first")
 	if resp.StatusCode != 200 || body != "ok" {
 		t.Fatalf("first: %d %q", resp.StatusCode, body)
@@ -355,7 +412,7 @@ func TestDirectPathIdleConnectionsAnswerIsNotTheNextOnes(t *testing.T) {
 // the Host is the endpoint's address, as http.Transport fills it in.
 func TestDirectPathHostOfAnHTTP10Request(t *testing.T) {
 	up := newScriptedUpstream(t, func(string) string { return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" })
-	td := directDaemon(t, up.addr())
+	td := directPool(t, up.addr())
 	hostOf := func(raw string) []string {
 		c, br := rawConn(t, strings.TrimPrefix(td.url("edge"), "http://"))
 		io.WriteString(c, raw)

@@ -1,0 +1,100 @@
+package upstream
+
+import (
+	"net/http"
+	"sync"
+	"time"
+
+	"sekisho/router"
+)
+
+// picker is one request's state across its attempts, as the balance
+// policy's usable filter reads it: the endpoints tried so far and the rule
+// of the pick under way. A closure over that state would escape into the
+// Policy interface and cost allocations on every pick, so pickers are
+// pooled with their filter bound once, as a method value. A picker belongs
+// to one request at a time.
+type picker struct {
+	p      *Pool
+	now    time.Time
+	tried  []int  // target indexes this request's attempts used
+	local  [4]int // tried's backing array until a request retries more
+	shared *router.Tried
+	rule   pickRule
+	usable func(int) bool // check, bound once
+}
+
+// pickRule is what a target must be, besides untried, to be usable.
+type pickRule uint8
+
+const (
+	// availableUnshared: available, and not used by another attempt of the
+	// same logical request (scatter's hedges).
+	availableUnshared pickRule = iota
+	availableOnly
+	// anyUntried is panic mode: an unavailable endpoint beats none.
+	anyUntried
+)
+
+var pickers = sync.Pool{New: func() any {
+	pk := &picker{}
+	pk.tried = pk.local[:0]
+	pk.usable = pk.check
+	return pk
+}}
+
+// picker returns a picker for one request to p; release gives it back.
+func (p *Pool) picker() *picker {
+	pk := pickers.Get().(*picker)
+	pk.p = p
+	return pk
+}
+
+func (pk *picker) release() {
+	pk.p, pk.shared = nil, nil
+	pk.tried = pk.tried[:0]
+	pickers.Put(pk)
+}
+
+// exclude keeps target i out of this request's later picks.
+func (pk *picker) exclude(i int) { pk.tried = append(pk.tried, i) }
+
+// pick chooses an endpoint that is available and not yet tried by this
+// request; endpoints another attempt of the same logical request used
+// (scatter's hedges) are avoided while others remain. In panic mode an
+// unavailable endpoint is better than none.
+func (pk *picker) pick(r *http.Request, info *router.Info) int {
+	p := pk.p
+	pk.now = time.Now()
+	if info != nil && info.Tried != nil && info.Tried.Len() > 0 {
+		pk.shared, pk.rule = info.Tried, availableUnshared
+		if i := p.policy.Pick(p.targets, r, pk.now, pk.usable); i >= 0 {
+			return i
+		}
+	}
+	pk.rule = availableOnly
+	if i := p.policy.Pick(p.targets, r, pk.now, pk.usable); i >= 0 || !p.panicMode {
+		return i
+	}
+	pk.rule = anyUntried
+	return p.policy.Pick(p.targets, r, pk.now, pk.usable)
+}
+
+// check is the usable filter of the pick under way.
+func (pk *picker) check(i int) bool {
+	for _, j := range pk.tried {
+		if i == j {
+			return false
+		}
+	}
+	t := &pk.p.targets[i]
+	switch pk.rule {
+	case anyUntried:
+		return true
+	case availableUnshared:
+		if pk.shared.Has(t.Addr) {
+			return false
+		}
+	}
+	return t.EP.Available(pk.now)
+}

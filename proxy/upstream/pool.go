@@ -1,0 +1,352 @@
+package upstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net/http"
+	"net/http/httputil"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"sekisho/health"
+	"sekisho/http1"
+	"sekisho/proxy/balance"
+	"sekisho/proxy/metrics"
+	"sekisho/router"
+)
+
+// ErrNoReadyEndpoint is returned when a pool has no endpoint that may take a
+// request; it is answered 503.
+var ErrNoReadyEndpoint = errors.New("no ready endpoint")
+
+// Options configures a Pool. The zero value of each field is its default,
+// named in its comment; Name, Transport, Registry and Metrics are required.
+type Options struct {
+	// Name names the pool in the health registry, metrics and logs.
+	Name string
+	// Endpoints are the pool's replicas. Default none: every request is
+	// answered 503.
+	Endpoints []Endpoint
+	// Policy picks among the available endpoints. Default (nil): round
+	// robin.
+	Policy balance.Policy
+	// Retries is how many more endpoints a request may try after a failed
+	// attempt: one that never reached its endpoint (a refused dial), or
+	// that was reset before any answer byte on an idempotent request whose
+	// body was not read. Default 0.
+	Retries int
+	// PanicMode sends requests to unavailable endpoints when no endpoint is
+	// available, rather than answer 503. Default false.
+	PanicMode bool
+	// BodyIdle ends an upstream body that sends nothing for this long,
+	// cutting the client's answer. Default 0: no limit.
+	BodyIdle time.Duration
+	// Readiness is the active readiness probe; its Scheme is set to the
+	// first endpoint's. Default nil: no probe, and an endpoint is ready
+	// until ejected.
+	Readiness *health.Probe
+	// GatesReadyz holds the admin /readyz at 503 while no endpoint is
+	// available (see Pool.GatesReadyz). Default false.
+	GatesReadyz bool
+	// Outlier is passive ejection; it is put in force in the registry by
+	// Pool.Commit. The zero value is health's defaults.
+	Outlier health.Outlier
+	// MaxInFlight is the pool's circuit breaker: with that many requests
+	// in flight, another one is answered 503 at once. Default 0: no limit.
+	MaxInFlight int
+	// OverflowRetryAfter is the Retry-After of that 503, rounded up to whole
+	// seconds. Default (0): DefaultOverflowRetryAfter.
+	OverflowRetryAfter time.Duration
+	// Transport carries the pool's requests; an *http1.Transport (from
+	// NewTransport with protocol http1) also serves the direct path.
+	Transport Transport
+	// Registry holds endpoint health, shared with the pools of other
+	// Runtimes.
+	Registry *health.Registry
+	// Metrics receives the sekisho_upstream_* and sekisho_pool_* series.
+	Metrics *metrics.Metrics
+	// Log receives failed requests (warn) and retries (debug). Default
+	// (nil): no log.
+	Log *zap.Logger
+	// Buffers lends ReverseProxy its copy buffers. Default (nil): a
+	// BufferPool of the pool's own.
+	Buffers *BufferPool
+}
+
+// Endpoint is one replica of a pool.
+type Endpoint struct {
+	// Scheme is "http" or "https". Default "": http.
+	Scheme string
+	// Addr is the endpoint's host:port.
+	Addr string
+	// Weight is its share of the traffic for the policies that weigh.
+	// Default 0: balance's default (1).
+	Weight int
+}
+
+// Pool is a set of replicas of one service, as an http.Handler: it picks an
+// available endpoint with its balance policy and forwards the request there,
+// retrying on another endpoint a request that never reached the first one.
+// httputil.ReverseProxy forwards, but for the bodyless requests with plain
+// answers that the direct path (forward.go) relays itself. A Pool is
+// immutable once built and safe for concurrent use; endpoint state lives in
+// the health.Registry.
+type Pool struct {
+	name      string
+	targets   []balance.Target
+	schemes   []string
+	policy    balance.Policy
+	group     *health.Group
+	retries   int
+	panicMode bool
+	transport Transport
+	direct    *http1.Transport // the transport, when the direct path can use it
+	proxy     *httputil.ReverseProxy
+	log       *zap.Logger
+	attempts  []*metrics.CodeCounters // per target
+	duration  prometheus.Observer
+	// bodyIdle ends an upstream body that stalls; bodyTimeouts counts
+	// those.
+	bodyIdle     time.Duration
+	bodyTimeouts prometheus.Counter
+	// bodyEnds, per target, is told when a body the direct transport read
+	// ends.
+	bodyEnds []bodyEnd
+	checker  *health.Checker // nil without readiness probes
+	// gatesReadyz holds /readyz at 503 while no endpoint is available.
+	gatesReadyz bool
+	gate        *inFlightGate // max_in_flight; nil without
+	// probed and outlier are the group settings Commit puts in force.
+	probed  bool
+	outlier health.Outlier
+}
+
+var (
+	_ http.Handler      = (*Pool)(nil)
+	_ http.RoundTripper = (*Pool)(nil)
+	_ router.Available  = (*Pool)(nil)
+)
+
+// New builds the pool o describes. It starts nothing (Start starts the
+// probes) and changes no shared state but registering the endpoints in
+// o.Registry (Commit puts the pool's health settings in force), so a pool
+// whose Runtime is never put in force costs the one in force nothing.
+func New(o Options) (*Pool, error) {
+	if o.Transport == nil || o.Registry == nil || o.Metrics == nil {
+		return nil, fmt.Errorf("upstream: pool %q needs a Transport, a Registry and Metrics", o.Name)
+	}
+	name, m := o.Name, o.Metrics
+	logger := o.Log
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	policy := o.Policy
+	if policy == nil {
+		var err error
+		if policy, err = balance.New(balance.RoundRobin, router.Key{}, 0); err != nil {
+			return nil, err
+		}
+	}
+	buffers := o.Buffers
+	if buffers == nil {
+		buffers = NewBufferPool()
+	}
+	probed := o.Readiness != nil
+	p := &Pool{name: name, policy: policy, group: o.Registry.Group(name), retries: o.Retries, panicMode: o.PanicMode,
+		log: logger, duration: m.UpstreamDuration.WithLabelValues(name),
+		bodyIdle: o.BodyIdle, bodyTimeouts: m.UpstreamBodyTimeouts.WithLabelValues(name),
+		gatesReadyz: o.GatesReadyz, gate: newInFlightGate(name, o.MaxInFlight, o.OverflowRetryAfter, m),
+		probed: probed, outlier: o.Outlier}
+	eps := make([]*health.Endpoint, 0, len(o.Endpoints))
+	for _, e := range o.Endpoints {
+		scheme := e.Scheme
+		if scheme == "" {
+			scheme = "http"
+		}
+		ep := o.Registry.EndpointFor(name, e.Addr, probed)
+		eps = append(eps, ep)
+		p.targets = append(p.targets, balance.Target{Addr: e.Addr, Weight: e.Weight, EP: ep})
+		p.schemes = append(p.schemes, scheme)
+		p.bodyEnds = append(p.bodyEnds, bodyEnd{ep: ep, idleTimeouts: p.bodyTimeouts})
+		p.attempts = append(p.attempts, metrics.NewCodeCounters(m.Upstream.MustCurryWith(prometheus.Labels{"pool": name, "endpoint": e.Addr})))
+	}
+	p.transport = o.Transport
+	p.direct, _ = o.Transport.(*http1.Transport)
+	p.proxy = &httputil.ReverseProxy{
+		Rewrite:      p.rewrite,
+		Transport:    p,
+		BufferPool:   buffers,
+		ErrorHandler: p.errorHandler,
+		ErrorLog:     log.New(zapWriter{logger}, "", 0),
+		// Each piece of the body goes to the client as it comes: a body
+		// with a length is otherwise held in the client connection's
+		// buffer while the upstream is slow. ReverseProxy already flushes
+		// this way when the length is unknown.
+		FlushInterval: -1,
+	}
+	if r := o.Readiness; r != nil {
+		probe := *r
+		probe.Scheme = "http"
+		if len(p.schemes) > 0 {
+			probe.Scheme = p.schemes[0]
+		}
+		p.checker = health.NewChecker(p.group, eps, probe, o.Transport, logger)
+	}
+	return p, nil
+}
+
+// zapWriter carries ReverseProxy's own log lines (rare: a failed body copy)
+// into the process log at debug level.
+type zapWriter struct{ l *zap.Logger }
+
+func (w zapWriter) Write(b []byte) (int, error) {
+	w.l.Debug(string(b))
+	return len(b), nil
+}
+
+// Name returns the pool's name.
+func (p *Pool) Name() string { return p.name }
+
+// Targets returns the pool's endpoints, in the order of Options.Endpoints.
+// The slice is the pool's own and must not be modified.
+func (p *Pool) Targets() []balance.Target { return p.targets }
+
+// Transport returns the Transport the pool forwards over.
+func (p *Pool) Transport() Transport { return p.transport }
+
+// Commit puts the pool's endpoint health settings (whether it is probed,
+// its outlier ejection) in force in the registry, where the pool of the
+// same name in every Runtime shares them. Call it once the pool's Runtime
+// is sure to serve.
+func (p *Pool) Commit() {
+	p.group.SetProbed(p.probed)
+	p.group.SetOutlier(p.outlier)
+}
+
+// Start starts the pool's readiness probes, which run until ctx ends or
+// Close. It does nothing without probes.
+func (p *Pool) Start(ctx context.Context) {
+	if p.checker != nil {
+		p.checker.Start(ctx)
+	}
+}
+
+// Close stops the pool's probes and waits for them.
+func (p *Pool) Close() {
+	if p.checker != nil {
+		p.checker.Close()
+	}
+}
+
+// FirstRoundDone reports whether the probes have finished their first
+// round; true without probes.
+func (p *Pool) FirstRoundDone() bool { return p.checker == nil || p.checker.FirstRoundDone() }
+
+// GatesReadyz reports whether the pool's readiness gates the admin
+// /readyz: then /readyz answers 503 while the pool is not Available.
+func (p *Pool) GatesReadyz() bool { return p.gatesReadyz }
+
+// ServeHTTP forwards r to one of the pool's endpoints.
+func (p *Pool) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if g := p.gate; g != nil {
+		if !g.enter() {
+			g.refuse(w, r, p.name)
+			return
+		}
+		defer g.leave()
+	}
+	p.serve(w, r)
+}
+
+// serve is the one place that chooses how r goes upstream: on the direct
+// path over http1.Transport when the pool speaks HTTP/1.1 and r is a plain
+// bodyless request that came through a listener (its Info set), through
+// httputil.ReverseProxy otherwise.
+func (p *Pool) serve(w http.ResponseWriter, r *http.Request) {
+	if p.direct != nil && http1.Forwardable(r) {
+		if info := router.InfoFrom(r); info != nil {
+			p.forward(w, r, info)
+			return
+		}
+	}
+	p.proxy.ServeHTTP(w, r)
+}
+
+// Available reports whether some endpoint may take a request now (any
+// endpoint, in panic mode).
+func (p *Pool) Available() bool {
+	if p.panicMode && len(p.targets) > 0 {
+		return true
+	}
+	now := time.Now()
+	for i := range p.targets {
+		if p.targets[i].EP.Available(now) {
+			return true
+		}
+	}
+	return false
+}
+
+// rewrite prepares the outbound request; the endpoint itself is chosen in
+// RoundTrip, where a failed attempt can be retried.
+func (p *Pool) rewrite(pr *httputil.ProxyRequest) {
+	in, out := pr.In, pr.Out
+	out.URL.Scheme = "http"
+	out.URL.Host = p.name // replaced by RoundTrip with the chosen endpoint
+	setForwarded(in, out)
+	// Clone gave out a copy of the announced trailer keys, but the server
+	// fills in their values on in's own map once the body is read to its
+	// end; sharing the map lets the Transport send them after the body.
+	out.Trailer = in.Trailer
+	if out.Body != nil && out.Body != http.NoBody {
+		out.Body = &replayGuard{body: out.Body}
+	}
+}
+
+// setForwarded writes X-Forwarded-For, -Host and -Proto.
+func setForwarded(in, out *http.Request) {
+	fwd := forwardedFor(in, router.InfoFrom(in))
+	// One allocation holds the three values; each header gets a slice of
+	// it with no spare capacity, so an Add elsewhere copies instead of
+	// writing over a neighbour.
+	vals := []string{fwd.For, fwd.Host, fwd.Proto}
+	out.Header["X-Forwarded-For"] = vals[0:1:1]
+	out.Header["X-Forwarded-Host"] = vals[1:2:2]
+	out.Header["X-Forwarded-Proto"] = vals[2:3:3]
+}
+
+// RoundTrip sends out to an endpoint chosen by the balance policy,
+// retrying as Options.Retries says. It is the pool's ReverseProxy's
+// Transport; an answer the direct path received but leaves to ReverseProxy
+// is handed over here rather than asked for again.
+func (p *Pool) RoundTrip(out *http.Request) (*http.Response, error) {
+	if resp, ok := p.takePrepared(out); ok {
+		return resp, nil
+	}
+	guard, _ := out.Body.(*replayGuard)
+	var resp *http.Response
+	i, err := p.try(out, router.InfoFrom(out), guard, func(i int) (int, error) {
+		out.URL.Scheme, out.URL.Host = p.schemes[i], p.targets[i].Addr
+		var err error
+		if resp, err = p.transport.RoundTrip(out); err != nil {
+			return 0, err
+		}
+		return resp.StatusCode, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.Trailer) > 0 && resp.ContentLength >= 0 {
+		// An HTTP/2 upstream may state a length along with trailers;
+		// passed on to an HTTP/1.1 client, it would rule out the chunked
+		// encoding that trailers travel in.
+		resp.Header.Del("Content-Length")
+		resp.ContentLength = -1
+	}
+	resp.Body = p.wrapBody(resp.Body, i)
+	return resp, nil
+}
