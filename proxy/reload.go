@@ -2,10 +2,10 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
-	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -94,8 +94,22 @@ func (d *Daemon) serveReload(w http.ResponseWriter, _ *http.Request) {
 	if err != nil {
 		// errors holds one line per problem, each FILE:LINE:COL: message
 		// when the config itself is at fault.
-		writeJSON(w, http.StatusBadRequest, map[string]any{"ok": false, "error": err.Error(), "errors": strings.Split(err.Error(), "\n")})
+		writeJSON(w, http.StatusBadRequest, map[string]any{"ok": false, "error": err.Error(), "errors": problems(err)})
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"ok": true, "changed": res.Changed, "summary": res.Summary})
+}
+
+// problems lists err's problems one per entry: each config.Error (with
+// its FILE:LINE:COL) when the config is at fault, else err itself.
+func problems(err error) []string {
+	var es config.Errors
+	if !errors.As(err, &es) {
+		return []string{err.Error()}
+	}
+	out := make([]string, len(es))
+	for i, e := range es {
+		out[i] = e.Error()
+	}
+	return out
 }
