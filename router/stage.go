@@ -2,7 +2,7 @@
 // contract, pipeline composition, request keys and the stages that need no
 // upstream knowledge of their own (headers, respond, redirect, split, mirror).
 //
-// router imports nothing else of sekisho; the shard and scatter stages build
+// router imports nothing of sekisho but http1, for the token grammar; the shard and scatter stages build
 // on it, and the proxy package compiles configuration into its types.
 package router
 

@@ -5,6 +5,9 @@
 //
 // Every Pick takes no lock and does not allocate for pools of up to 64
 // targets.
+//
+// balance knows nothing of pools, configs or requests beyond the keys
+// a hash policy reads: it is given targets and a usable function.
 package balance
 
 import (

@@ -2,6 +2,10 @@
 // certificate and key files loaded and checked up front, chosen by SNI on
 // each handshake without a lock, and reloaded in place when the files change
 // on disk (editors' rename-and-replace, Kubernetes Secret symlink swaps).
+//
+// It also holds the TLS policy a listener may choose from (the cipher
+// suites and curves that config validates). certs imports nothing of
+// sekisho: listeners and configs are its callers' business.
 package certs
 
 import (

@@ -2,6 +2,9 @@
 // load balancer prepends to a TCP connection to tell the server who the
 // client really is.
 //
+// It imports nothing of sekisho: which peers are trusted is its caller's
+// to say.
+//
 // Specification: https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt
 package proxyproto
 
