@@ -109,17 +109,19 @@ func runSetup(fs *flag.FlagSet) func([]string, io.Writer, io.Writer) int {
 // shutdown_grace and returns 0.
 func serve(cfg *config.Config, opts proxy.Options, watch bool, stderr io.Writer) int {
 	tuneGC()
+	// The signals are caught before the listeners open: a SIGTERM sent as
+	// soon as the first request is answered drains rather than kills.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	d, err := proxy.Start(cfg, opts)
 	if err != nil {
 		fmt.Fprintf(stderr, "sekisho: %v\n", err)
 		return exitError
 	}
 	log := d.Env().Log
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	var w *proxy.ConfigWatch
 	if watch && opts.Path != "" {
 		if w, err = proxy.WatchConfig(ctx, d); err != nil {
