@@ -72,23 +72,25 @@ func openAccessLog(target string) (*accessLog, error) {
 
 // write logs one request: status and bytes are what the client got; cut
 // marks an answer that ended short of its framing (aborted upstream, or a
-// write to the client failed), and is left out when false.
+// write to the client failed), and is left out when false. A field with no
+// value (no upstream or pool for a respond route, no Host from an HTTP/1.0
+// client) is left out rather than written empty.
 func (a *accessLog) write(info *router.Info, r *http.Request, status int, bytes int64, elapsed time.Duration, note string, cut bool) {
 	var buf [20]zap.Field
-	f := append(buf[:0],
-		zap.String("listener", info.Listener),
-		zap.String("route", info.Route),
-		zap.String("method", r.Method),
-		zap.String("host", r.Host),
+	f := append(buf[:0], zap.String("listener", info.Listener))
+	f = appendSet(f, "route", info.Route)
+	f = append(f, zap.String("method", r.Method))
+	f = appendSet(f, "host", r.Host)
+	f = append(f,
 		zap.String("path", r.URL.Path),
 		zap.Int("status", status),
 		zap.Int64("bytes", bytes),
 		zap.Float64("duration_ms", float64(elapsed.Microseconds())/1000),
-		zap.String("client_ip", info.ClientIP),
-		zap.String("upstream", info.Upstream),
-		zap.String("pool", info.Pool),
-		zap.String("request_id", info.RequestID),
 	)
+	f = appendSet(f, "client_ip", info.ClientIP)
+	f = appendSet(f, "upstream", info.Upstream)
+	f = appendSet(f, "pool", info.Pool)
+	f = appendSet(f, "request_id", info.RequestID)
 	if info.Shard != "" {
 		f = append(f, zap.String("shard", info.Shard), zap.Bool("overflow", info.Overflow))
 	}
@@ -108,6 +110,14 @@ func (a *accessLog) write(info *router.Info, r *http.Request, status int, bytes 
 		f = append(f, zap.String("error", note))
 	}
 	a.log.Info("", f...)
+}
+
+// appendSet appends the field key: value unless value is empty.
+func appendSet(f []zap.Field, key, value string) []zap.Field {
+	if value == "" {
+		return f
+	}
+	return append(f, zap.String(key, value))
 }
 
 // release drops one Runtime's reference; the last closes the log.

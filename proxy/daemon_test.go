@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -58,4 +59,25 @@ pools:
 	seen := up.lastRequest()
 	assert.Empty(t, seen.Header.Get("X-Sekisho-Mirror"))
 	assert.Empty(t, seen.Header.Get("X-Client-Cert-Subject"))
+}
+
+// TestBootIsNotAReload: after start, and after the config watch's first
+// read of the unchanged file, no reload is counted: both results are 0,
+// config_last_reload_successful is 1 ("no reload has failed") and the
+// timestamp is the start's. The first real reload counts one success.
+func TestBootIsNotAReload(t *testing.T) {
+	const debounce = 20 * time.Millisecond
+	td := startDaemon(t, respondConfig("boot"))
+	td.watchWith(debounce)
+	reloads := func(result string) float64 { return td.metric("sekisho_config_reloads_total", "result", result) }
+	assert.Never(t, func() bool { return reloads("success") != 0 || reloads("failure") != 0 }, 20*debounce, debounce,
+		"neither the start nor the watch's first read of the same file is a reload")
+	assert.Equal(t, float64(1), td.metric("sekisho_config_last_reload_successful"))
+	assert.InDelta(t, float64(time.Now().Unix()), td.metric("sekisho_config_last_reload_success_timestamp_seconds"), 60)
+	assert.Empty(t, td.logs.FilterMessage("config reloaded").All())
+
+	require.NoError(t, os.WriteFile(td.path, []byte(respondConfig("reloaded")), 0o644))
+	require.Eventually(t, func() bool { return reloads("success") == 1 }, 5*time.Second, 5*time.Millisecond)
+	assert.Equal(t, float64(0), reloads("failure"))
+	assert.Len(t, td.logs.FilterMessage("config reloaded").All(), 1)
 }

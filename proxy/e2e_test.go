@@ -248,6 +248,9 @@ pools:
 	})
 }
 
+// TestAccessLogLine: each request is one line with the fields that have a
+// value; a field without one (no upstream or pool for a respond route or
+// an unmatched request) is absent, never an empty string.
 func TestAccessLogLine(t *testing.T) {
 	up := newBackend(t, "up")
 	td := startDaemon(t, fmt.Sprintf(`
@@ -258,27 +261,53 @@ listeners:
   - name: edge
     listen: 127.0.0.1:0
     client_ip: {trusted_proxies: [127.0.0.1/32]}
-    routes: [{name: all, pipeline: [{proxy: up}]}]
+    routes:
+      - {name: all, match: {path_prefix: /some}, pipeline: [{proxy: up}]}
+      - {name: canned, match: {path_prefix: /canned}, pipeline: [{respond: {body: hi}}]}
 pools:
   up: {endpoints: [%s]}
 `, up.addr()))
-	resp, body := td.get(td.url("edge")+"/some/path?secret=1", "Host", "shop.example.com", "X-Request-Id", "req-1", "X-Forwarded-For", "198.51.100.7")
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	line := td.accessLines(1)[0]
-	for _, k := range []string{"ts", "listener", "route", "method", "host", "path", "status", "bytes", "duration_ms", "client_ip", "upstream", "pool", "request_id"} {
-		assert.Contains(t, line, k)
+	always := []string{"ts", "listener", "method", "path", "status", "bytes", "duration_ms", "client_ip", "request_id", "host"}
+	cases := []struct {
+		name   string
+		path   string
+		status int
+		want   map[string]any // besides the fields always there
+		absent []string
+	}{
+		{name: "proxied", path: "/some/path?secret=1", status: 200,
+			want: map[string]any{"route": "all", "path": "/some/path", "upstream": up.addr(), "pool": "up"}},
+		{name: "answered by respond", path: "/canned", status: 200,
+			want: map[string]any{"route": "canned", "path": "/canned"}, absent: []string{"upstream", "pool"}},
+		{name: "no route matched", path: "/nowhere", status: 404,
+			want: map[string]any{"route": "_unmatched", "path": "/nowhere"}, absent: []string{"upstream", "pool"}},
 	}
-	assert.Equal(t, "edge", line["listener"])
-	assert.Equal(t, "all", line["route"])
-	assert.Equal(t, "GET", line["method"])
-	assert.Equal(t, "shop.example.com", line["host"])
-	assert.Equal(t, "/some/path", line["path"], "the query is not logged")
-	assert.Equal(t, 200.0, line["status"])
-	assert.Equal(t, float64(len(body)), line["bytes"])
-	assert.Equal(t, "198.51.100.7", line["client_ip"])
-	assert.Equal(t, up.addr(), line["upstream"])
-	assert.Equal(t, "up", line["pool"])
-	assert.Equal(t, "req-1", line["request_id"])
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, body := td.get(td.url("edge")+tc.path, "Host", "shop.example.com", "X-Request-Id", "req-1", "X-Forwarded-For", "198.51.100.7")
+			require.Equal(t, tc.status, resp.StatusCode)
+			line := td.accessLines(i + 1)[i]
+			for _, k := range always {
+				assert.Contains(t, line, k)
+			}
+			for k, v := range tc.want {
+				assert.Equal(t, v, line[k], k)
+			}
+			for _, k := range tc.absent {
+				assert.NotContains(t, line, k)
+			}
+			for k, v := range line {
+				assert.NotEqual(t, "", v, "%s is absent rather than empty", k)
+			}
+			assert.Equal(t, "edge", line["listener"])
+			assert.Equal(t, "GET", line["method"])
+			assert.Equal(t, "shop.example.com", line["host"])
+			assert.Equal(t, float64(tc.status), line["status"])
+			assert.Equal(t, float64(len(body)), line["bytes"])
+			assert.Equal(t, "198.51.100.7", line["client_ip"])
+			assert.Equal(t, "req-1", line["request_id"])
+		})
+	}
 }
 
 func TestMetricsAfterKnownRequests(t *testing.T) {

@@ -461,9 +461,17 @@ pools:
 	assert.Equal(t, serialOf(first), served())
 	assert.Equal(t, float64(tlsLeaf(t, first).NotAfter.Unix()), expiry())
 
+	t.Run("the certificates are loaded at start, not reloaded", func(t *testing.T) {
+		loaded := td.logs.FilterMessage("certificates loaded").FilterField(zap.String("listener", "rot")).All()
+		require.Len(t, loaded, 1)
+		assert.Equal(t, []any{"rotate.test"}, loaded[0].ContextMap()["names"])
+		assert.Never(t, func() bool { return td.logs.FilterMessage("certificates reloaded").Len() > 0 },
+			500*time.Millisecond, 20*time.Millisecond, "the watch's first read of the same files is no rotation")
+	})
 	t.Run("a symlink swap is seen by the next handshake", func(t *testing.T) {
 		vol.publish(t, second.CertFile, second.KeyFile)
 		require.Eventually(t, func() bool { return served() == serialOf(second) }, 5*time.Second, 20*time.Millisecond)
+		require.Eventually(t, func() bool { return td.logs.FilterMessage("certificates reloaded").Len() > 0 }, 5*time.Second, 20*time.Millisecond)
 		assert.Equal(t, float64(tlsLeaf(t, second).NotAfter.Unix()), expiry(), "the expiry metric follows the rotation")
 		assert.LessOrEqual(t, td.metric("sekisho_tls_certificate_reload_errors_total", "listener", "rot"), 0.0,
 			"no reload error (an absent sample is -1)")

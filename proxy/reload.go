@@ -24,8 +24,22 @@ type ReloadResult struct {
 // Start, swap, and the old Runtime closes when its requests end. A config
 // identical to the one in force changes nothing. On any error the config in
 // force keeps serving; the error is logged, counted and shown by /config.
-// Concurrent reloads run one after the other.
+// Every call counts in sekisho_config_reloads_total, the unchanged ones
+// included: the operator asked, and the answer was "in force". Concurrent
+// reloads run one after the other.
 func (d *Daemon) Reload() (ReloadResult, error) {
+	return d.reloadAndCount(false)
+}
+
+// catchUp is the config watch's first read, once the watch is in place: a
+// write that landed between Start and the watch is put in force as a
+// reload, but a file still equal to the one Start loaded is the boot's own
+// config, not a reload, and counts as none.
+func (d *Daemon) catchUp() {
+	d.reloadAndCount(true)
+}
+
+func (d *Daemon) reloadAndCount(uncountedIfUnchanged bool) (ReloadResult, error) {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
 	res, err := d.reload()
@@ -37,6 +51,9 @@ func (d *Daemon) Reload() (ReloadResult, error) {
 		d.lastError.Store(&msg)
 		d.log.Error("reload failed; the previous config stays in force", zap.Error(err))
 		return res, err
+	}
+	if !res.Changed && uncountedIfUnchanged {
+		return res, nil
 	}
 	m.Reloads.WithLabelValues("success").Inc()
 	m.ReloadOK.Set(1)

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -141,16 +142,24 @@ func (s *Server) newTLSState(listener string, t *config.TLS) (*tlsState, error) 
 	conf.CipherSuites, conf.CurvePreferences = suites, curves
 	st := &tlsState{sig: tlsSignature(t), store: store, conf: conf, tickets: newTicketKeys(conf), listener: listener}
 	s.certMetrics(st)
+	loaded := store.Certificates()
+	s.log.Info("certificates loaded", zap.String("listener", listener), zap.Strings("names", certNames(loaded)))
 	ctx, cancel := context.WithCancel(s.ctx)
 	st.cancel = cancel
 	st.wg.Go(func() { st.tickets.run(ctx, ticketKeyRotation) })
 	st.wg.Go(func() {
+		first := true
 		err := store.Watch(ctx, 200*time.Millisecond, func(err error) {
-			if err != nil {
+			// Watch reads the files once as soon as it watches them; that read
+			// finding what was loaded above is no rotation, and says nothing.
+			quiet := first && err == nil && slices.Equal(store.Certificates(), loaded)
+			first = false
+			switch {
+			case err != nil:
 				s.env.Metrics.CertReloadErrs.WithLabelValues(listener).Inc()
 				s.log.Error("certificate rotation failed; the previous certificate stays in use", zap.String("listener", listener), zap.Error(err))
-			} else {
-				s.log.Info("certificates reloaded", zap.String("listener", listener))
+			case !quiet:
+				s.log.Info("certificates reloaded", zap.String("listener", listener), zap.Strings("names", certNames(store.Certificates())))
 			}
 			s.certMetrics(st)
 		})
@@ -159,6 +168,15 @@ func (s *Server) newTLSState(listener string, t *config.TLS) (*tlsState, error) 
 		}
 	})
 	return st, nil
+}
+
+// certNames is the name of each certificate of infos.
+func certNames(infos []certs.Info) []string {
+	names := make([]string, len(infos))
+	for i, c := range infos {
+		names[i] = c.Name
+	}
+	return names
 }
 
 // tlsPolicy turns a tls section's cipher_suites and curve_preferences into

@@ -128,6 +128,7 @@ func (cw *ConfigWatch) loop(ctx context.Context, d *Daemon, t *target) {
 	// to the config in force costs one comparison).
 	timer := time.NewTimer(cw.debounce)
 	defer timer.Stop()
+	first := true
 	for {
 		select {
 		case <-ctx.Done():
@@ -149,6 +150,11 @@ func (cw *ConfigWatch) loop(ctx context.Context, d *Daemon, t *target) {
 				timer.Reset(cw.debounce)
 			}
 		case <-timer.C:
+			if first {
+				first = false
+				d.catchUp()
+				continue
+			}
 			d.Reload()
 		}
 	}

@@ -37,7 +37,7 @@ func (o HeaderOps) validate(side string, request bool) []error {
 		case !http1.ValidToken(name):
 			errs = append(errs, FieldErrorf(side+"."+op, "%s.%s: %q is not a header name", side, op, name))
 		case request && strings.EqualFold(name, "Host"):
-			errs = append(errs, FieldErrorf(side+"."+op, "%s.%s: Host is the request's authority, not a header here; the pool decides the upstream Host", side, op))
+			errs = append(errs, FieldErrorf(side+"."+op, "%s.%s: Host cannot be edited: the request's Host is passed upstream as the client sent it", side, op))
 		case strings.ContainsAny(value, "\r\n\x00"):
 			errs = append(errs, FieldErrorf(side+"."+op, "%s.%s: value of %q contains CR, LF or NUL", side, op, name))
 		}
@@ -102,7 +102,7 @@ func (c *compiledOps) apply(h http.Header) {
 // response the rest of the pipeline writes through WriteHeader, Write or
 // Flush; a protocol switch (101, WebSocket) hijacks the connection and writes
 // its own response, which they do not reach. A Host request header cannot be
-// edited: the pool decides the upstream Host.
+// edited: the request's Host is passed upstream as the client sent it.
 //
 // The zero Headers changes nothing. A Headers must not be changed after Wrap;
 // the handler Wrap returns is safe for concurrent use.

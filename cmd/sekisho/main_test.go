@@ -70,14 +70,6 @@ pools:
 	assert.Equal(t, 0, run([]string{"validate"}, &out, &errOut), "SEKISHO_CONFIG stands for -config")
 }
 
-func TestVersionAndUsage(t *testing.T) {
-	var out, errOut bytes.Buffer
-	assert.Equal(t, 0, run([]string{"version"}, &out, &errOut))
-	assert.Equal(t, "sekisho dev\n", out.String())
-	assert.Equal(t, 2, run([]string{"frobnicate"}, &out, &errOut))
-	assert.Contains(t, errOut.String(), `unknown subcommand "frobnicate"`)
-}
-
 func TestRunRefusesBrokenConfig(t *testing.T) {
 	cmd := exec.Command(binPath, "run", "-config", filepath.Join("..", "..", "testdata", "broken", "undefined-pool.yaml"))
 	out, err := cmd.CombinedOutput()

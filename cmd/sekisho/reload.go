@@ -11,18 +11,23 @@ import (
 	"time"
 )
 
-func reloadCmd(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("reload", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func reloadSetup(fs *flag.FlagSet) func([]string, io.Writer, io.Writer) int {
 	def := os.Getenv("SEKISHO_ADMIN")
 	if def == "" {
 		def = "127.0.0.1:9901"
 	}
 	admin := fs.String("admin", def, "admin address of the running sekisho (env SEKISHO_ADMIN)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	return func(args []string, stdout, stderr io.Writer) int {
+		if len(args) > 0 {
+			return lookup("reload").usageError(stderr, "unexpected argument %q", args[0])
+		}
+		return reloadCmd(*admin, stdout, stderr)
 	}
-	base := *admin
+}
+
+// reloadCmd asks the admin server at admin to reload and reports its answer.
+func reloadCmd(admin string, stdout, stderr io.Writer) int {
+	base := admin
 	if !strings.Contains(base, "://") {
 		base = "http://" + base
 	}
@@ -30,7 +35,7 @@ func reloadCmd(args []string, stdout, stderr io.Writer) int {
 	resp, err := client.Post(base+"/reload", "text/plain", nil)
 	if err != nil {
 		fmt.Fprintf(stderr, "sekisho reload: %v\n", err)
-		return 1
+		return exitError
 	}
 	defer resp.Body.Close()
 	var out struct {
@@ -41,12 +46,12 @@ func reloadCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&out); err != nil {
 		fmt.Fprintf(stderr, "sekisho reload: %s: unreadable answer: %v\n", resp.Status, err)
-		return 1
+		return exitError
 	}
 	if !out.OK {
 		fmt.Fprintln(stderr, out.Error)
-		return 1
+		return exitError
 	}
 	fmt.Fprintln(stdout, out.Summary)
-	return 0
+	return exitOK
 }

@@ -32,13 +32,19 @@ type liveBinary struct {
 // with the extra flags; it is stopped with SIGTERM when the test ends.
 func startBinary(t *testing.T, body string, flags ...string) *liveBinary {
 	t.Helper()
+	return startBinaryArgs(t, body, func(cfg string) []string { return append([]string{"run", "-config", cfg}, flags...) })
+}
+
+// startBinaryArgs is startBinary with the command line argsFor(config file).
+func startBinaryArgs(t *testing.T, body string, argsFor func(cfg string) []string) *liveBinary {
+	t.Helper()
 	dir := t.TempDir()
 	b := &liveBinary{t: t, cfg: filepath.Join(dir, "sekisho.yaml"), listen: freePort(t), admin: freePort(t),
 		http: &http.Client{Timeout: 5 * time.Second}}
 	b.write(body)
 	logs, err := os.Create(filepath.Join(dir, "stderr.log"))
 	require.NoError(t, err)
-	b.cmd = exec.Command(binPath, append([]string{"run", "-config", b.cfg}, flags...)...)
+	b.cmd = exec.Command(binPath, argsFor(b.cfg)...)
 	b.cmd.Stderr = logs
 	require.NoError(t, b.cmd.Start())
 	t.Cleanup(func() {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 
 	"go.uber.org/zap"
@@ -17,8 +18,31 @@ import (
 	"sekisho/proxy/config"
 )
 
+// configFlag defines -config, whose default is SEKISHO_CONFIG.
 func configFlag(fs *flag.FlagSet) *string {
-	return fs.String("config", os.Getenv("SEKISHO_CONFIG"), "config file (env SEKISHO_CONFIG)")
+	return fs.String("config", os.Getenv("SEKISHO_CONFIG"), "config `file` (env SEKISHO_CONFIG); a FILE argument may stand instead")
+}
+
+// configPath is the config file of run and validate: the FILE argument or
+// -config, never both; SEKISHO_CONFIG when neither is given. An error is a
+// usage error.
+func configPath(fs *flag.FlagSet, flagValue string, args []string) (string, error) {
+	explicit := false
+	fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
+	switch {
+	case len(args) > 1:
+		if strings.HasPrefix(args[1], "-") {
+			return "", fmt.Errorf("unexpected argument %q (flags go before FILE)", args[1])
+		}
+		return "", fmt.Errorf("one config file, got %d: %s", len(args), strings.Join(args, " "))
+	case len(args) == 1 && explicit:
+		return "", fmt.Errorf("the config file is given twice: -config %s and %s", flagValue, args[0])
+	case len(args) == 1:
+		return args[0], nil
+	case flagValue == "":
+		return "", errors.New("a config file is required: FILE, -config FILE or SEKISHO_CONFIG")
+	}
+	return flagValue, nil
 }
 
 // DefaultGOGC is the GC target sekisho runs with when GOGC is not set. A
@@ -46,44 +70,38 @@ func printLoadError(w io.Writer, err error) {
 	fmt.Fprintf(w, "sekisho: %v\n", err)
 }
 
-func validateCmd(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := configFlag(fs)
-	if err := fs.Parse(args); err != nil {
-		return 2
+func validateSetup(fs *flag.FlagSet) func([]string, io.Writer, io.Writer) int {
+	flagPath := configFlag(fs)
+	return func(args []string, stdout, stderr io.Writer) int {
+		path, err := configPath(fs, *flagPath, args)
+		if err != nil {
+			return lookup("validate").usageError(stderr, "%v", err)
+		}
+		cfg, err := config.Load(path)
+		if err != nil {
+			printLoadError(stderr, err)
+			return exitError
+		}
+		fmt.Fprintln(stdout, cfg.Summary())
+		return exitOK
 	}
-	if *path == "" {
-		fmt.Fprintln(stderr, "sekisho validate: -config is required (or SEKISHO_CONFIG)")
-		return 2
-	}
-	cfg, err := config.Load(*path)
-	if err != nil {
-		printLoadError(stderr, err)
-		return 1
-	}
-	fmt.Fprintln(stdout, cfg.Summary())
-	return 0
 }
 
-func runCmd(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := configFlag(fs)
+func runSetup(fs *flag.FlagSet) func([]string, io.Writer, io.Writer) int {
+	flagPath := configFlag(fs)
 	watch := fs.Bool("watch", true, "reload when the config file changes")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	return func(args []string, stdout, stderr io.Writer) int {
+		path, err := configPath(fs, *flagPath, args)
+		if err != nil {
+			return lookup("run").usageError(stderr, "%v", err)
+		}
+		cfg, err := config.Load(path)
+		if err != nil {
+			printLoadError(stderr, err)
+			return exitError
+		}
+		return serve(cfg, proxy.Options{Path: path}, *watch, stderr)
 	}
-	if *path == "" {
-		fmt.Fprintln(stderr, "sekisho run: -config is required (or SEKISHO_CONFIG)")
-		return 2
-	}
-	cfg, err := config.Load(*path)
-	if err != nil {
-		printLoadError(stderr, err)
-		return 1
-	}
-	return serve(cfg, proxy.Options{Path: *path}, *watch, stderr)
 }
 
 // serve runs a Daemon until SIGTERM or SIGINT, reloading on SIGHUP (and on
@@ -91,17 +109,19 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 // shutdown_grace and returns 0.
 func serve(cfg *config.Config, opts proxy.Options, watch bool, stderr io.Writer) int {
 	tuneGC()
-	d, err := proxy.Start(cfg, opts)
-	if err != nil {
-		fmt.Fprintf(stderr, "sekisho: %v\n", err)
-		return 1
-	}
-	log := d.Env().Log
+	// The signals are caught before the listeners open: a SIGTERM sent as
+	// soon as the first request is answered drains rather than kills.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	d, err := proxy.Start(cfg, opts)
+	if err != nil {
+		fmt.Fprintf(stderr, "sekisho: %v\n", err)
+		return exitError
+	}
+	log := d.Env().Log
 	var w *proxy.ConfigWatch
 	if watch && opts.Path != "" {
 		if w, err = proxy.WatchConfig(ctx, d); err != nil {
@@ -126,5 +146,5 @@ func serve(cfg *config.Config, opts proxy.Options, watch bool, stderr io.Writer)
 	if err := d.Shutdown(sctx); err != nil {
 		log.Warn("grace period over; closed the remaining connections", zap.Error(err))
 	}
-	return 0
+	return exitOK
 }

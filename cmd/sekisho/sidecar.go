@@ -25,12 +25,11 @@ func sidecarEnv(flagName string) string {
 	return "SEKISHO_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
-// sidecarCmd serves TLS in front of one local service. The flags are turned
-// into an ordinary config, validated like a file and served by the same
-// engine as `sekisho run`; --print-config shows that config instead.
-func sidecarCmd(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("sidecar", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+// sidecarSetup defines the sidecar's flags. The sidecar serves TLS in front
+// of one local service: the flags are turned into an ordinary config,
+// validated like a file and served by the same engine as `sekisho run`;
+// --print-config shows that config instead.
+func sidecarSetup(fs *flag.FlagSet) func([]string, io.Writer, io.Writer) int {
 	var f sidecarFlags
 	str := func(p *string, name, def, help string) {
 		env := sidecarEnv(name)
@@ -47,17 +46,20 @@ func sidecarCmd(args []string, stdout, stderr io.Writer) int {
 	str(&f.readinessPath, "readiness-path", "", "probe this path of the upstream; ready on 2xx (empty: ready on any HTTP answer to /)")
 	str(&f.admin, "admin", "127.0.0.1:9901", "admin address (/readyz, /metrics); in a pod, 0.0.0.0:PORT lets kubelet probe it")
 	fs.BoolVar(&f.printConfig, "print-config", false, "print the config the flags stand for and exit (1 if it is not valid)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	return func(args []string, stdout, stderr io.Writer) int {
+		if len(args) > 0 {
+			return lookup("sidecar").usageError(stderr, "unexpected argument %q", args[0])
+		}
+		return sidecarCmd(f, stdout, stderr)
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "sekisho sidecar: unexpected argument %q\n", fs.Arg(0))
-		return 2
-	}
+}
+
+// sidecarCmd serves, or prints, the config the flags f stand for.
+func sidecarCmd(f sidecarFlags, stdout, stderr io.Writer) int {
 	text, err := sidecarConfig(f)
 	if err != nil {
 		fmt.Fprintf(stderr, "sekisho sidecar: %v\n", err)
-		return 2
+		return exitUsage
 	}
 	if f.printConfig {
 		stdout.Write(text)
@@ -67,10 +69,10 @@ func sidecarCmd(args []string, stdout, stderr io.Writer) int {
 	cfg, err := config.Parse("sidecar", text, func(string) (string, bool) { return "", false })
 	if err != nil {
 		printSidecarError(stderr, err)
-		return 1
+		return exitError
 	}
 	if f.printConfig {
-		return 0
+		return exitOK
 	}
 	return serve(cfg, proxy.Options{}, false, stderr)
 }

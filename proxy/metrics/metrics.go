@@ -77,9 +77,15 @@ func New() *Metrics {
 	m.SplitUnknown = counter("split_unknown_overrides_total", "Override headers or cookies naming no arm of the experiment (ignored).", "experiment")
 	m.MirrorRequests = counter("mirror_requests_total", "Mirror copies by result (sent, dropped, skipped_body, error).", "pool", "result")
 	m.ScatterLeaves = counter("scatter_leaf_results_total", "Scatter leaf outcomes (ok, error, timeout, hedged_win).", "route", "leaf", "result")
-	m.Reloads = counter("config_reloads_total", "Config reloads by result (success, failure).", "result")
-	m.ReloadOK = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "sekisho", Name: "config_last_reload_successful", Help: "1 if the last reload succeeded."})
-	m.ReloadTimestamp = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "sekisho", Name: "config_last_reload_success_timestamp_seconds", Help: "When the config in force was loaded."})
+	// The load at start is not a reload: both results start at 0, and the
+	// gauge at 1, for "no reload has failed".
+	m.Reloads = counter("config_reloads_total", "Config reloads by result (success, failure); the load at start is not counted.", "result")
+	m.Reloads.WithLabelValues("success")
+	m.Reloads.WithLabelValues("failure")
+	m.ReloadOK = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "sekisho", Name: "config_last_reload_successful",
+		Help: "0 if the last reload failed, else 1 (1 from the start until a reload fails)."})
+	m.ReloadTimestamp = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "sekisho", Name: "config_last_reload_success_timestamp_seconds",
+		Help: "When the config in force was put in force: at start, or by the last reload that changed it."})
 	f(m.ReloadOK)
 	f(m.ReloadTimestamp)
 	m.CertExpiry = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "sekisho", Name: "tls_certificate_expiry_timestamp_seconds",
