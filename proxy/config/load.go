@@ -30,14 +30,9 @@ func Parse(file string, data []byte, lookup func(string) (string, bool)) (*Confi
 	if len(bytes.TrimSpace(data)) == 0 {
 		return nil, Errors{{File: file, Pos: Pos{1, 1}, Msg: "the config file is empty"}}
 	}
-	var root yaml.Node
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&root); err != nil {
-		return nil, Errors{yamlSyntaxError(file, err)}
-	}
-	var extra yaml.Node
-	if err := dec.Decode(&extra); err == nil {
-		return nil, Errors{{File: file, Pos: Pos{extra.Line, extra.Column}, Msg: "the config file holds more than one YAML document"}}
+	root, perr := parseYAML(file, data)
+	if perr != nil {
+		return nil, Errors{*perr}
 	}
 	if len(root.Content) == 0 {
 		return nil, Errors{{File: file, Pos: Pos{1, 1}, Msg: "the config file is empty"}}
@@ -54,21 +49,6 @@ func Parse(file string, data []byte, lookup func(string) (string, bool)) (*Confi
 		return nil, sortErrors(errs)
 	}
 	return cfg, nil
-}
-
-// yamlSyntaxError turns yaml.v3's "yaml: line N: msg" into a positioned
-// error; the parser gives no column, so the column is 1. yaml.v3 reports a
-// syntax error as text only (no type, no position fields; *yaml.TypeError
-// comes only from decoding into Go values, which Parse does not do), so
-// this is the one error read by its text.
-func yamlSyntaxError(file string, err error) Error {
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	var line int
-	if n, _ := fmt.Sscanf(msg, "line %d:", &line); n == 1 {
-		_, rest, _ := strings.Cut(msg, ":")
-		return Error{File: file, Pos: Pos{line, 1}, Msg: "not valid YAML:" + rest}
-	}
-	return Error{File: file, Pos: Pos{1, 1}, Msg: "not valid YAML: " + msg}
 }
 
 func sortErrors(es Errors) Errors {

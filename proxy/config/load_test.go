@@ -28,7 +28,7 @@ func TestBrokenConfigs(t *testing.T) {
 		{"bad-duration.yaml", []string{`11:25: connect: bad duration "2 seconds" (want a Go duration such as 150ms or 2s)`}},
 		{"no-terminal.yaml", []string{`8:22: pipeline ends in headers, which is not a terminal stage: end it with proxy, shard, scatter, split, respond or redirect`}},
 		{"unset-env.yaml", []string{`4:13: environment variable SEKISHO_TEST_SURELY_UNSET is not set and has no default (write ${SEKISHO_TEST_SURELY_UNSET:-default})`}},
-		{"not-yaml.yaml", []string{`3:1: not valid YAML: did not find expected ',' or ']'`}},
+		{"not-yaml.yaml", []string{`4:13: not valid YAML: did not find expected ',' or ']'`}},
 		{"two-stages-in-one.yaml", []string{"8:13: a stage is a one-key map such as `proxy: POOL`; got 2 keys (proxy, respond)"}},
 		{"bad-endpoint.yaml", []string{
 			`10:17: endpoint: "127.0.0.1" needs a host and a port`,
