@@ -145,7 +145,7 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 
 func (d *Daemon) serveConfig(w http.ResponseWriter, _ *http.Request) {
 	cfg := d.cfg.Load()
-	out, err := cfg.Marshal()
+	out, err := cfg.Marshal(config.HideEnv)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return

@@ -59,37 +59,6 @@ func TestBrokenConfigs(t *testing.T) {
 	}
 }
 
-func TestEnvExpansion(t *testing.T) {
-	env := map[string]string{"PORT": "8081", "EMPTY": ""}
-	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
-	cases := []struct {
-		in, want, err string
-	}{
-		{in: "plain", want: "plain"},
-		{in: "127.0.0.1:${PORT}", want: "127.0.0.1:8081"},
-		{in: "${HOST:-127.0.0.1}:${PORT}", want: "127.0.0.1:8081"},
-		{in: "${EMPTY:-fallback}", want: "fallback"},
-		{in: "${EMPTY}", want: ""},
-		{in: "cost: $$5", want: "cost: $5"},
-		{in: "a $b c", want: "a $b c"},
-		{in: "${NOPE}", err: "environment variable NOPE is not set"},
-		{in: "${PORT", err: "unclosed ${"},
-		{in: "${1BAD}", err: "bad variable name"},
-	}
-	for _, tc := range cases {
-		t.Run(tc.in, func(t *testing.T) {
-			got, err := expandEnv(tc.in, lookup)
-			if tc.err != "" {
-				require.Error(t, err)
-				assert.Contains(t, err.Error(), tc.err)
-				return
-			}
-			require.NoError(t, err)
-			assert.Equal(t, tc.want, got)
-		})
-	}
-}
-
 func TestExampleConfigIsValid(t *testing.T) {
 	p := certstest.NewCA(t).Issue(t, t.TempDir(), "localhost", "127.0.0.1")
 	t.Setenv("SEKISHO_TLS_CERT", p.CertFile)
