@@ -27,6 +27,8 @@ type Config struct {
 	file string
 	pos  map[string]Pos
 	env  map[string]*envUse // the paths whose values came from the environment
+
+	warnings Errors
 }
 
 // Admin is the admin server.

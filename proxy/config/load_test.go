@@ -67,6 +67,7 @@ func TestExampleConfigIsValid(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, cfg.Listeners, 2)
 	assert.Contains(t, cfg.Summary(), "2 listener(s), 6 route(s), 9 pool(s)")
+	assert.Empty(t, cfg.Warnings())
 	out, err := cfg.Marshal()
 	require.NoError(t, err)
 	again, err := Parse("again", out, func(string) (string, bool) { return "", false })

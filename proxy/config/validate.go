@@ -24,6 +24,7 @@ type validation struct {
 	// checks, so that a stage package's Validate reporting the same field
 	// again is left out (see stageErrors).
 	reported map[string]bool
+	warnings Errors
 }
 
 func (v *validation) at(path, format string, args ...any) {
@@ -109,6 +110,11 @@ func listEntry(field, key string) bool {
 
 func (c *Config) validate() Errors {
 	v := &validation{c: c}
+	defer func() {
+		if len(v.errs) == 0 {
+			c.warnings = sortErrors(v.warnings)
+		}
+	}()
 	if c.Version != 1 {
 		v.at("version", "version: want 1, got %d", c.Version)
 	}
@@ -226,7 +232,9 @@ func (v *validation) listener(l *Listener, p string) {
 		}
 		v.upgrades(r.Upgrades, rp+".upgrades")
 		v.pipeline(r.Pipeline, rp+".pipeline")
+		v.redirectLoops(l, i, r.Pipeline, rp+".pipeline")
 	}
+	v.shadowedRoutes(l, p)
 }
 
 // upgrades checks a route's upgrade protocols: names (tokens), never h2c,
