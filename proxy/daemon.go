@@ -73,6 +73,7 @@ func Start(cfg *config.Config, opts Options) (*Daemon, error) {
 	}
 	d.cfg.Store(cfg)
 	d.cfgText, _ = cfg.Marshal() // nil on error: the first reload then always applies
+	d.logWarnings(cfg)
 	d.env.Metrics.ReloadOK.Set(1)
 	d.env.Metrics.ReloadTimestamp.Set(float64(time.Now().Unix()))
 	if cfg.Admin.Listen != "off" {
@@ -145,7 +146,7 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 
 func (d *Daemon) serveConfig(w http.ResponseWriter, _ *http.Request) {
 	cfg := d.cfg.Load()
-	out, err := cfg.Marshal()
+	out, err := cfg.Marshal(config.HideEnv)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
@@ -158,4 +159,12 @@ func (d *Daemon) serveConfig(w http.ResponseWriter, _ *http.Request) {
 		}
 	}
 	w.Write(out)
+}
+
+// logWarnings logs what cfg's validation found suspicious but not wrong (a
+// route that an earlier one shadows), once per load.
+func (d *Daemon) logWarnings(cfg *config.Config) {
+	for _, w := range cfg.Warnings() {
+		d.log.Warn("config warning", zap.String("at", w.Error()))
+	}
 }

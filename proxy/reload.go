@@ -86,7 +86,7 @@ func (d *Daemon) reload() (ReloadResult, error) {
 	if err == nil && d.cfgText != nil && bytes.Equal(text, d.cfgText) {
 		return ReloadResult{Summary: "config unchanged"}, nil
 	}
-	if cfg.Admin != cur.Admin {
+	if cfg.Admin.Listen != cur.Admin.Listen || cfg.Admin.Pprof != cur.Admin.Pprof {
 		d.log.Warn("admin settings changed; they take effect on restart", zap.String("admin.listen", cfg.Admin.Listen))
 	}
 	if err := d.server.Apply(cfg); err != nil {
@@ -103,6 +103,7 @@ func (d *Daemon) reload() (ReloadResult, error) {
 	}
 	d.cfg.Store(cfg)
 	d.cfgText = text
+	d.logWarnings(cfg)
 	return ReloadResult{Changed: true, Summary: cfg.Summary()}, nil
 }
 

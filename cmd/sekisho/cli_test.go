@@ -167,3 +167,23 @@ func TestRunPositionalFile(t *testing.T) {
 	b := startBinaryArgs(t, "positional", func(cfg string) []string { return []string{"run", "-watch=false", cfg} })
 	assert.Equal(t, "positional", b.body())
 }
+
+// sekisho validate prints a config's warnings (a shadowed route) on
+// stderr, each at its position, and still exits 0: a warning is not an
+// error.
+func TestValidatePrintsWarnings(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "shadow.yaml")
+	require.NoError(t, os.WriteFile(path, []byte(`version: 1
+listeners:
+  - name: edge
+    listen: 127.0.0.1:0
+    routes:
+      - {name: a, pipeline: [{respond: {body: a}}]}
+      - {name: b, pipeline: [{respond: {body: b}}]}
+`), 0o644))
+	code, stdout, stderr := runBinary(t, dir, nil, "validate", path)
+	assert.Equal(t, 0, code)
+	assert.Contains(t, stdout, "ok")
+	assert.Contains(t, stderr, path+`:7:16: warning: route "b" never gets a request`)
+}

@@ -82,6 +82,9 @@ func validateSetup(fs *flag.FlagSet) func([]string, io.Writer, io.Writer) int {
 			printLoadError(stderr, err)
 			return exitError
 		}
+		for _, w := range cfg.Warnings() {
+			fmt.Fprintf(stderr, "%s:%d:%d: warning: %s\n", w.File, w.Line, w.Col, w.Msg)
+		}
 		fmt.Fprintln(stdout, cfg.Summary())
 		return exitOK
 	}

@@ -26,12 +26,19 @@ type Config struct {
 
 	file string
 	pos  map[string]Pos
+	env  map[string]*envUse // the paths whose values came from the environment
+
+	warnings Errors
 }
 
 // Admin is the admin server.
 type Admin struct {
 	Listen string `yaml:"listen,omitempty"` // default 127.0.0.1:9901; "off" disables it
 	Pprof  bool   `yaml:"pprof,omitempty"`  // serve /debug/pprof/ (default false)
+	// ShowEnv makes GET /config show the values that came from the
+	// environment; by default it shows each as the file wrote it
+	// (`${TOKEN}`), so that a secret passed by environment stays secret.
+	ShowEnv bool `yaml:"show_env,omitempty"`
 }
 
 // Log sets the process log and the access log.
@@ -177,6 +184,8 @@ type ProxyStage struct {
 	Pool string `yaml:"pool,omitempty"`
 }
 
+func (*ProxyStage) scalarField() string { return ".pool" }
+
 func (p *ProxyStage) decodeScalar(s string) error {
 	p.Pool = s
 	return nil
@@ -224,6 +233,8 @@ type HedgeAfter struct {
 	Duration time.Duration
 	Auto     bool
 }
+
+func (*HedgeAfter) scalarField() string { return "" }
 
 func (h *HedgeAfter) decodeScalar(s string) error {
 	if s == "auto" {
@@ -325,6 +336,8 @@ type Endpoint struct {
 	Weight  int    `yaml:"weight,omitempty"` // default 1
 }
 
+func (*Endpoint) scalarField() string { return ".address" }
+
 func (e *Endpoint) decodeScalar(s string) error {
 	e.Address = s
 	return nil
@@ -376,6 +389,8 @@ type UpstreamTLS struct {
 
 // KeySpec is a request key: one source or a list, first present wins.
 type KeySpec []string
+
+func (*KeySpec) scalarField() string { return "[0]" }
 
 func (k *KeySpec) decodeScalar(s string) error {
 	*k = KeySpec{s}

@@ -45,6 +45,10 @@ func (es Errors) Error() string {
 // in place of their mapping form (`- proxy: web` for `- proxy: {pool: web}`).
 type scalarShorthand interface {
 	decodeScalar(value string) error
+	// scalarField is the path, within the mapping form, of the field the
+	// scalar fills (".pool", "[0]"), or "" when the type writes itself
+	// out as a scalar.
+	scalarField() string
 }
 
 // oneOf is implemented by structs that must hold exactly one of their keys
@@ -68,7 +72,12 @@ type decoder struct {
 	file string
 	errs Errors
 	pos  map[string]Pos
-	env  func(string) (string, bool)
+	// bad holds the scalars whose expansion failed, reported already;
+	// envNodes those that took a value from the environment, and env
+	// records their paths.
+	bad      map[*yaml.Node]bool
+	envNodes map[*yaml.Node]*envUse
+	env      map[string]*envUse
 }
 
 func (d *decoder) errorf(n *yaml.Node, format string, args ...any) {
@@ -80,6 +89,9 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		n = n.Alias
 	}
 	d.pos[path] = Pos{n.Line, n.Column}
+	if u := d.envNodes[n]; u != nil {
+		d.env[path] = u
+	}
 	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" && v.Kind() != reflect.Struct {
 		v.Set(reflect.Zero(v.Type()))
 		return
@@ -96,8 +108,15 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		if !ok {
 			return
 		}
-		if err := v.Addr().Interface().(scalarShorthand).decodeScalar(s); err != nil {
+		sh := v.Addr().Interface().(scalarShorthand)
+		if err := sh.decodeScalar(s); err != nil {
 			d.errorf(n, "%s: %v", lastKey(path), err)
+		}
+		if u := d.env[path]; u != nil {
+			// The value fills one field of the mapping form, where it
+			// is written out (see Marshal).
+			delete(d.env, path)
+			d.env[path+sh.scalarField()] = u
 		}
 		return
 	}
@@ -171,6 +190,10 @@ func (d *decoder) pairs(n *yaml.Node, fn func(k, val *yaml.Node, key string)) ma
 	seen := map[string]bool{}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, val := n.Content[i], n.Content[i+1]
+		if d.bad[k] {
+			seen[k.Value] = true // reported: a key, though not one to decode
+			continue
+		}
 		key, ok := d.scalar(k)
 		if !ok {
 			continue
@@ -185,8 +208,8 @@ func (d *decoder) pairs(n *yaml.Node, fn func(k, val *yaml.Node, key string)) ma
 	return seen
 }
 
-// scalar returns the scalar value of n with ${VAR} and ${VAR:-default}
-// expanded, or reports a non-scalar.
+// scalar returns the scalar value of n (expanded already), or reports a
+// non-scalar. A scalar whose expansion failed was reported then.
 func (d *decoder) scalar(n *yaml.Node) (string, bool) {
 	for n.Kind == yaml.AliasNode {
 		n = n.Alias
@@ -195,12 +218,10 @@ func (d *decoder) scalar(n *yaml.Node) (string, bool) {
 		d.errorf(n, "want a single value, got %s", describe(n))
 		return "", false
 	}
-	s, err := expandEnv(n.Value, d.env)
-	if err != nil {
-		d.errorf(n, "%v", err)
+	if d.bad[n] {
 		return "", false
 	}
-	return s, true
+	return n.Value, true
 }
 
 func setScalar(v reflect.Value, s string) error {
@@ -240,66 +261,6 @@ func setScalar(v reflect.Value, s string) error {
 		return fmt.Errorf("cannot hold a %s", v.Kind())
 	}
 	return nil
-}
-
-// expandEnv replaces ${VAR} and ${VAR:-default} in s; $$ stands for a
-// literal $. An unset variable without a default is an error that names it.
-func expandEnv(s string, lookup func(string) (string, bool)) (string, error) {
-	if !strings.Contains(s, "$") {
-		return s, nil
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c != '$' || i+1 >= len(s) {
-			b.WriteByte(c)
-			continue
-		}
-		switch s[i+1] {
-		case '$':
-			b.WriteByte('$')
-			i++
-			continue
-		case '{':
-		default:
-			b.WriteByte(c)
-			continue
-		}
-		end := strings.IndexByte(s[i:], '}')
-		if end < 0 {
-			return "", fmt.Errorf("unclosed ${ in %q", s)
-		}
-		expr := s[i+2 : i+end]
-		name, def, hasDef := strings.Cut(expr, ":-")
-		if !validEnvName(name) {
-			return "", fmt.Errorf("bad variable name %q in %q", name, s)
-		}
-		val, ok := lookup(name)
-		switch {
-		case ok && val != "":
-			b.WriteString(val)
-		case hasDef:
-			b.WriteString(def)
-		case ok:
-		default:
-			return "", fmt.Errorf("environment variable %s is not set and has no default (write ${%s:-default})", name, name)
-		}
-		i += end
-	}
-	return b.String(), nil
-}
-
-func validEnvName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i, c := range s {
-		if c == '_' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || i > 0 && c >= '0' && c <= '9' {
-			continue
-		}
-		return false
-	}
-	return true
 }
 
 func yamlFields(t reflect.Type) map[string]int {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -25,50 +26,40 @@ func Load(path string) (*Config, error) {
 }
 
 // Parse is Load for config text already read; file names it in errors and
-// lookup resolves ${VAR} references.
+// lookup resolves ${VAR} references (nil: os.LookupEnv). See env.go for
+// how references are expanded.
 func Parse(file string, data []byte, lookup func(string) (string, bool)) (*Config, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return nil, Errors{{File: file, Pos: Pos{1, 1}, Msg: "the config file is empty"}}
 	}
-	var root yaml.Node
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&root); err != nil {
-		return nil, Errors{yamlSyntaxError(file, err)}
+	if lookup == nil {
+		lookup = os.LookupEnv
 	}
-	var extra yaml.Node
-	if err := dec.Decode(&extra); err == nil {
-		return nil, Errors{{File: file, Pos: Pos{extra.Line, extra.Column}, Msg: "the config file holds more than one YAML document"}}
+	x := &expander{file: file, lookup: lookup}
+	text, xerr := x.replace(data)
+	if xerr != nil {
+		return nil, Errors{*xerr}
 	}
+	root, perr := parseYAML(file, text)
+	if perr != nil {
+		return nil, Errors{*perr}
+	}
+	x.expandTree(root)
 	if len(root.Content) == 0 {
 		return nil, Errors{{File: file, Pos: Pos{1, 1}, Msg: "the config file is empty"}}
 	}
-	d := &decoder{file: file, pos: map[string]Pos{}, env: lookup}
+	d := &decoder{file: file, pos: map[string]Pos{}, bad: x.bad, envNodes: x.env, env: map[string]*envUse{}}
 	cfg := &Config{}
 	d.decode(root.Content[0], reflect.ValueOf(cfg).Elem(), "")
-	cfg.file, cfg.pos = file, d.pos
-	if len(d.errs) > 0 {
-		return nil, sortErrors(d.errs)
+	cfg.file, cfg.pos, cfg.env = file, d.pos, d.env
+	if errs := append(x.errs, d.errs...); len(errs) > 0 {
+		return nil, sortErrors(errs)
 	}
 	cfg.applyDefaults()
 	if errs := cfg.validate(); len(errs) > 0 {
 		return nil, sortErrors(errs)
 	}
 	return cfg, nil
-}
-
-// yamlSyntaxError turns yaml.v3's "yaml: line N: msg" into a positioned
-// error; the parser gives no column, so the column is 1. yaml.v3 reports a
-// syntax error as text only (no type, no position fields; *yaml.TypeError
-// comes only from decoding into Go values, which Parse does not do), so
-// this is the one error read by its text.
-func yamlSyntaxError(file string, err error) Error {
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	var line int
-	if n, _ := fmt.Sscanf(msg, "line %d:", &line); n == 1 {
-		_, rest, _ := strings.Cut(msg, ":")
-		return Error{File: file, Pos: Pos{line, 1}, Msg: "not valid YAML:" + rest}
-	}
-	return Error{File: file, Pos: Pos{1, 1}, Msg: "not valid YAML: " + msg}
 }
 
 func sortErrors(es Errors) Errors {
@@ -201,15 +192,75 @@ func (c *Config) applyDefaults() {
 	}
 }
 
-// Marshal returns the effective config as YAML (for GET /config).
-func (c *Config) Marshal() ([]byte, error) {
+// A MarshalOption changes what Marshal writes.
+type MarshalOption int
+
+const (
+	// HideEnv writes each value that came from the environment as the
+	// file wrote it (`token: ${TOKEN}`, `listen: 127.0.0.1:${PORT}`), not
+	// as expanded, unless admin.show_env is true: what GET /config shows,
+	// so that a secret passed by environment is not shown to whoever can
+	// reach the admin port. The text still reads back as the same config
+	// in the same environment.
+	HideEnv MarshalOption = iota + 1
+)
+
+// Marshal returns the effective config as YAML, defaults filled in; it
+// reads back (Parse) as the same config. Values from the environment are
+// written expanded unless HideEnv is given.
+func (c *Config) Marshal(opts ...MarshalOption) ([]byte, error) {
+	var n yaml.Node
+	if err := n.Encode(c); err != nil {
+		return nil, fmt.Errorf("encoding config: %w", err)
+	}
+	var env map[string]*envUse
+	if slices.Contains(opts, HideEnv) && !c.Admin.ShowEnv {
+		env = c.env
+	}
+	escapeValues(&n, "", env)
 	var b bytes.Buffer
 	enc := yaml.NewEncoder(&b)
 	enc.SetIndent(2)
-	if err := enc.Encode(c); err != nil {
+	if err := enc.Encode(&n); err != nil {
 		return nil, fmt.Errorf("encoding config: %w", err)
 	}
 	return b.Bytes(), enc.Close()
+}
+
+// escapeValues writes each `$` of a value as `$$`, as Parse reads it, so
+// that a value holding `${` reads back as itself; and a value whose path
+// (named as the decoder names them) is in env as the file wrote it.
+func escapeValues(n *yaml.Node, path string, env map[string]*envUse) {
+	switch n.Kind {
+	case yaml.DocumentNode:
+		for _, c := range n.Content {
+			escapeValues(c, path, env)
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			escapeValues(n.Content[i+1], joinPath(path, n.Content[i].Value), env)
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			escapeValues(c, fmt.Sprintf("%s[%d]", path, i), env)
+		}
+	case yaml.ScalarNode:
+		if u := env[path]; u != nil {
+			n.Value, n.Tag, n.Style = u.raw, "!!str", 0
+		} else if strings.Contains(n.Value, "$") {
+			n.Value = strings.ReplaceAll(n.Value, "$", "$$")
+		}
+	}
+}
+
+// FromEnv returns the environment variables the value at path was
+// expanded from ("listeners[0].listen", "pools.web.endpoints[0].address",
+// as errors and Marshal name them), or nil for a value written in the file.
+func (c *Config) FromEnv(path string) []string {
+	if u := c.env[path]; u != nil {
+		return slices.Clone(u.names)
+	}
+	return nil
 }
 
 // Summary is the one-line description `sekisho validate` prints.

@@ -28,7 +28,7 @@ func TestBrokenConfigs(t *testing.T) {
 		{"bad-duration.yaml", []string{`11:25: connect: bad duration "2 seconds" (want a Go duration such as 150ms or 2s)`}},
 		{"no-terminal.yaml", []string{`8:22: pipeline ends in headers, which is not a terminal stage: end it with proxy, shard, scatter, split, respond or redirect`}},
 		{"unset-env.yaml", []string{`4:13: environment variable SEKISHO_TEST_SURELY_UNSET is not set and has no default (write ${SEKISHO_TEST_SURELY_UNSET:-default})`}},
-		{"not-yaml.yaml", []string{`3:1: not valid YAML: did not find expected ',' or ']'`}},
+		{"not-yaml.yaml", []string{`4:13: not valid YAML: did not find expected ',' or ']'`}},
 		{"two-stages-in-one.yaml", []string{"8:13: a stage is a one-key map such as `proxy: POOL`; got 2 keys (proxy, respond)"}},
 		{"bad-endpoint.yaml", []string{
 			`10:17: endpoint: "127.0.0.1" needs a host and a port`,
@@ -59,37 +59,6 @@ func TestBrokenConfigs(t *testing.T) {
 	}
 }
 
-func TestEnvExpansion(t *testing.T) {
-	env := map[string]string{"PORT": "8081", "EMPTY": ""}
-	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
-	cases := []struct {
-		in, want, err string
-	}{
-		{in: "plain", want: "plain"},
-		{in: "127.0.0.1:${PORT}", want: "127.0.0.1:8081"},
-		{in: "${HOST:-127.0.0.1}:${PORT}", want: "127.0.0.1:8081"},
-		{in: "${EMPTY:-fallback}", want: "fallback"},
-		{in: "${EMPTY}", want: ""},
-		{in: "cost: $$5", want: "cost: $5"},
-		{in: "a $b c", want: "a $b c"},
-		{in: "${NOPE}", err: "environment variable NOPE is not set"},
-		{in: "${PORT", err: "unclosed ${"},
-		{in: "${1BAD}", err: "bad variable name"},
-	}
-	for _, tc := range cases {
-		t.Run(tc.in, func(t *testing.T) {
-			got, err := expandEnv(tc.in, lookup)
-			if tc.err != "" {
-				require.Error(t, err)
-				assert.Contains(t, err.Error(), tc.err)
-				return
-			}
-			require.NoError(t, err)
-			assert.Equal(t, tc.want, got)
-		})
-	}
-}
-
 func TestExampleConfigIsValid(t *testing.T) {
 	p := certstest.NewCA(t).Issue(t, t.TempDir(), "localhost", "127.0.0.1")
 	t.Setenv("SEKISHO_TLS_CERT", p.CertFile)
@@ -98,6 +67,7 @@ func TestExampleConfigIsValid(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, cfg.Listeners, 2)
 	assert.Contains(t, cfg.Summary(), "2 listener(s), 6 route(s), 9 pool(s)")
+	assert.Empty(t, cfg.Warnings())
 	out, err := cfg.Marshal()
 	require.NoError(t, err)
 	again, err := Parse("again", out, func(string) (string, bool) { return "", false })

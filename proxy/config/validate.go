@@ -20,33 +20,54 @@ import (
 type validation struct {
 	c    *Config
 	errs Errors
+	// reported holds the paths of the problems found by this package's own
+	// checks, so that a stage package's Validate reporting the same field
+	// again is left out (see stageErrors).
+	reported map[string]bool
+	warnings Errors
 }
 
 func (v *validation) at(path, format string, args ...any) {
-	v.errs = append(v.errs, Error{File: v.c.file, Pos: v.c.at(path), Msg: fmt.Sprintf(format, args...)})
+	if v.reported == nil {
+		v.reported = map[string]bool{}
+	}
+	v.reported[path] = true
+	v.add(path, fmt.Sprintf(format, args...))
+}
+
+func (v *validation) add(path, msg string) {
+	v.errs = append(v.errs, Error{File: v.c.file, Pos: v.c.at(path), Msg: msg})
 }
 
 // stageErrors places the errors of a stage package's Validate at the stage
-// at path: a router.FieldError at the key of the stage that its Field
-// starts with ("merge" for "merge.sort_by", "leaves" for "leaves[2]"),
-// any other error at the stage itself. reported, when not nil, names the
-// fields whose problems this validation has reported already, with sharper
-// positions; their errors are left out.
+// at path: a router.FieldError at its Field within the stage ("leaves[2]",
+// "merge.sort_by"; at the closest key written when the field was left
+// out), any other error at the stage itself. A FieldError for a field this
+// validation has reported a problem at already is left out: it is the same
+// problem, found by both. reported, when not nil, names further fields whose
+// problems this validation reports itself, with sharper positions or
+// words; their errors are left out too.
 func (v *validation) stageErrors(path string, err error, reported func(field string) bool) {
 	for _, e := range joinedErrors(err) {
 		var fe router.FieldError
 		if !errors.As(e, &fe) {
-			v.at(path, "%s", e)
+			v.add(path, e.Error())
 			continue
 		}
 		if reported != nil && reported(fe.Field) {
 			continue
 		}
-		if key := fieldKey(fe.Field); key != "" {
-			v.at(path+"."+key, "%s", fe.Msg)
-		} else {
-			v.at(path, "%s", fe.Msg)
+		fp := path
+		if fe.Field != "" {
+			fp = path + "." + fe.Field
+			if strings.HasPrefix(fe.Field, "[") {
+				fp = path + fe.Field
+			}
 		}
+		if v.reported[fp] {
+			continue
+		}
+		v.add(fp, fe.Msg)
 	}
 }
 
@@ -89,6 +110,11 @@ func listEntry(field, key string) bool {
 
 func (c *Config) validate() Errors {
 	v := &validation{c: c}
+	defer func() {
+		if len(v.errs) == 0 {
+			c.warnings = sortErrors(v.warnings)
+		}
+	}()
 	if c.Version != 1 {
 		v.at("version", "version: want 1, got %d", c.Version)
 	}
@@ -206,7 +232,9 @@ func (v *validation) listener(l *Listener, p string) {
 		}
 		v.upgrades(r.Upgrades, rp+".upgrades")
 		v.pipeline(r.Pipeline, rp+".pipeline")
+		v.redirectLoops(l, i, r.Pipeline, rp+".pipeline")
 	}
+	v.shadowedRoutes(l, p)
 }
 
 // upgrades checks a route's upgrade protocols: names (tokens), never h2c,
@@ -407,8 +435,10 @@ func (v *validation) pool(name string, pc *Pool, p string) {
 		if r.Fall < 1 {
 			v.at(rp+".fall", "fall: must be at least 1")
 		}
-		if _, err := health.ParseStatusRanges(r.ExpectStatus); err != nil {
-			v.at(rp+".expect_status", "expect_status: %v", err)
+		for i, spec := range r.ExpectStatus {
+			if _, err := health.ParseStatusRanges([]string{spec}); err != nil {
+				v.at(fmt.Sprintf("%s.expect_status[%d]", rp, i), "expect_status: %v", err)
+			}
 		}
 	}
 	if o := pc.Outlier; o != nil {
