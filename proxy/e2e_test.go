@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -442,4 +443,36 @@ func TestHandlerPanicIsRecovered(t *testing.T) {
 	assert.Equal(t, 1, td.logs.FilterMessage("panic serving request").Len())
 	resp, _ = td.get(td.url("edge") + "/")
 	assert.Equal(t, http.StatusInternalServerError, resp.StatusCode, "the process lives on")
+}
+
+// GET /config does not show a value that came from the environment (a
+// token passed to a headers stage) unless admin.show_env says so: it
+// shows the reference as the file wrote it.
+func TestConfigHidesEnvironmentValues(t *testing.T) {
+	t.Setenv("SEKISHO_TEST_TOKEN", "s3cret-token")
+	text := func(showEnv bool) string {
+		return fmt.Sprintf(`version: 1
+admin: {listen: "127.0.0.1:0", show_env: %v}
+log: {access: off}
+listeners:
+  - name: edge
+    listen: 127.0.0.1:0
+    routes:
+      - name: all
+        pipeline:
+          - headers: {request: {set: {Authorization: "Bearer ${SEKISHO_TEST_TOKEN}"}}}
+          - respond: {body: ok}
+`, showEnv)
+	}
+	td := startDaemon(t, text(false))
+	resp, body := td.get(td.admin() + "/config")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.NotContains(t, body, "s3cret-token")
+	assert.Contains(t, body, "Bearer ${SEKISHO_TEST_TOKEN}")
+
+	require.NoError(t, os.WriteFile(td.path, []byte(text(true)), 0o644))
+	resp, _ = td.do(mustRequest(http.MethodPost, td.admin()+"/reload", nil))
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	_, body = td.get(td.admin() + "/config")
+	assert.Contains(t, body, "Bearer s3cret-token", "show_env: true shows the expanded value")
 }
