@@ -260,7 +260,7 @@ func (c *compiler) pool(name string, pc *config.Pool) (*upstream.Pool, error) {
 		BodyIdle: pc.Timeouts.BodyIdle.D(), Outlier: outlier, MaxInFlight: pc.MaxInFlight,
 		OverflowRetryAfter: pc.OverflowRetryAfter.D(),
 		Registry:           env.Registry, Metrics: env.Metrics, Log: env.Log, Buffers: env.buffers,
-		Sticky:             stickyOptions(pc.Sticky)}
+		Sticky: stickyOptions(pc.Sticky)}
 	for _, e := range pc.Endpoints {
 		u, err := config.ParseEndpoint(e.Address)
 		if err != nil {
