@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"sekisho/proxy/config"
+	"sekisho/proxy/upstream"
 	"sekisho/router"
 )
 
@@ -147,6 +148,21 @@ func benchServe(b *testing.B, h http.Handler, prepare func(*http.Request)) {
 func BenchmarkProxyRoundRobin(b *testing.B) {
 	h := benchDaemon(b, roundRobinConfig(b))
 	benchServe(b, h, nil)
+}
+
+// BenchmarkProxySticky is BenchmarkProxyRoundRobin with a sticky cookie,
+// each request carrying the cookie of the endpoint it goes to among other
+// cookies (a client kept on its endpoint: no Set-Cookie). Against
+// BenchmarkProxyRoundRobin it measures the cost of the cookie lookup.
+func BenchmarkProxySticky(b *testing.B) {
+	key := strings.Repeat("k", 32)
+	ups := []string{tinyUpstream(b, "a"), tinyUpstream(b, "b"), tinyUpstream(b, "c")}
+	h := benchDaemon(b, fmt.Sprintf(benchPreamble+`    routes: [{name: all, pipeline: [{proxy: web}]}]
+pools:
+  web: {endpoints: [%s, %s, %s], sticky: {cookie: SRV, key: %s}}
+`, ups[0], ups[1], ups[2], key))
+	cookie := []string{"theme=dark; lang=ja; SRV=" + upstream.StickyValue([]byte(key), "web", ups[1]) + "; consent=1"}
+	benchServe(b, h, func(r *http.Request) { r.Header["Cookie"] = cookie })
 }
 
 // benchPreamble starts every benchmark's config: no admin server, no

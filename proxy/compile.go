@@ -218,6 +218,18 @@ func (s proxyStage) Wrap(next http.Handler) (http.Handler, error) {
 
 func (proxyStage) Terminal() {}
 
+// stickyOptions is a pool's sticky section in upstream's terms; nil for
+// none.
+func stickyOptions(s *config.Sticky) *upstream.Sticky {
+	if s == nil {
+		return nil
+	}
+	sameSite := map[string]http.SameSite{"lax": http.SameSiteLaxMode, "strict": http.SameSiteStrictMode,
+		"none": http.SameSiteNoneMode}[s.SameSite]
+	return &upstream.Sticky{Cookie: s.Cookie, TTL: s.TTL.D(), Secure: s.Secure, HTTPOnly: s.HTTPOnly == nil || *s.HTTPOnly,
+		SameSite: sameSite, Key: []byte(s.Key)}
+}
+
 // pool builds pool name of the config through upstream.New: the config's
 // terms become upstream's, and the pool's Transport comes from the cache
 // that keeps it across reloads.
@@ -247,7 +259,8 @@ func (c *compiler) pool(name string, pc *config.Pool) (*upstream.Pool, error) {
 	o := upstream.Options{Name: name, Policy: policy, Retries: *pc.Retries, PanicMode: pc.PanicMode,
 		BodyIdle: pc.Timeouts.BodyIdle.D(), Outlier: outlier, MaxInFlight: pc.MaxInFlight,
 		OverflowRetryAfter: pc.OverflowRetryAfter.D(),
-		Registry:           env.Registry, Metrics: env.Metrics, Log: env.Log, Buffers: env.buffers}
+		Registry:           env.Registry, Metrics: env.Metrics, Log: env.Log, Buffers: env.buffers,
+		Sticky: stickyOptions(pc.Sticky)}
 	for _, e := range pc.Endpoints {
 		u, err := config.ParseEndpoint(e.Address)
 		if err != nil {

@@ -327,6 +327,8 @@ type Pool struct {
 	// OverflowRetryAfter is the Retry-After of that 503, rounded up to whole
 	// seconds (default 1s).
 	OverflowRetryAfter Duration `yaml:"overflow_retry_after,omitempty"`
+	// Sticky is cookie affinity (default none).
+	Sticky *Sticky `yaml:"sticky,omitempty"`
 }
 
 // Endpoint is one replica: `host:port`, `http://host:port`,

@@ -178,6 +178,9 @@ func (c *Config) applyDefaults() {
 				r.ExpectStatus = []string{"200-299"}
 			}
 		}
+		if s := p.Sticky; s != nil {
+			s.applyDefaults()
+		}
 		if o := p.Outlier; o != nil {
 			if o.ConsecutiveFailures == 0 {
 				o.ConsecutiveFailures = 5

@@ -459,6 +459,9 @@ func (v *validation) pool(name string, pc *Pool, p string) {
 	if pc.TLS != nil {
 		v.upstreamTLS(pc.TLS, p+".tls")
 	}
+	if pc.Sticky != nil {
+		v.sticky(pc.Sticky, p+".sticky")
+	}
 }
 
 // ParseEndpoint accepts host:port, http://host:port and https://host:port.

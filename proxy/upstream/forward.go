@@ -51,6 +51,7 @@ func (p *Pool) forward(w http.ResponseWriter, r *http.Request, info *router.Info
 	case a.Response != nil:
 		p.relayPrepared(w, r, a.Response, i)
 	default:
+		p.stick(w.Header(), r.Header, i)
 		err := a.Relay(ctx, w)
 		p.targets[i].EP.End()
 		if err != nil {
@@ -82,6 +83,7 @@ func (p *Pool) takePrepared(out *http.Request) (*http.Response, bool) {
 	resp := pr.resp
 	pr.resp = nil // a retry by ReverseProxy, were there one, must not reuse it
 	resp.Body = p.wrapBody(resp.Body, pr.t)
+	p.stick(resp.Header, out.Header, pr.t)
 	return resp, true
 }
 

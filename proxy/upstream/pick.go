@@ -66,6 +66,9 @@ func (pk *picker) exclude(i int) { pk.tried = append(pk.tried, i) }
 func (pk *picker) pick(r *http.Request, info *router.Info) int {
 	p := pk.p
 	pk.now = time.Now()
+	if i := pk.stickyPick(r, info); i >= 0 {
+		return i
+	}
 	if info != nil && info.Tried != nil && info.Tried.Len() > 0 {
 		pk.shared, pk.rule = info.Tried, availableUnshared
 		if i := p.policy.Pick(p.targets, r, pk.now, pk.usable); i >= 0 {

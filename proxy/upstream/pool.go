@@ -75,6 +75,9 @@ type Options struct {
 	// Buffers lends ReverseProxy its copy buffers. Default (nil): a
 	// BufferPool of the pool's own.
 	Buffers *BufferPool
+	// Sticky is cookie affinity, the first choice before the policy's.
+	// Default nil: none.
+	Sticky *Sticky
 }
 
 // Endpoint is one replica of a pool.
@@ -123,6 +126,7 @@ type Pool struct {
 	// probed and outlier are the group settings Commit puts in force.
 	probed  bool
 	outlier health.Outlier
+	sticky  *sticky // cookie affinity; nil without
 }
 
 var (
@@ -173,6 +177,12 @@ func New(o Options) (*Pool, error) {
 		p.schemes = append(p.schemes, scheme)
 		p.bodyEnds = append(p.bodyEnds, bodyEnd{ep: ep, idleTimeouts: p.bodyTimeouts})
 		p.attempts = append(p.attempts, metrics.NewCodeCounters(m.Upstream.MustCurryWith(prometheus.Labels{"pool": name, "endpoint": e.Addr})))
+	}
+	if o.Sticky != nil {
+		if o.Sticky.Cookie == "" {
+			return nil, fmt.Errorf("upstream: pool %q: sticky needs a cookie name", name)
+		}
+		p.sticky = newSticky(o.Sticky, name, p.targets)
 	}
 	p.transport = o.Transport
 	p.direct, _ = o.Transport.(*http1.Transport)
@@ -348,5 +358,6 @@ func (p *Pool) RoundTrip(out *http.Request) (*http.Response, error) {
 		resp.ContentLength = -1
 	}
 	resp.Body = p.wrapBody(resp.Body, i)
+	p.stick(resp.Header, out.Header, i)
 	return resp, nil
 }
