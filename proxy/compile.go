@@ -248,6 +248,7 @@ func (c *compiler) pool(name string, pc *config.Pool) (*upstream.Pool, error) {
 		BodyIdle: pc.Timeouts.BodyIdle.D(), Outlier: outlier, MaxInFlight: pc.MaxInFlight,
 		OverflowRetryAfter: pc.OverflowRetryAfter.D(),
 		Registry:           env.Registry, Metrics: env.Metrics, Log: env.Log, Buffers: env.buffers}
+	o.Forwarded, o.SetRealIP = pc.Forwarded == "rfc7239", pc.SetRealIP
 	for _, e := range pc.Endpoints {
 		u, err := config.ParseEndpoint(e.Address)
 		if err != nil {

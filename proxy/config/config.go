@@ -327,6 +327,11 @@ type Pool struct {
 	// OverflowRetryAfter is the Retry-After of that 503, rounded up to whole
 	// seconds (default 1s).
 	OverflowRetryAfter Duration `yaml:"overflow_retry_after,omitempty"`
+	// Forwarded, "rfc7239", sends a Forwarded header upstream besides
+	// X-Forwarded-* (default "": none).
+	Forwarded string `yaml:"forwarded,omitempty"`
+	// SetRealIP sends X-Real-IP with the client address (default false).
+	SetRealIP bool `yaml:"set_real_ip,omitempty"`
 }
 
 // Endpoint is one replica: `host:port`, `http://host:port`,
