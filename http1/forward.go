@@ -23,9 +23,10 @@ import (
 // read with http.ReadResponse and returned as it is, for the caller to
 // relay through the one forwarder that handles it all.
 
-// Forwarded holds the X-Forwarded-For, -Host and -Proto values a forwarded
-// request carries, in place of the client's own.
-type Forwarded struct{ For, Host, Proto string }
+// Forwarded holds the values of the forwarding headers a forwarded request
+// carries, in place of the client's own: X-Forwarded-For, -Host and -Proto
+// always; Forwarded (RFC 7239) and X-Real-IP when not empty.
+type Forwarded struct{ For, Host, Proto, RFC7239, RealIP string }
 
 // Forwardable reports whether Forward can send r: a GET, HEAD or OPTIONS
 // without a body, an upgrade or an expectation, whose head can go on the
@@ -51,7 +52,7 @@ type Answer struct {
 // Forward sends r, which must be Forwardable, to addr over scheme ("http"
 // or "https") with its head rewritten as a proxy forwards it: hop-by-hop
 // headers and the client's forwarding headers are dropped, fwd's
-// X-Forwarded-* are added, and a request without a Host (HTTP/1.0) gets
+// headers are added, and a request without a Host (HTTP/1.0) gets
 // addr. It returns once the answer's head is read. A kept-alive connection
 // the upstream had closed is retried on a fresh one.
 func (t *Transport) Forward(ctx context.Context, r *http.Request, scheme, addr string, fwd *Forwarded) (Answer, error) {
@@ -154,7 +155,8 @@ func writeForwardHead(w *bufio.Writer, r *http.Request, fwd *Forwarded, addr str
 	writeRequestLine(w, r, host)
 	conn := r.Header["Connection"]
 	for k, vs := range r.Header {
-		if k == "Host" || hopHeaders[k] || forwardingHeaders[k] || len(conn) > 0 && HasToken(conn, k) {
+		if k == "Host" || hopHeaders[k] || forwardingHeaders[k] || len(conn) > 0 && HasToken(conn, k) ||
+			k == "X-Real-Ip" && fwd.RealIP != "" {
 			continue
 		}
 		for _, v := range vs {
@@ -167,6 +169,12 @@ func writeForwardHead(w *bufio.Writer, r *http.Request, fwd *Forwarded, addr str
 	writeField(w, "X-Forwarded-For", fwd.For)
 	writeField(w, "X-Forwarded-Host", fwd.Host)
 	writeField(w, "X-Forwarded-Proto", fwd.Proto)
+	if fwd.RFC7239 != "" {
+		writeField(w, "Forwarded", fwd.RFC7239)
+	}
+	if fwd.RealIP != "" {
+		writeField(w, "X-Real-Ip", fwd.RealIP)
+	}
 	_, err := w.WriteString("\r\n")
 	return err
 }

@@ -261,6 +261,7 @@ func (c *compiler) pool(name string, pc *config.Pool) (*upstream.Pool, error) {
 		OverflowRetryAfter: pc.OverflowRetryAfter.D(),
 		Registry:           env.Registry, Metrics: env.Metrics, Log: env.Log, Buffers: env.buffers,
 		Sticky: stickyOptions(pc.Sticky)}
+	o.Forwarded, o.SetRealIP = pc.Forwarded == "rfc7239", pc.SetRealIP
 	for _, e := range pc.Endpoints {
 		u, err := config.ParseEndpoint(e.Address)
 		if err != nil {

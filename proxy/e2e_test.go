@@ -327,13 +327,35 @@ pools:
 		td.get(base + "/gone")
 	}
 	td.get(base + "/nowhere")
-	_, body := td.get(td.admin() + "/metrics")
-	assert.Equal(t, 7.0, sampleValue(body, "sekisho_requests_total", "listener", "edge", "route", "web", "code", "200"))
-	assert.Equal(t, 3.0, sampleValue(body, "sekisho_requests_total", "route", "gone", "code", "410"))
-	assert.Equal(t, 1.0, sampleValue(body, "sekisho_requests_total", "route", "_unmatched", "code", "404"))
-	assert.Equal(t, 7.0, sampleValue(body, "sekisho_request_duration_seconds_count", "route", "web"))
-	assert.Equal(t, 7.0, sampleValue(body, "sekisho_upstream_requests_total", "pool", "up", "endpoint", up.addr(), "code", "200"))
-	assert.Equal(t, 7.0, sampleValue(body, "sekisho_upstream_duration_seconds_count", "pool", "up"))
+	// A request is counted once its handler has returned, which may be
+	// just after the client has its answer: scrape until the last one is
+	// in, then check every count exactly (no more requests are coming, so
+	// a count can only be reached, never passed, by waiting).
+	want := []struct {
+		v      float64
+		name   string
+		labels []string
+	}{
+		{7, "sekisho_requests_total", []string{"listener", "edge", "route", "web", "code", "200"}},
+		{3, "sekisho_requests_total", []string{"route", "gone", "code", "410"}},
+		{1, "sekisho_requests_total", []string{"route", "_unmatched", "code", "404"}},
+		{7, "sekisho_request_duration_seconds_count", []string{"route", "web"}},
+		{7, "sekisho_upstream_requests_total", []string{"pool", "up", "endpoint", up.addr(), "code", "200"}},
+		{7, "sekisho_upstream_duration_seconds_count", []string{"pool", "up"}},
+	}
+	var body string
+	require.Eventually(t, func() bool {
+		_, body = td.get(td.admin() + "/metrics")
+		for _, w := range want {
+			if sampleValue(body, w.name, w.labels...) < w.v {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, 10*time.Millisecond)
+	for _, w := range want {
+		assert.Equal(t, w.v, sampleValue(body, w.name, w.labels...), "%s %v", w.name, w.labels)
+	}
 	for _, name := range []string{"go_goroutines", "process_cpu_seconds_total", "sekisho_config_last_reload_successful"} {
 		assert.GreaterOrEqual(t, sampleValue(body, name), 0.0, name)
 	}

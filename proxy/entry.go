@@ -67,7 +67,7 @@ func (h *listenerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer reqStates.Put(st) // runs last, after the access log line
 	info := &st.info
 	info.Listener, info.Start = lr.name, start
-	info.ClientIP, info.TrustedPeer = lr.clientIP.ResolvePeer(r)
+	info.ClientIP, info.ForwardedFor, info.TrustedPeer = lr.clientIP.ResolveChain(r)
 	info.RequestID = requestID(r)
 	// A client may not speak for a certificate it did not present, nor
 	// pass its request off as a mirror copy.

@@ -134,7 +134,8 @@ func hopByHop(k string) bool {
 }
 
 // sanitize cleans r's header in place, before any other part of sekisho
-// reads it. It costs one pass over the header's names and allocates only
+// reads it: hop-by-hop headers, X-Real-IP, and the underscore twins of
+// protected names go. It costs one pass over the header's names and allocates only
 // for a request it changes beyond deleting names (a Te list other than
 // "trailers", an upgrade).
 func (in *inboundRules) sanitize(r *http.Request) {
@@ -152,6 +153,9 @@ func (in *inboundRules) sanitize(r *http.Request) {
 		switch {
 		case k == "Te" && teKept:
 		case hopByHop(k),
+			// Never read, and set only by a pool that says so
+			// (set_real_ip): from a client it could be forged.
+			k == "X-Real-Ip",
 			len(conn) > 0 && http1.HasToken(conn, k),
 			strings.IndexByte(k, '_') >= 0 && in.isConfusable(k):
 			delete(h, k)

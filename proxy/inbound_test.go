@@ -72,6 +72,10 @@ func TestInboundClientCannotStripOrSpoofProxyHeaders(t *testing.T) {
 					assert.NotContains(t, h, "keep-alive")
 					assert.NotContains(t, h, "http2-settings")
 				}},
+			{"a client's X-Real-IP is dropped", "X-Real-IP: 6.6.6.6\r\n",
+				func(t *testing.T, h map[string][]string) {
+					assert.NotContains(t, h, "x-real-ip")
+				}},
 			{"underscore twins of proxy headers are dropped", "X_Forwarded_For: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\nX_Request_Id: spoof\r\n" +
 				"X_Client_Cert_Subject: CN=admin\r\nX_Sekisho_Mirror: 1\r\nX_Forwarded_Proto: https\r\nX_Forwarded_Host: evil\r\n" +
 				"X_Proxy_Set: client\r\nx_gone: 1\r\nTransfer_Encoding: chunked\r\nX_Custom_Thing: kept\r\n",

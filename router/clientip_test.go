@@ -87,6 +87,69 @@ func TestClientIPResolveDoesNotAllocate(t *testing.T) {
 	assert.Zero(t, allocs)
 }
 
+// The chain passed upstream is what the resolver believed: from the client
+// to the peer, the client's own claims left out, Forwarded's for= as plain
+// hops.
+func TestClientIPResolveChain(t *testing.T) {
+	trusted := resolver("10.0.0.0/8", "fd00::/8")
+	tests := []struct {
+		name   string
+		peer   string
+		xff    []string
+		fwd    []string
+		client string
+		chain  string
+	}{
+		{name: "untrusted peer", peer: "198.51.100.9:5000", xff: []string{"10.0.0.7"}, client: "198.51.100.9", chain: ""},
+		{name: "trusted peer without headers", peer: "10.0.0.1:5000", client: "10.0.0.1", chain: ""},
+		{name: "one hop", peer: "10.0.0.1:5000", xff: []string{"203.0.113.5"}, client: "203.0.113.5", chain: "203.0.113.5, 10.0.0.1"},
+		{name: "the client's own claims are left out", peer: "10.0.0.1:5000", xff: []string{"6.6.6.6, 203.0.113.5, 10.0.0.2"},
+			client: "203.0.113.5", chain: "203.0.113.5, 10.0.0.2, 10.0.0.1"},
+		{name: "all trusted", peer: "10.0.0.1:5000", xff: []string{"10.0.0.3, 10.0.0.2"}, client: "10.0.0.3", chain: "10.0.0.3, 10.0.0.2, 10.0.0.1"},
+		{name: "garbage stops at the last trusted hop", peer: "10.0.0.1:5000", xff: []string{"203.0.113.5, garbage, 10.0.0.2"},
+			client: "10.0.0.2", chain: "10.0.0.2, 10.0.0.1"},
+		{name: "garbage right of everything", peer: "10.0.0.1:5000", xff: []string{"203.0.113.5, unknown"}, client: "10.0.0.1", chain: ""},
+		{name: "ports and brackets dropped", peer: "10.0.0.1:5000", xff: []string{"[2001:db8::1]:443, 10.0.0.2:80"},
+			client: "2001:db8::1", chain: "2001:db8::1, 10.0.0.2, 10.0.0.1"},
+		{name: "several lines", peer: "10.0.0.1:5000", xff: []string{"1.1.1.1", "10.0.0.5"}, client: "1.1.1.1", chain: "1.1.1.1, 10.0.0.5, 10.0.0.1"},
+		{name: "IPv6 peer", peer: "[fd00::1]:5000", xff: []string{"203.0.113.5, fd00::2"}, client: "203.0.113.5", chain: "203.0.113.5, fd00::2, fd00::1"},
+		{name: "Forwarded for= becomes hops", peer: "10.0.0.1:5000", fwd: []string{`for=6.6.6.6, for="[2001:db8:cafe::17]:4711";proto=https, for=10.0.0.9`},
+			client: "2001:db8:cafe::17", chain: "2001:db8:cafe::17, 10.0.0.9, 10.0.0.1"},
+		{name: "XFF wins over Forwarded", peer: "10.0.0.1:5000", xff: []string{"203.0.113.5"}, fwd: []string{"for=198.51.100.17"},
+			client: "203.0.113.5", chain: "203.0.113.5, 10.0.0.1"},
+		{name: "long chain", peer: "10.0.0.1:5000", xff: []string{"203.0.113.5, 10.0.0.2, 10.0.0.3, 10.0.0.4, 10.0.0.5, 10.0.0.6, 10.0.0.7, 10.0.0.8, 10.0.0.9, 10.0.0.10"},
+			client: "203.0.113.5", chain: "203.0.113.5, 10.0.0.2, 10.0.0.3, 10.0.0.4, 10.0.0.5, 10.0.0.6, 10.0.0.7, 10.0.0.8, 10.0.0.9, 10.0.0.10, 10.0.0.1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := &http.Request{RemoteAddr: tt.peer, Header: http.Header{}}
+			if tt.xff != nil {
+				r.Header["X-Forwarded-For"] = tt.xff
+			}
+			if tt.fwd != nil {
+				r.Header["Forwarded"] = tt.fwd
+			}
+			client, chain, _ := trusted.ResolveChain(r)
+			assert.Equal(t, tt.client, client)
+			assert.Equal(t, tt.chain, chain)
+			assert.Equal(t, trusted.Resolve(r), client, "the same client as Resolve")
+		})
+	}
+}
+
+func TestClientIPResolveChainUntrustedDoesNotAllocate(t *testing.T) {
+	res := resolver("10.0.0.0/8")
+	r := &http.Request{RemoteAddr: "198.51.100.9:5000", Header: http.Header{
+		"X-Forwarded-For": {"6.6.6.6, 203.0.113.5, 10.0.0.2"},
+	}}
+	allocs := testing.AllocsPerRun(200, func() {
+		if _, chain, _ := res.ResolveChain(r); chain != "" {
+			t.Fatal("an untrusted peer's chain")
+		}
+	})
+	assert.Zero(t, allocs)
+}
+
 // FuzzClientIP checks that Resolve never panics and never makes an address
 // up: the result is the peer, or an address that appears in the forwarding
 // headers.
@@ -115,6 +178,13 @@ func FuzzClientIP(f *testing.F) {
 		}
 		for _, res := range resolvers {
 			got := res.Resolve(r)
+			client, chain, _ := res.ResolveChain(r)
+			if client != got {
+				t.Fatalf("ResolveChain's client %q, Resolve's %q", client, got)
+			}
+			if chain != "" && (!strings.HasPrefix(chain, client+", ") || !strings.HasSuffix(chain, ", "+peer)) {
+				t.Fatalf("chain %q does not run from the client %q to the peer %q", chain, client, peer)
+			}
 			if got == peer {
 				continue
 			}

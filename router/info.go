@@ -21,8 +21,12 @@ type Info struct {
 	// TrustedPeer is true when the connection's peer is a trusted proxy, so
 	// that its forwarding headers may be passed on.
 	TrustedPeer bool
-	RequestID   string
-	Start       time.Time
+	// ForwardedFor is the X-Forwarded-For chain from the client to the
+	// peer that a trusted peer vouched for (see
+	// ClientIPResolver.ResolveChain); "" when it is the peer alone.
+	ForwardedFor string
+	RequestID    string
+	Start        time.Time
 
 	Pool     string // the pool that served the request, if any
 	Upstream string // the endpoint address that served it, if any

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,9 +21,12 @@ import (
 // testPool is a leaf the way the proxy builds one: replicas behind
 // httputil.ReverseProxy. Like the proxy's pools it picks the first replica
 // not yet in the request's router.Tried and records its pick there, so a
-// hedge provably reaches another replica.
+// hedge provably reaches another replica. The look and the record are one
+// step under mu: a first attempt and its hedge that pick at the same moment
+// still go to two replicas, whichever of them the scheduler runs first.
 type testPool struct {
 	replicas []*replica
+	mu       sync.Mutex
 }
 
 type replica struct {
@@ -73,6 +77,7 @@ func (p *testPool) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if info := router.InfoFrom(r); info != nil {
 		tried = info.Tried
 	}
+	p.mu.Lock()
 	pick := p.replicas[0]
 	for _, rp := range p.replicas {
 		if tried == nil || !tried.Has(rp.addr) {
@@ -84,6 +89,7 @@ func (p *testPool) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		tried.Add(pick.addr)
 	}
 	pick.picks.Add(1)
+	p.mu.Unlock()
 	pick.proxy.ServeHTTP(w, r)
 }
 

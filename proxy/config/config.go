@@ -329,6 +329,11 @@ type Pool struct {
 	OverflowRetryAfter Duration `yaml:"overflow_retry_after,omitempty"`
 	// Sticky is cookie affinity (default none).
 	Sticky *Sticky `yaml:"sticky,omitempty"`
+	// Forwarded, "rfc7239", sends a Forwarded header upstream besides
+	// X-Forwarded-* (default "": none).
+	Forwarded string `yaml:"forwarded,omitempty"`
+	// SetRealIP sends X-Real-IP with the client address (default false).
+	SetRealIP bool `yaml:"set_real_ip,omitempty"`
 }
 
 // Endpoint is one replica: `host:port`, `http://host:port`,

@@ -418,6 +418,9 @@ func (v *validation) pool(name string, pc *Pool, p string) {
 	default:
 		v.at(p+".protocol", "protocol: want http1, h2c or h2, got %q", pc.Protocol)
 	}
+	if pc.Forwarded != "" && pc.Forwarded != "rfc7239" {
+		v.at(p+".forwarded", "forwarded: want rfc7239 or nothing, got %q", pc.Forwarded)
+	}
 	if r := pc.Readiness; r != nil {
 		rp := p + ".readiness"
 		if !strings.HasPrefix(r.Path, "/") {

@@ -82,3 +82,22 @@ func TestRouteUpgradesConfig(t *testing.T) {
 		})
 	}
 }
+
+// forwarded takes rfc7239 or nothing; set_real_ip is a bool.
+func TestPoolForwardingKeys(t *testing.T) {
+	parse := func(pool string) (*Config, error) {
+		text := "version: 1\nlisteners: [{name: a, listen: ':0', routes: [{name: r, pipeline: [{proxy: up}]}]}]\n" +
+			"pools:\n  up: {endpoints: [127.0.0.1:1]" + pool + "}\n"
+		return Parse("t.yaml", []byte(text), func(string) (string, bool) { return "", false })
+	}
+	c, err := parse(", forwarded: rfc7239, set_real_ip: true")
+	require.NoError(t, err)
+	assert.Equal(t, "rfc7239", c.Pools["up"].Forwarded)
+	assert.True(t, c.Pools["up"].SetRealIP)
+	c, err = parse("")
+	require.NoError(t, err)
+	assert.Empty(t, c.Pools["up"].Forwarded)
+	assert.False(t, c.Pools["up"].SetRealIP)
+	_, err = parse(", forwarded: x-forwarded")
+	require.ErrorContains(t, err, `forwarded: want rfc7239 or nothing, got "x-forwarded"`)
+}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"strings"
 
 	"sekisho/http1"
 	"sekisho/router"
@@ -33,7 +32,7 @@ type preparedKey struct{}
 // forward serves r on the direct path, with the retries of try.
 func (p *Pool) forward(w http.ResponseWriter, r *http.Request, info *router.Info) {
 	ctx := r.Context()
-	fwd := forwardedFor(r, info)
+	fwd := p.forwardedFor(r, info)
 	var a http1.Answer
 	i, err := p.try(r, info, nil, func(i int) (int, error) {
 		var err error
@@ -87,12 +86,17 @@ func (p *Pool) takePrepared(out *http.Request) (*http.Response, bool) {
 	return resp, true
 }
 
-// forwardedFor returns the X-Forwarded-* values the upstream gets for in.
-// An incoming X-Forwarded-For chain is kept only when the peer is a
-// trusted proxy (the listener resolved a client address other than the
-// peer, or the peer is trusted and sent no chain): from anyone else it
-// could be forged.
-func forwardedFor(in *http.Request, info *router.Info) http1.Forwarded {
+// forwardedFor returns the forwarding headers the upstream gets for in:
+// the one place that computes them, for the direct path (written by
+// http1.Transport) and for ReverseProxy (set by setForwarded). The client's
+// own Forwarded and X-Forwarded-* are never passed on: X-Forwarded-For is
+// the chain the listener believed (router.Info.ForwardedFor: from the
+// client to the peer, only what trusted proxies vouched for) or the peer
+// alone; X-Forwarded-Proto is the listener's scheme, or a trusted peer's
+// X-Forwarded-Proto; X-Forwarded-Host is the Host. Forwarded, when the
+// pool sends it, says the same in RFC 7239's form; X-Real-IP, when the
+// pool sets it, is the resolved client address.
+func (p *Pool) forwardedFor(in *http.Request, info *router.Info) http1.Forwarded {
 	var f http1.Forwarded
 	peer := in.RemoteAddr
 	if host, _, err := net.SplitHostPort(peer); err == nil {
@@ -100,8 +104,8 @@ func forwardedFor(in *http.Request, info *router.Info) http1.Forwarded {
 	}
 	trusted := info != nil && info.TrustedPeer
 	f.For = peer
-	if chain := in.Header["X-Forwarded-For"]; trusted && len(chain) > 0 {
-		f.For = strings.Join(chain, ", ") + ", " + peer
+	if info != nil && info.ForwardedFor != "" {
+		f.For = info.ForwardedFor
 	}
 	f.Host = in.Host
 	switch {
@@ -112,5 +116,33 @@ func forwardedFor(in *http.Request, info *router.Info) http1.Forwarded {
 	default:
 		f.Proto = "http"
 	}
+	if p.forwarded {
+		f.RFC7239 = rfc7239(f.For, f.Host, f.Proto)
+	}
+	if p.setRealIP {
+		f.RealIP = peer
+		if info != nil && info.ClientIP != "" {
+			f.RealIP = info.ClientIP
+		}
+	}
 	return f
+}
+
+// setForwarded writes forwardedFor's headers on out, which ReverseProxy
+// has already stripped of the client's Forwarded and X-Forwarded-*.
+func (p *Pool) setForwarded(in, out *http.Request) {
+	fwd := p.forwardedFor(in, router.InfoFrom(in))
+	// One allocation holds the values; each header gets a slice of it
+	// with no spare capacity, so an Add elsewhere copies instead of
+	// writing over a neighbour.
+	vals := []string{fwd.For, fwd.Host, fwd.Proto, fwd.RFC7239, fwd.RealIP}
+	out.Header["X-Forwarded-For"] = vals[0:1:1]
+	out.Header["X-Forwarded-Host"] = vals[1:2:2]
+	out.Header["X-Forwarded-Proto"] = vals[2:3:3]
+	if fwd.RFC7239 != "" {
+		out.Header["Forwarded"] = vals[3:4:4]
+	}
+	if fwd.RealIP != "" {
+		out.Header["X-Real-Ip"] = vals[4:5:5]
+	}
 }

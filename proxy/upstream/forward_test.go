@@ -2,9 +2,11 @@ package upstream
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"sekisho/health"
 	"sekisho/http1"
 	"sekisho/proxy/metrics"
@@ -116,16 +118,24 @@ func headerLines(head string) map[string][]string {
 // it gives each request its router.Info (without which a request goes the
 // ReverseProxy way) and passes on one X-Request-Id.
 func directPool(t *testing.T, up string) *testFront {
+	return directPoolWith(t, up, Options{}, nil)
+}
+
+// directPoolWith is directPool with the pool's forwarding options taken
+// from o, and the client address resolved by res, as a listener does.
+func directPoolWith(t *testing.T, up string, o Options, res *router.ClientIPResolver) *testFront {
 	reg := health.NewRegistry(nil)
 	p, err := New(Options{Name: "up", Endpoints: []Endpoint{{Addr: up}}, Registry: reg, Metrics: metrics.New(),
-		Transport: NewTransport(TransportOptions{MaxIdlePerEndpoint: 256})})
+		Transport: NewTransport(TransportOptions{MaxIdlePerEndpoint: 256}), Forwarded: o.Forwarded, SetRealIP: o.SetRealIP})
 	require.NoError(t, err)
 	p.Commit()
 	srv := &http1.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if len(r.Header["X-Request-Id"]) == 0 {
 			r.Header.Set("X-Request-Id", "test")
 		}
-		p.ServeHTTP(w, router.WithInfo(r, &router.Info{}))
+		info := &router.Info{}
+		info.ClientIP, info.ForwardedFor, info.TrustedPeer = res.ResolveChain(r)
+		p.ServeHTTP(w, router.WithInfo(r, info))
 	})}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -222,6 +232,78 @@ func TestDirectPathRewritesTheRequestHead(t *testing.T) {
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 		assert.True(t, strings.HasPrefix(up.lastHead(), "GET "+target+" HTTP/1.1\r\n"), "%s: %s", target, up.lastHead())
+	}
+}
+
+// The direct path and ReverseProxy send the same forwarding headers, byte
+// for byte, for every way a client can present itself and every pool
+// setting: the values are computed in one place (Pool.forwardedFor).
+func TestForwardingHeadersSameOnBothPaths(t *testing.T) {
+	up := newScriptedUpstream(t, func(string) string {
+		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+	})
+	trusted := &router.ClientIPResolver{Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}
+	clients := []struct {
+		name string
+		res  *router.ClientIPResolver
+		hdr  map[string]string
+		// what the upstream gets, without and with forwarded: rfc7239
+		xff, fwd string
+	}{
+		{name: "untrusted client's claims are replaced", res: nil,
+			hdr: map[string]string{"X-Forwarded-For": "6.6.6.6", "Forwarded": "for=6.6.6.6;proto=https", "X-Forwarded-Proto": "https"},
+			xff: "127.0.0.1", fwd: `for=127.0.0.1;host="shop.example.com:8080";proto=http`},
+		{name: "trusted proxy's X-Forwarded-For", res: trusted,
+			hdr: map[string]string{"X-Forwarded-For": "6.6.6.6, 203.0.113.9, 127.0.0.2", "X-Forwarded-Proto": "https"},
+			xff: "203.0.113.9, 127.0.0.2, 127.0.0.1", fwd: `for=203.0.113.9;host="shop.example.com:8080";proto=https, for=127.0.0.2, for=127.0.0.1`},
+		{name: "trusted proxy's Forwarded", res: trusted,
+			hdr: map[string]string{"Forwarded": `for="[2001:db8::7]:4711";proto=https, for=127.0.0.2`},
+			xff: "2001:db8::7, 127.0.0.2, 127.0.0.1", fwd: `for="[2001:db8::7]";host="shop.example.com:8080";proto=http, for=127.0.0.2, for=127.0.0.1`},
+	}
+	for _, forwarded := range []bool{false, true} {
+		for _, realIP := range []bool{false, true} {
+			for _, c := range clients {
+				name := fmt.Sprintf("%s/forwarded=%v/set_real_ip=%v", c.name, forwarded, realIP)
+				t.Run(name, func(t *testing.T) {
+					td := directPoolWith(t, up.addr(), Options{Forwarded: forwarded, SetRealIP: realIP}, c.res)
+					heads := map[string]map[string][]string{}
+					for _, method := range []string{http.MethodGet, http.MethodPost} {
+						var body io.Reader
+						if method == http.MethodPost {
+							body = strings.NewReader("z") // ReverseProxy's way
+						}
+						req, err := http.NewRequest(method, td.url("edge")+"/x", body)
+						require.NoError(t, err)
+						req.Host = "shop.example.com:8080"
+						for k, v := range c.hdr {
+							req.Header.Set(k, v)
+						}
+						// As a headers stage may have set it.
+						req.Header.Set("X-Real-Ip", "198.51.100.1")
+						resp, _ := td.do(req)
+						require.Equal(t, http.StatusOK, resp.StatusCode)
+						h := headerLines(up.lastHead())
+						delete(h, "content-length") // the POST's body
+						heads[method] = h
+					}
+					assert.Equal(t, heads[http.MethodGet], heads[http.MethodPost], "the direct path and ReverseProxy send different headers")
+					got := heads[http.MethodGet]
+					assert.Equal(t, []string{c.xff}, got["x-forwarded-for"])
+					assert.Equal(t, []string{"shop.example.com:8080"}, got["x-forwarded-host"])
+					if forwarded {
+						assert.Equal(t, []string{c.fwd}, got["forwarded"])
+					} else {
+						assert.NotContains(t, got, "forwarded")
+					}
+					client, _, _ := strings.Cut(c.xff, ", ")
+					if realIP {
+						assert.Equal(t, []string{client}, got["x-real-ip"])
+					} else {
+						assert.Equal(t, []string{"198.51.100.1"}, got["x-real-ip"], "an X-Real-IP set after entry passes when the pool sets none")
+					}
+				})
+			}
+		}
 	}
 }
 

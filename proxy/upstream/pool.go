@@ -45,6 +45,12 @@ type Options struct {
 	// BodyIdle ends an upstream body that sends nothing for this long,
 	// cutting the client's answer. Default 0: no limit.
 	BodyIdle time.Duration
+	// Forwarded sends an RFC 7239 Forwarded header upstream besides
+	// X-Forwarded-*. Default false.
+	Forwarded bool
+	// SetRealIP sends X-Real-IP with the resolved client address. Default
+	// false: a client's X-Real-IP is dropped at entry and none is sent.
+	SetRealIP bool
 	// Readiness is the active readiness probe; its Scheme is set to the
 	// first endpoint's. Default nil: no probe, and an endpoint is ready
 	// until ejected.
@@ -120,6 +126,8 @@ type Pool struct {
 	// ends.
 	bodyEnds []bodyEnd
 	checker  *health.Checker // nil without readiness probes
+	// forwarded and setRealIP add Forwarded and X-Real-IP upstream.
+	forwarded, setRealIP bool
 	// gatesReadyz holds /readyz at 503 while no endpoint is available.
 	gatesReadyz bool
 	gate        *inFlightGate // max_in_flight; nil without
@@ -184,6 +192,7 @@ func New(o Options) (*Pool, error) {
 		}
 		p.sticky = newSticky(o.Sticky, name, p.targets)
 	}
+	p.forwarded, p.setRealIP = o.Forwarded, o.SetRealIP
 	p.transport = o.Transport
 	p.direct, _ = o.Transport.(*http1.Transport)
 	p.proxy = &httputil.ReverseProxy{
@@ -307,7 +316,7 @@ func (p *Pool) rewrite(pr *httputil.ProxyRequest) {
 	in, out := pr.In, pr.Out
 	out.URL.Scheme = "http"
 	out.URL.Host = p.name // replaced by RoundTrip with the chosen endpoint
-	setForwarded(in, out)
+	p.setForwarded(in, out)
 	// Clone gave out a copy of the announced trailer keys, but the server
 	// fills in their values on in's own map once the body is read to its
 	// end; sharing the map lets the Transport send them after the body.
@@ -315,18 +324,6 @@ func (p *Pool) rewrite(pr *httputil.ProxyRequest) {
 	if out.Body != nil && out.Body != http.NoBody {
 		out.Body = &replayGuard{body: out.Body}
 	}
-}
-
-// setForwarded writes X-Forwarded-For, -Host and -Proto.
-func setForwarded(in, out *http.Request) {
-	fwd := forwardedFor(in, router.InfoFrom(in))
-	// One allocation holds the three values; each header gets a slice of
-	// it with no spare capacity, so an Add elsewhere copies instead of
-	// writing over a neighbour.
-	vals := []string{fwd.For, fwd.Host, fwd.Proto}
-	out.Header["X-Forwarded-For"] = vals[0:1:1]
-	out.Header["X-Forwarded-Host"] = vals[1:2:2]
-	out.Header["X-Forwarded-Proto"] = vals[2:3:3]
 }
 
 // RoundTrip sends out to an endpoint chosen by the balance policy,
