@@ -100,6 +100,7 @@ type Pool struct {
 	targets   []balance.Target
 	schemes   []string
 	policy    balance.Policy
+	again     balance.Repicker // policy, when it has a separate turn for later attempts
 	group     *health.Group
 	retries   int
 	panicMode bool
@@ -161,6 +162,7 @@ func New(o Options) (*Pool, error) {
 		bodyIdle: o.BodyIdle, bodyTimeouts: m.UpstreamBodyTimeouts.WithLabelValues(name),
 		gatesReadyz: o.GatesReadyz, gate: newInFlightGate(name, o.MaxInFlight, o.OverflowRetryAfter, m),
 		probed: probed, outlier: o.Outlier}
+	p.again, _ = policy.(balance.Repicker)
 	eps := make([]*health.Endpoint, 0, len(o.Endpoints))
 	for _, e := range o.Endpoints {
 		scheme := e.Scheme
