@@ -224,7 +224,7 @@ func (proxyStage) Terminal() {}
 func (c *compiler) pool(name string, pc *config.Pool) (*upstream.Pool, error) {
 	env := c.env
 	outlier := health.Outlier{}
-	if o := pc.Outlier; o != nil {
+	if o := pc.Outlier; o != nil && (o.Enabled == nil || *o.Enabled) {
 		pct := *o.MaxEjectedPercent
 		if pct == 0 {
 			pct = -1 // health reads 0 as "the default"; the config means "never eject"

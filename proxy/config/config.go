@@ -359,10 +359,12 @@ type Readiness struct {
 	GatesReadyz bool `yaml:"gates_readyz,omitempty"`
 }
 
-// Outlier is passive ejection.
+// Outlier is passive ejection, on by default (nginx's max_fails=1
+// fail_timeout=10s, within max_ejected_percent); Enabled false turns it off.
 type Outlier struct {
-	ConsecutiveFailures int      `yaml:"consecutive_failures,omitempty"` // default 5
-	Eject               Duration `yaml:"eject,omitempty"`                // default 30s
+	Enabled             *bool    `yaml:"enabled,omitempty"`              // default true
+	ConsecutiveFailures int      `yaml:"consecutive_failures,omitempty"` // default 1
+	Eject               Duration `yaml:"eject,omitempty"`                // default 10s
 	MaxEject            Duration `yaml:"max_eject,omitempty"`            // default 10 x eject
 	MaxEjectedPercent   *int     `yaml:"max_ejected_percent,omitempty"`  // default 50
 	Count5xx            bool     `yaml:"count_5xx,omitempty"`

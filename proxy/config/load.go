@@ -105,6 +105,10 @@ const (
 	DefaultUpstreamIdle   = 90 * time.Second
 	DefaultBodyIdle       = 60 * time.Second
 	DefaultMaxIdle        = 256
+	// Passive ejection is on in every pool (outlier.enabled: false turns
+	// it off), as nginx's max_fails=1 fail_timeout=10s.
+	DefaultOutlierFailures = 1
+	DefaultOutlierEject    = 10 * time.Second
 )
 
 func (c *Config) applyDefaults() {
@@ -178,11 +182,18 @@ func (c *Config) applyDefaults() {
 				r.ExpectStatus = []string{"200-299"}
 			}
 		}
+		if p.Outlier == nil {
+			p.Outlier = &Outlier{}
+		}
 		if o := p.Outlier; o != nil {
-			if o.ConsecutiveFailures == 0 {
-				o.ConsecutiveFailures = 5
+			if o.Enabled == nil {
+				on := true
+				o.Enabled = &on
 			}
-			defDur(&o.Eject, 30*time.Second)
+			if o.ConsecutiveFailures == 0 {
+				o.ConsecutiveFailures = DefaultOutlierFailures
+			}
+			defDur(&o.Eject, DefaultOutlierEject)
 			defDur(&o.MaxEject, 10*o.Eject.D())
 			if o.MaxEjectedPercent == nil {
 				fifty := 50
