@@ -244,7 +244,14 @@ func (c *compiler) pool(name string, pc *config.Pool) (*upstream.Pool, error) {
 	if err != nil {
 		return nil, err
 	}
-	o := upstream.Options{Name: name, Policy: policy, Retries: *pc.Retries, PanicMode: pc.PanicMode,
+	rc := pc.Retries
+	retryOn, err := upstream.ParseRetryOn(rc.On)
+	if err != nil {
+		return nil, err
+	}
+	o := upstream.Options{Name: name, Policy: policy, Retries: *rc.Attempts, RetryOn: retryOn,
+		PerTryTimeout: rc.PerTryTimeout.D(), RetryBudget: &upstream.RetryBudget{Percent: *rc.Budget.Percent, MinConcurrency: *rc.Budget.MinConcurrency},
+		PanicMode: pc.PanicMode,
 		BodyIdle: pc.Timeouts.BodyIdle.D(), Outlier: outlier, MaxInFlight: pc.MaxInFlight,
 		OverflowRetryAfter: pc.OverflowRetryAfter.D(),
 		Registry:           env.Registry, Metrics: env.Metrics, Log: env.Log, Buffers: env.buffers}
@@ -268,6 +275,9 @@ func (c *compiler) pool(name string, pc *config.Pool) (*upstream.Pool, error) {
 		o.Readiness = &health.Probe{Path: r.Path, Interval: r.Interval.D(), Timeout: r.Timeout.D(),
 			Rise: r.Rise, Fall: r.Fall, Expect: expect, Host: r.Host}
 		o.GatesReadyz = r.GatesReadyz
+	}
+	if b := rc.Backoff; b != nil {
+		o.Backoff = upstream.Backoff{Base: b.Base.D(), Max: b.Max.D()}
 	}
 	p, err := upstream.New(o)
 	if err != nil {

@@ -111,6 +111,13 @@ const (
 	DefaultOutlierEject    = 10 * time.Second
 )
 
+// defInt sets *p to v when it is unset.
+func defInt(p **int, v int) {
+	if *p == nil {
+		*p = &v
+	}
+}
+
 func (c *Config) applyDefaults() {
 	if c.Admin.Listen == "" {
 		c.Admin.Listen = DefaultAdminListen
@@ -153,8 +160,22 @@ func (c *Config) applyDefaults() {
 		def(&p.Balance, "round_robin")
 		def(&p.Protocol, "http1")
 		if p.Retries == nil {
-			one := 1
-			p.Retries = &one
+			p.Retries = &Retries{}
+		}
+		if r := p.Retries; r != nil {
+			defInt(&r.Attempts, 1)
+			if len(r.On) == 0 {
+				r.On = []string{"connect-failure", "reset"}
+			}
+			if b := r.Backoff; b != nil {
+				defDur(&b.Base, 25*time.Millisecond)
+				defDur(&b.Max, 10*b.Base.D())
+			}
+			if r.Budget == nil {
+				r.Budget = &RetryBudget{}
+			}
+			defInt(&r.Budget.Percent, 20)
+			defInt(&r.Budget.MinConcurrency, 3)
 		}
 		for i := range p.Endpoints {
 			if p.Endpoints[i].Weight == 0 {
