@@ -252,7 +252,7 @@ func (c *compiler) pool(name string, pc *config.Pool) (*upstream.Pool, error) {
 	o := upstream.Options{Name: name, Policy: policy, Retries: *rc.Attempts, RetryOn: retryOn,
 		PerTryTimeout: rc.PerTryTimeout.D(), RetryBudget: &upstream.RetryBudget{Percent: *rc.Budget.Percent, MinConcurrency: *rc.Budget.MinConcurrency},
 		PanicMode: pc.PanicMode,
-		BodyIdle: pc.Timeouts.BodyIdle.D(), Outlier: outlier, MaxInFlight: pc.MaxInFlight,
+		BodyIdle:  pc.Timeouts.BodyIdle.D(), Outlier: outlier, MaxInFlight: pc.MaxInFlight,
 		OverflowRetryAfter: pc.OverflowRetryAfter.D(),
 		Registry:           env.Registry, Metrics: env.Metrics, Log: env.Log, Buffers: env.buffers}
 	for _, e := range pc.Endpoints {
