@@ -31,8 +31,9 @@ const (
 	// byte.
 	RetryReset
 	// RetryRefusedStream: an HTTP/2 endpoint refused the stream. net/http's
-	// HTTP/2 client resends those itself on a fresh stream, so the pool
-	// rarely sees one.
+	// HTTP/2 client resends those itself on a fresh stream and reports them
+	// by an unexported type, so no error the pool sees is classified as
+	// one: the name is accepted for Envoy compatibility.
 	RetryRefusedStream
 	// Retry502, Retry503, Retry504: the endpoint answered that status; the
 	// answer is discarded.
