@@ -132,6 +132,28 @@ func (a *Answer) Relay(ctx context.Context, w http.ResponseWriter) error {
 	return err
 }
 
+// Discard ends a plain answer the caller will not relay (a retry replaces
+// it) without waiting for the upstream: when the whole body is already
+// buffered it is dropped and the connection kept alive; otherwise the
+// connection is closed. Relay must not be called after it.
+func (a *Answer) Discard() {
+	if a.head != nil {
+		respHeads.Put(a.head)
+		a.head = nil
+	}
+	c := a.c
+	if c == nil {
+		return
+	}
+	a.c = nil
+	if int64(c.br.Buffered()) < a.length {
+		c.release(false)
+		return
+	}
+	c.br.Discard(int(a.length))
+	c.release(a.reuse)
+}
+
 // hopHeaders are dropped in both directions, as ReverseProxy drops them;
 // the client's forwarding headers are replaced by Forwarded's.
 var hopHeaders = map[string]bool{

@@ -236,7 +236,7 @@ func stickyOptions(s *config.Sticky) *upstream.Sticky {
 func (c *compiler) pool(name string, pc *config.Pool) (*upstream.Pool, error) {
 	env := c.env
 	outlier := health.Outlier{}
-	if o := pc.Outlier; o != nil {
+	if o := pc.Outlier; o != nil && (o.Enabled == nil || *o.Enabled) {
 		pct := *o.MaxEjectedPercent
 		if pct == 0 {
 			pct = -1 // health reads 0 as "the default"; the config means "never eject"
@@ -256,8 +256,15 @@ func (c *compiler) pool(name string, pc *config.Pool) (*upstream.Pool, error) {
 	if err != nil {
 		return nil, err
 	}
-	o := upstream.Options{Name: name, Policy: policy, Retries: *pc.Retries, PanicMode: pc.PanicMode,
-		BodyIdle: pc.Timeouts.BodyIdle.D(), Outlier: outlier, MaxInFlight: pc.MaxInFlight,
+	rc := pc.Retries
+	retryOn, err := upstream.ParseRetryOn(rc.On)
+	if err != nil {
+		return nil, err
+	}
+	o := upstream.Options{Name: name, Policy: policy, Retries: *rc.Attempts, RetryOn: retryOn,
+		PerTryTimeout: rc.PerTryTimeout.D(), RetryBudget: &upstream.RetryBudget{Percent: *rc.Budget.Percent, MinConcurrency: *rc.Budget.MinConcurrency},
+		PanicMode: pc.PanicMode,
+		BodyIdle:  pc.Timeouts.BodyIdle.D(), Outlier: outlier, MaxInFlight: pc.MaxInFlight,
 		OverflowRetryAfter: pc.OverflowRetryAfter.D(),
 		Registry:           env.Registry, Metrics: env.Metrics, Log: env.Log, Buffers: env.buffers,
 		Sticky: stickyOptions(pc.Sticky)}
@@ -282,6 +289,9 @@ func (c *compiler) pool(name string, pc *config.Pool) (*upstream.Pool, error) {
 		o.Readiness = &health.Probe{Path: r.Path, Interval: r.Interval.D(), Timeout: r.Timeout.D(),
 			Rise: r.Rise, Fall: r.Fall, Expect: expect, Host: r.Host}
 		o.GatesReadyz = r.GatesReadyz
+	}
+	if b := rc.Backoff; b != nil {
+		o.Backoff = upstream.Backoff{Base: b.Base.D(), Max: b.Max.D()}
 	}
 	p, err := upstream.New(o)
 	if err != nil {

@@ -590,7 +590,7 @@ func TestRetryOnlyWhatCanBeReplayed(t *testing.T) {
 	resetAddr, resetHits := resetBackend(t, 1024)
 	td := startPoolDaemon(t, fmt.Sprintf(edgePreamble+`    routes: [{name: all, pipeline: [{proxy: web}]}]
 pools:
-  web: {endpoints: [%s, %s], retries: 1}
+  web: {endpoints: [%s, %s], retries: 1, outlier: {enabled: false}}  # every request meets the resetting endpoint
 `, resetAddr, good.addr()))
 	base := td.url("edge") + "/r"
 	body := strings.Repeat("x", 64<<10)

@@ -44,6 +44,16 @@ type Policy interface {
 	Pick(targets []Target, r *http.Request, now time.Time, usable func(i int) bool) int
 }
 
+// Repicker is a Policy whose Pick moves state shared by all requests (round
+// robin's turn). PickAgain chooses a request's later attempt (a retry on
+// another endpoint, a hedge) as Pick would, by the same contract, without
+// moving that state, so that retries and hedges never skew how first
+// attempts are spread. A pool calls PickAgain, when its policy has it, for
+// every pick but a request's first.
+type Repicker interface {
+	PickAgain(targets []Target, r *http.Request, now time.Time, usable func(i int) bool) int
+}
+
 // Policy names, as the pool's balance key spells them.
 const (
 	RoundRobin   = "round_robin"

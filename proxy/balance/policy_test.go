@@ -308,3 +308,50 @@ func weightsOf(n int, varied bool) []int {
 
 // policyNames are the names balance.New accepts.
 var policyNames = []string{balance.RoundRobin, balance.LeastRequest, balance.Random, balance.IPHash, balance.Hash}
+
+// TestRoundRobinRetriesKeepTheRotation holds round robin to the issue 16
+// bug: in a pool of two whose first endpoint always fails, each request's
+// retry must not take a first-attempt turn, so first attempts keep
+// alternating; and weighted picks stay smooth whatever the retries do.
+func TestRoundRobinRetriesKeepTheRotation(t *testing.T) {
+	t.Run("equal weights", func(t *testing.T) {
+		p := newPolicy(t, balance.RoundRobin, 0)
+		again := p.(balance.Repicker)
+		ts := makeTargets(1, 1)
+		now := time.Now()
+		first := make([]int, 2)
+		for range 100 {
+			i := p.Pick(ts, nil, now, nil)
+			first[i]++
+			if i == 0 { // fails: the retry goes elsewhere
+				require.Equal(t, 1, again.PickAgain(ts, nil, now, func(j int) bool { return j != i }))
+			}
+		}
+		assert.Equal(t, []int{50, 50}, first)
+	})
+	t.Run("weighted stays smooth", func(t *testing.T) {
+		p := newPolicy(t, balance.RoundRobin, 0)
+		again := p.(balance.Repicker)
+		ts := makeTargets(5, 1, 1)
+		now := time.Now()
+		run, longest := 0, 0
+		counts := make([]int, 3)
+		for n := range 700 {
+			i := p.Pick(ts, nil, now, nil)
+			counts[i]++
+			if i == 0 {
+				run++
+				longest = max(longest, run)
+			} else {
+				run = 0
+			}
+			if n%3 == 0 {
+				again.PickAgain(ts, nil, now, func(j int) bool { return j != i })
+			}
+		}
+		assert.InDelta(t, 500, counts[0], 3)
+		assert.InDelta(t, 100, counts[1], 3)
+		assert.InDelta(t, 100, counts[2], 3)
+		assert.LessOrEqual(t, longest, 4, "a burst to the heavy target")
+	})
+}

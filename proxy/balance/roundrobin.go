@@ -22,20 +22,39 @@ const golden = 0x9E3779B97F4A7C15
 // to within a pick or two over any run, and the only state is one atomic
 // counter: no lock, and no per-target state to rebuild when an endpoint
 // comes or goes or slow start moves its weight.
+//
+// A request's later attempts (retries, scatter's hedges) take their turns
+// from a second counter, again: were they to take first attempts' turns, a
+// pool of two with one failing endpoint would send every first attempt to
+// the failing one, since each retry would skip the live one's turn.
 type roundRobin struct {
-	slow time.Duration
-	next atomic.Uint64
+	slow  time.Duration
+	next  atomic.Uint64
+	again atomic.Uint64
 }
 
-var _ Policy = (*roundRobin)(nil)
+var (
+	_ Policy   = (*roundRobin)(nil)
+	_ Repicker = (*roundRobin)(nil)
+)
 
 func (p *roundRobin) Pick(targets []Target, _ *http.Request, now time.Time, usable func(int) bool) int {
+	return p.pick(&p.next, targets, now, usable)
+}
+
+// PickAgain takes turns among the usable targets on the counter of later
+// attempts, leaving first attempts' rotation where it is.
+func (p *roundRobin) PickAgain(targets []Target, _ *http.Request, now time.Time, usable func(int) bool) int {
+	return p.pick(&p.again, targets, now, usable)
+}
+
+func (p *roundRobin) pick(turn *atomic.Uint64, targets []Target, now time.Time, usable func(int) bool) int {
 	var buf [inline]uint64
 	ws := weigh(scratch(&buf, len(targets)), targets, now, p.slow, usable)
 	if ws.count == 0 {
 		return -1
 	}
-	n := p.next.Add(1) - 1
+	n := turn.Add(1) - 1
 	if ws.equal {
 		return ws.nth(int(n % uint64(ws.count)))
 	}

@@ -10,6 +10,7 @@ package config
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -313,7 +314,7 @@ type Pool struct {
 	HashKey   KeySpec      `yaml:"hash_key,omitempty"`
 	Readiness *Readiness   `yaml:"readiness,omitempty"`
 	Outlier   *Outlier     `yaml:"outlier,omitempty"`
-	Retries   *int         `yaml:"retries,omitempty"` // default 1
+	Retries   *Retries     `yaml:"retries,omitempty"` // default {attempts: 1}
 	Timeouts  PoolTimeouts `yaml:"timeouts,omitempty"`
 	PanicMode bool         `yaml:"panic_mode,omitempty"`
 	SlowStart Duration     `yaml:"slow_start,omitempty"`
@@ -366,13 +367,52 @@ type Readiness struct {
 	GatesReadyz bool `yaml:"gates_readyz,omitempty"`
 }
 
-// Outlier is passive ejection.
+// Outlier is passive ejection, on by default (nginx's max_fails=1
+// fail_timeout=10s, within max_ejected_percent); Enabled false turns it off.
 type Outlier struct {
-	ConsecutiveFailures int      `yaml:"consecutive_failures,omitempty"` // default 5
-	Eject               Duration `yaml:"eject,omitempty"`                // default 30s
+	Enabled             *bool    `yaml:"enabled,omitempty"`              // default true
+	ConsecutiveFailures int      `yaml:"consecutive_failures,omitempty"` // default 1
+	Eject               Duration `yaml:"eject,omitempty"`                // default 10s
 	MaxEject            Duration `yaml:"max_eject,omitempty"`            // default 10 x eject
 	MaxEjectedPercent   *int     `yaml:"max_ejected_percent,omitempty"`  // default 50
 	Count5xx            bool     `yaml:"count_5xx,omitempty"`
+}
+
+// Retries says which failed attempts a pool sends again to an endpoint the
+// request has not tried, in Envoy's vocabulary. The short form `retries: N`
+// is {attempts: N}: connect failures and resets only, as before the long
+// form existed.
+type Retries struct {
+	Attempts      *int          `yaml:"attempts,omitempty"`        // default 1
+	On            []string      `yaml:"on,omitempty"`              // default [connect-failure, reset]
+	PerTryTimeout Duration      `yaml:"per_try_timeout,omitempty"` // default 0: none
+	Backoff       *RetryBackoff `yaml:"backoff,omitempty"`         // default none
+	Budget        *RetryBudget  `yaml:"budget,omitempty"`          // default {percent: 20, min_concurrency: 3}
+}
+
+func (*Retries) scalarField() string { return ".attempts" }
+
+func (r *Retries) decodeScalar(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return fmt.Errorf("want an integer or a mapping, got %q", s)
+	}
+	r.Attempts = &n
+	return nil
+}
+
+// RetryBackoff spaces a request's retries: before the k-th, a random wait
+// of up to min(max, base x 2^(k-1)) (full jitter).
+type RetryBackoff struct {
+	Base Duration `yaml:"base,omitempty"` // default 25ms
+	Max  Duration `yaml:"max,omitempty"`  // default 10 x base
+}
+
+// RetryBudget caps the retries in progress in a pool to a percentage of its
+// requests in progress, never below min_concurrency.
+type RetryBudget struct {
+	Percent        *int `yaml:"percent,omitempty"`         // default 20; 0 disables retries
+	MinConcurrency *int `yaml:"min_concurrency,omitempty"` // default 3
 }
 
 // PoolTimeouts bound the upstream side.

@@ -105,7 +105,18 @@ const (
 	DefaultUpstreamIdle   = 90 * time.Second
 	DefaultBodyIdle       = 60 * time.Second
 	DefaultMaxIdle        = 256
+	// Passive ejection is on in every pool (outlier.enabled: false turns
+	// it off), as nginx's max_fails=1 fail_timeout=10s.
+	DefaultOutlierFailures = 1
+	DefaultOutlierEject    = 10 * time.Second
 )
+
+// defInt sets *p to v when it is unset.
+func defInt(p **int, v int) {
+	if *p == nil {
+		*p = &v
+	}
+}
 
 func (c *Config) applyDefaults() {
 	if c.Admin.Listen == "" {
@@ -149,8 +160,22 @@ func (c *Config) applyDefaults() {
 		def(&p.Balance, "round_robin")
 		def(&p.Protocol, "http1")
 		if p.Retries == nil {
-			one := 1
-			p.Retries = &one
+			p.Retries = &Retries{}
+		}
+		if r := p.Retries; r != nil {
+			defInt(&r.Attempts, 1)
+			if len(r.On) == 0 {
+				r.On = []string{"connect-failure", "reset"}
+			}
+			if b := r.Backoff; b != nil {
+				defDur(&b.Base, 25*time.Millisecond)
+				defDur(&b.Max, 10*b.Base.D())
+			}
+			if r.Budget == nil {
+				r.Budget = &RetryBudget{}
+			}
+			defInt(&r.Budget.Percent, 20)
+			defInt(&r.Budget.MinConcurrency, 3)
 		}
 		for i := range p.Endpoints {
 			if p.Endpoints[i].Weight == 0 {
@@ -181,11 +206,18 @@ func (c *Config) applyDefaults() {
 		if s := p.Sticky; s != nil {
 			s.applyDefaults()
 		}
+		if p.Outlier == nil {
+			p.Outlier = &Outlier{}
+		}
 		if o := p.Outlier; o != nil {
-			if o.ConsecutiveFailures == 0 {
-				o.ConsecutiveFailures = 5
+			if o.Enabled == nil {
+				on := true
+				o.Enabled = &on
 			}
-			defDur(&o.Eject, 30*time.Second)
+			if o.ConsecutiveFailures == 0 {
+				o.ConsecutiveFailures = DefaultOutlierFailures
+			}
+			defDur(&o.Eject, DefaultOutlierEject)
 			defDur(&o.MaxEject, 10*o.Eject.D())
 			if o.MaxEjectedPercent == nil {
 				fifty := 50

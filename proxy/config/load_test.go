@@ -21,7 +21,7 @@ func TestBrokenConfigs(t *testing.T) {
 		want []string
 	}{
 		{"unknown-key.yaml", []string{`5:5: unknown key "routs" in listeners[0] (known: client_ip, listen, max_body_bytes, max_connections, max_header_bytes, name, proxy_protocol, routes, timeouts, tls)`}},
-		{"wrong-type.yaml", []string{`11:14: retries: want an integer, got "many"`}},
+		{"wrong-type.yaml", []string{`11:14: retries: want an integer or a mapping, got "many"`}},
 		{"duplicate-route.yaml", []string{`8:15: route name "all" is used twice in listener "edge" (first at 6:15)`}},
 		{"undefined-pool.yaml", []string{`8:20: pool "nowhere" is not defined under pools`}},
 		{"empty-endpoints.yaml", []string{`10:5: pool "web" has no endpoints`}},

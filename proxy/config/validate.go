@@ -392,9 +392,7 @@ func (v *validation) pool(name string, pc *Pool, p string) {
 		v.at(p+".hash_key", "hash_key is only used with balance: hash")
 	}
 	v.key(pc.HashKey, p+".hash_key", false)
-	if *pc.Retries < 0 {
-		v.at(p+".retries", "retries: must not be negative")
-	}
+	v.retries(pc.Retries, p+".retries")
 	if pc.Timeouts.Connect < 0 || pc.Timeouts.ResponseHeader < 0 || pc.Timeouts.Idle < 0 || pc.Timeouts.BodyIdle < 0 {
 		v.at(p+".timeouts", "timeouts: must not be negative")
 	}
@@ -495,4 +493,35 @@ func ParseEndpoint(s string) (*url.URL, error) {
 	}
 	u.Path = ""
 	return u, nil
+}
+
+// retryConditions are the values of a pool's retries.on.
+var retryConditions = []string{"connect-failure", "reset", "refused-stream", "502", "503", "504", "timeout"}
+
+func (v *validation) retries(r *Retries, p string) {
+	if *r.Attempts < 0 {
+		v.at(p+".attempts", "attempts: must not be negative")
+	}
+	for i, on := range r.On {
+		if !slices.Contains(retryConditions, on) {
+			v.at(fmt.Sprintf("%s.on[%d]", p, i), "on: want %s, got %q", strings.Join(retryConditions, ", "), on)
+		}
+	}
+	if r.PerTryTimeout < 0 {
+		v.at(p+".per_try_timeout", "per_try_timeout: must not be negative")
+	}
+	if b := r.Backoff; b != nil {
+		if b.Base <= 0 {
+			v.at(p+".backoff.base", "base: must be positive")
+		}
+		if b.Max < b.Base {
+			v.at(p+".backoff.max", "max: must be at least base (%s)", b.Base.D())
+		}
+	}
+	if pct := *r.Budget.Percent; pct < 0 || pct > 100 {
+		v.at(p+".budget.percent", "percent: want 0..100, got %d", pct)
+	}
+	if *r.Budget.MinConcurrency < 0 {
+		v.at(p+".budget.min_concurrency", "min_concurrency: must not be negative")
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -100,4 +101,74 @@ func TestPoolForwardingKeys(t *testing.T) {
 	assert.False(t, c.Pools["up"].SetRealIP)
 	_, err = parse(", forwarded: x-forwarded")
 	require.ErrorContains(t, err, `forwarded: want rfc7239 or nothing, got "x-forwarded"`)
+}
+
+// Retries take the short form or Envoy's long one, and both get the
+// documented defaults; passive ejection is on unless turned off; every
+// bad retry value is reported at its place.
+func TestRetriesAndOutlierConfig(t *testing.T) {
+	load := func(t *testing.T, body string) (*Config, []string) {
+		path := filepath.Join(t.TempDir(), "c.yaml")
+		require.NoError(t, os.WriteFile(path, []byte(`version: 1
+listeners:
+  - name: edge
+    listen: 127.0.0.1:0
+    routes: [{name: all, pipeline: [{proxy: a}]}]
+pools:
+`+body), 0o644))
+		c, err := Load(path)
+		var ce Errors
+		if err != nil {
+			require.ErrorAs(t, err, &ce)
+		}
+		var got []string
+		for _, e := range ce {
+			got = append(got, strings.TrimPrefix(e.Error(), path+":"))
+		}
+		return c, got
+	}
+	t.Run("defaults", func(t *testing.T) {
+		c, errs := load(t, `  a: {endpoints: [127.0.0.1:1]}
+  b: {endpoints: [127.0.0.1:2], retries: 3, outlier: {enabled: false}}
+  c:
+    endpoints: [127.0.0.1:3]
+    retries: {on: ["503"], backoff: {base: 10ms}, budget: {percent: 0}}
+`)
+		require.Empty(t, errs)
+		a, b, cc := c.Pools["a"], c.Pools["b"], c.Pools["c"]
+		assert.Equal(t, 1, *a.Retries.Attempts)
+		assert.Equal(t, []string{"connect-failure", "reset"}, a.Retries.On)
+		assert.Equal(t, 20, *a.Retries.Budget.Percent)
+		assert.Equal(t, 3, *a.Retries.Budget.MinConcurrency)
+		assert.Nil(t, a.Retries.Backoff)
+		assert.True(t, *a.Outlier.Enabled)
+		assert.Equal(t, 1, a.Outlier.ConsecutiveFailures)
+		assert.Equal(t, 10*time.Second, a.Outlier.Eject.D())
+		assert.Equal(t, 50, *a.Outlier.MaxEjectedPercent)
+		assert.Equal(t, 3, *b.Retries.Attempts)
+		assert.False(t, *b.Outlier.Enabled)
+		assert.Equal(t, 1, *cc.Retries.Attempts)
+		assert.Equal(t, []string{"503"}, cc.Retries.On)
+		assert.Equal(t, 100*time.Millisecond, cc.Retries.Backoff.Max.D())
+		assert.Equal(t, 0, *cc.Retries.Budget.Percent)
+	})
+	t.Run("errors", func(t *testing.T) {
+		_, errs := load(t, `  a:
+    endpoints: [127.0.0.1:1]
+    retries:
+      attempts: -1
+      on: [connect-failure, 500]
+      per_try_timeout: -1s
+      backoff: {base: 50ms, max: 10ms}
+      budget: {percent: 101, min_concurrency: -1}
+`)
+		assert.Equal(t, []string{
+			`10:17: attempts: must not be negative`,
+			`11:29: on: want connect-failure, reset, refused-stream, 502, 503, 504, timeout, got "500"`,
+			`12:24: per_try_timeout: must not be negative`,
+			`13:34: max: must be at least base (50ms)`,
+			`14:25: percent: want 0..100, got 101`,
+			`14:47: min_concurrency: must not be negative`,
+		}, errs)
+	})
 }

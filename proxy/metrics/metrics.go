@@ -46,6 +46,11 @@ type Metrics struct {
 	// listener's timeouts.write. Each cut the client's answer short.
 	UpstreamBodyTimeouts *prometheus.CounterVec // pool
 	ClientWriteTimeouts  *prometheus.CounterVec // listener
+	// UpstreamRetries counts the retries of each pool by what they
+	// retried (connect-failure, reset, 502, ...);
+	// UpstreamRetryBudgetExhausted, the retries its budget refused.
+	UpstreamRetries              *prometheus.CounterVec // pool, reason
+	UpstreamRetryBudgetExhausted *prometheus.CounterVec // pool
 }
 
 // New registers every metric, with the Go runtime and process
@@ -104,6 +109,8 @@ func New() *Metrics {
 	m.HTTP2Closed = counter("http2_connections_closed_total", "HTTP/2 client connections ended with GOAWAY for abuse, by reason (rapid_reset, header_timeout).", "listener", "reason")
 	m.UpstreamBodyTimeouts = counter("upstream_body_timeouts_total", "Upstream bodies that stalled for the pool's timeouts.body_idle; the client's answer was cut.", "pool")
 	m.ClientWriteTimeouts = counter("client_write_timeouts_total", "Answers whose write to the client missed the listener's timeouts.write; the answer was cut.", "listener")
+	m.UpstreamRetries = counter("upstream_retries_total", "Attempts sent again to another endpoint, by pool and the reason (connect-failure, reset, refused-stream, 502, 503, 504, timeout).", "pool", "reason")
+	m.UpstreamRetryBudgetExhausted = counter("upstream_retry_budget_exhausted_total", "Retries not sent because the pool's retry budget was spent.", "pool")
 	m.ReloadOK.Set(1)
 	return m
 }

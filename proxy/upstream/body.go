@@ -107,3 +107,8 @@ func (e *bodyEnd) EndBody(err error) {
 	}
 	e.ep.End()
 }
+
+// discard ends the body of an answer a retry replaces. It is closed
+// unread, never waited for: a body the transport has not read to its end
+// takes its connection with it.
+func discard(body io.ReadCloser) { body.Close() }

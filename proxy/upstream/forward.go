@@ -34,15 +34,23 @@ func (p *Pool) forward(w http.ResponseWriter, r *http.Request, info *router.Info
 	ctx := r.Context()
 	fwd := p.forwardedFor(r, info)
 	var a http1.Answer
-	i, err := p.try(r, info, nil, func(i int) (int, error) {
+	i, err := p.try(r, info, nil, func(i int, tctx context.Context) (int, error) {
 		var err error
-		if a, err = p.direct.Forward(ctx, r, p.schemes[i], p.targets[i].Addr, &fwd); err != nil {
+		if a, err = p.direct.Forward(tctx, r, p.schemes[i], p.targets[i].Addr, &fwd); err != nil {
 			return 0, err
 		}
 		if a.Response != nil {
 			return a.Response.StatusCode, nil
 		}
 		return a.Status, nil
+	}, func(i int) {
+		if a.Response != nil {
+			discard(a.Response.Body)
+		} else {
+			a.Discard()
+		}
+		a = http1.Answer{}
+		p.targets[i].EP.End()
 	})
 	switch {
 	case err != nil:

@@ -71,15 +71,26 @@ func (pk *picker) pick(r *http.Request, info *router.Info) int {
 	}
 	if info != nil && info.Tried != nil && info.Tried.Len() > 0 {
 		pk.shared, pk.rule = info.Tried, availableUnshared
-		if i := p.policy.Pick(p.targets, r, pk.now, pk.usable); i >= 0 {
+		if i := pk.choose(r, true); i >= 0 {
 			return i
 		}
 	}
+	later := len(pk.tried) > 0 || pk.shared != nil
 	pk.rule = availableOnly
-	if i := p.policy.Pick(p.targets, r, pk.now, pk.usable); i >= 0 || !p.panicMode {
+	if i := pk.choose(r, later); i >= 0 || !p.panicMode {
 		return i
 	}
 	pk.rule = anyUntried
+	return pk.choose(r, later)
+}
+
+// choose asks the policy; a later attempt of a request (a retry, a hedge)
+// leaves the turns that spread first attempts where they are.
+func (pk *picker) choose(r *http.Request, later bool) int {
+	p := pk.p
+	if later && p.again != nil {
+		return p.again.PickAgain(p.targets, r, pk.now, pk.usable)
+	}
 	return p.policy.Pick(p.targets, r, pk.now, pk.usable)
 }
 

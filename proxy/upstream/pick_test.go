@@ -42,6 +42,7 @@ func TestPickDoesNotAllocate(t *testing.T) {
 		var err error
 		p.policy, err = balance.New(policy, router.Key{}, time.Second)
 		require.NoError(t, err)
+		p.again, _ = p.policy.(balance.Repicker)
 		return p
 	}
 	req := httptest.NewRequest(http.MethodGet, "http://x/", nil)

@@ -7,6 +7,7 @@ import (
 	"log"
 	"net/http"
 	"net/http/httputil"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,10 +36,22 @@ type Options struct {
 	// robin.
 	Policy balance.Policy
 	// Retries is how many more endpoints a request may try after a failed
-	// attempt: one that never reached its endpoint (a refused dial), or
-	// that was reset before any answer byte on an idempotent request whose
-	// body was not read. Default 0.
+	// attempt, when the failure is one of RetryOn. Default 0.
 	Retries int
+	// RetryOn is what a request is retried on. Default (0):
+	// DefaultRetryOn, what cannot have reached the endpoint: a failed
+	// connect (any method), or a reset before any answer byte (idempotent
+	// methods). Only a request whose body was not read is ever retried.
+	RetryOn RetryOn
+	// PerTryTimeout bounds each attempt up to its answer's head; past it
+	// the attempt fails as a timeout (504 when it was the last). Default
+	// 0: only the transport's response header timeout.
+	PerTryTimeout time.Duration
+	// Backoff spaces a request's retries. Default zero: none.
+	Backoff Backoff
+	// RetryBudget caps the retries in progress. Default (nil):
+	// DefaultRetryBudget. A Percent of 0 disables retries.
+	RetryBudget *RetryBudget
 	// PanicMode sends requests to unavailable endpoints when no endpoint is
 	// available, rather than answer 503. Default false.
 	PanicMode bool
@@ -105,19 +118,29 @@ type Endpoint struct {
 // immutable once built and safe for concurrent use; endpoint state lives in
 // the health.Registry.
 type Pool struct {
-	name      string
-	targets   []balance.Target
-	schemes   []string
-	policy    balance.Policy
-	group     *health.Group
-	retries   int
-	panicMode bool
-	transport Transport
-	direct    *http1.Transport // the transport, when the direct path can use it
-	proxy     *httputil.ReverseProxy
-	log       *zap.Logger
-	attempts  []*metrics.CodeCounters // per target
-	duration  prometheus.Observer
+	name    string
+	targets []balance.Target
+	schemes []string
+	policy  balance.Policy
+	again   balance.Repicker // policy, when it has a separate turn for later attempts
+	group   *health.Group
+	retries int
+	retryOn RetryOn
+	perTry  time.Duration
+	backoff Backoff
+	budget  RetryBudget
+	// active counts requests in try, retrying those that have retried:
+	// the retry budget's two sides.
+	active      atomic.Int64
+	retrying    atomic.Int64
+	retryCounts retryCounters
+	panicMode   bool
+	transport   Transport
+	direct      *http1.Transport // the transport, when the direct path can use it
+	proxy       *httputil.ReverseProxy
+	log         *zap.Logger
+	attempts    []*metrics.CodeCounters // per target
+	duration    prometheus.Observer
 	// bodyIdle ends an upstream body that stalls; bodyTimeouts counts
 	// those.
 	bodyIdle     time.Duration
@@ -173,6 +196,21 @@ func New(o Options) (*Pool, error) {
 		bodyIdle: o.BodyIdle, bodyTimeouts: m.UpstreamBodyTimeouts.WithLabelValues(name),
 		gatesReadyz: o.GatesReadyz, gate: newInFlightGate(name, o.MaxInFlight, o.OverflowRetryAfter, m),
 		probed: probed, outlier: o.Outlier}
+	p.again, _ = policy.(balance.Repicker)
+	p.retryOn, p.perTry, p.backoff, p.budget = o.RetryOn, o.PerTryTimeout, o.Backoff, DefaultRetryBudget
+	if p.retryOn == 0 {
+		p.retryOn = DefaultRetryOn
+	}
+	if o.RetryBudget != nil {
+		p.budget = *o.RetryBudget
+	}
+	if p.budget.Percent <= 0 {
+		p.retries = 0
+	}
+	for i, reason := range retryNames {
+		p.retryCounts.byReason[i] = m.UpstreamRetries.WithLabelValues(name, reason)
+	}
+	p.retryCounts.exhausted = m.UpstreamRetryBudgetExhausted.WithLabelValues(name)
 	eps := make([]*health.Endpoint, 0, len(o.Endpoints))
 	for _, e := range o.Endpoints {
 		scheme := e.Scheme
@@ -286,6 +324,14 @@ func (p *Pool) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // bodyless request that came through a listener (its Info set), through
 // httputil.ReverseProxy otherwise.
 func (p *Pool) serve(w http.ResponseWriter, r *http.Request) {
+	if p.perTry > 0 {
+		// Each attempt's context is a child of this one, which ends with
+		// the request's answer: one whose timer was stopped, its answer's
+		// body streaming under it, is released here.
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		r = r.WithContext(ctx)
+	}
 	if p.direct != nil && http1.Forwardable(r) {
 		if info := router.InfoFrom(r); info != nil {
 			p.forward(w, r, info)
@@ -336,13 +382,20 @@ func (p *Pool) RoundTrip(out *http.Request) (*http.Response, error) {
 	}
 	guard, _ := out.Body.(*replayGuard)
 	var resp *http.Response
-	i, err := p.try(out, router.InfoFrom(out), guard, func(i int) (int, error) {
+	i, err := p.try(out, router.InfoFrom(out), guard, func(i int, ctx context.Context) (int, error) {
 		out.URL.Scheme, out.URL.Host = p.schemes[i], p.targets[i].Addr
+		req := out
+		if ctx != out.Context() {
+			req = out.WithContext(ctx)
+		}
 		var err error
-		if resp, err = p.transport.RoundTrip(out); err != nil {
+		if resp, err = p.transport.RoundTrip(req); err != nil {
 			return 0, err
 		}
 		return resp.StatusCode, nil
+	}, func(i int) {
+		discard(resp.Body)
+		p.targets[i].EP.End()
 	})
 	if err != nil {
 		return nil, err

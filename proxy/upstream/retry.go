@@ -1,12 +1,10 @@
 package upstream
 
 import (
-	"errors"
+	"context"
 	"io"
-	"net"
 	"net/http"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -16,18 +14,30 @@ import (
 
 // try is the one retry loop of both ways of forwarding: it picks an
 // endpoint, sends r there with send (which returns the answer's status)
-// and records the attempt. An attempt that failed before the endpoint saw
-// the request (a refused dial), or that was reset before any response byte
-// on an idempotent request whose body was not read, is retried on another
-// endpoint, up to retries times. It returns the target that answered, whose
-// in-flight count the caller ends with the answer, or the error to answer
-// with. send, which does not escape, costs the plain path no allocation.
-func (p *Pool) try(r *http.Request, info *router.Info, guard *replayGuard, send func(i int) (status int, err error)) (int, error) {
+// and records the attempt. A failed attempt, or an answer whose status the
+// pool retries on, is sent again to an endpoint this request has not tried
+// yet, up to retries times, when the failure is one of the pool's retryOn,
+// the request can be replayed (see retryable) and the retry budget allows.
+// drop discards the answer of target i that a retry replaces. It returns
+// the target that answered, whose in-flight count the caller ends with the
+// answer, or the error to answer with. send and drop, which do not escape,
+// cost the plain path no allocation.
+func (p *Pool) try(r *http.Request, info *router.Info, guard *replayGuard,
+	send func(i int, ctx context.Context) (status int, err error), drop func(i int)) (int, error) {
 	pk := p.picker()
 	defer pk.release()
+	p.active.Add(1)
+	defer p.active.Add(-1)
+	retrying := false
+	defer func() {
+		if retrying {
+			p.retrying.Add(-1)
+		}
+	}()
 	var lastErr error
-	for attempt := 0; attempt <= p.retries; attempt++ {
-		if err := r.Context().Err(); err != nil {
+	for attempt := 0; ; attempt++ {
+		ctx := r.Context()
+		if err := ctx.Err(); err != nil {
 			return -1, err // the client has gone: no attempt, no dial
 		}
 		i := pk.pick(r, info)
@@ -38,10 +48,37 @@ func (p *Pool) try(r *http.Request, info *router.Info, guard *replayGuard, send 
 			return -1, ErrNoReadyEndpoint
 		}
 		start := p.begin(i, info)
-		status, err := send(i)
+		tctx, stop := tryContext(ctx, p.perTry)
+		status, err := send(i, tctx)
+		if stop != nil && stop() {
+			if err == nil {
+				// The head came as the time ran out: the answer is cut
+				// under the cancelled context, so it is a timeout too.
+				p.answered(i, start, status)
+				drop(i)
+				p.targets[i].EP.ObserveResult(false)
+				err = context.Cause(tctx)
+				lastErr = err
+				if !p.retryAgain(attempt, RetryTimeout, r, guard, &retrying) {
+					return -1, err
+				}
+				pk.exclude(i)
+				continue
+			}
+			err = context.Cause(tctx)
+		}
 		if err == nil {
 			p.answered(i, start, status)
-			return i, nil
+			reason := reasonOfStatus(status)
+			if reason&p.retryOn == 0 || !p.retryAgain(attempt, reason, r, guard, &retrying) {
+				return i, nil
+			}
+			drop(i)
+			pk.exclude(i)
+			if err := p.backoff.wait(ctx, attempt); err != nil {
+				return -1, err
+			}
+			continue
 		}
 		if guard != nil {
 			if ce := guard.err.Load(); ce != nil {
@@ -51,12 +88,41 @@ func (p *Pool) try(r *http.Request, info *router.Info, guard *replayGuard, send 
 			}
 		}
 		lastErr = err
-		if !p.failed(i, start, r, err, guard) {
+		if !p.failed(i, start, r, err) {
+			return -1, err
+		}
+		if !p.retryAgain(attempt, reasonOf(err), r, guard, &retrying) {
 			return -1, err
 		}
 		pk.exclude(i)
+		if err := p.backoff.wait(ctx, attempt); err != nil {
+			return -1, err
+		}
 	}
-	return -1, lastErr
+}
+
+// retryAgain reports whether the request may be sent again after its
+// attempt-th attempt failed for reason: the pool retries on reason,
+// attempts are left, the request can be replayed and the budget has room.
+// It counts the retry by reason, or the budget's refusal. The request
+// takes its place in the budget at its first retry (retrying), and keeps
+// it until it ends.
+func (p *Pool) retryAgain(attempt int, reason RetryOn, r *http.Request, guard *replayGuard, retrying *bool) bool {
+	if attempt >= p.retries || reason&p.retryOn == 0 || !retryable(r, reason, guard) {
+		return false
+	}
+	if !*retrying {
+		n := p.retrying.Add(1)
+		if n > max(int64(p.budget.MinConcurrency), p.active.Load()*int64(p.budget.Percent)/100) {
+			p.retrying.Add(-1)
+			p.retryCounts.exhausted.Inc()
+			return false
+		}
+		*retrying = true
+	}
+	p.retryCounts.byReason[reasonIndex(reason)].Inc()
+	p.log.Debug("retrying on another endpoint", zap.String("pool", p.name), zap.String("reason", retryNames[reasonIndex(reason)]))
+	return true
 }
 
 // begin starts an attempt on target i: the Info names it, it joins the
@@ -82,8 +148,9 @@ func (p *Pool) answered(i int, start time.Time, status int) {
 }
 
 // failed records an attempt on target i that got no answer, and reports
-// whether the request may go to another endpoint.
-func (p *Pool) failed(i int, start time.Time, r *http.Request, err error, guard *replayGuard) bool {
+// whether it was the endpoint's failure (not the client's), which may be
+// retried.
+func (p *Pool) failed(i int, start time.Time, r *http.Request, err error) bool {
 	p.duration.Observe(time.Since(start).Seconds())
 	t := &p.targets[i]
 	t.EP.End()
@@ -92,29 +159,23 @@ func (p *Pool) failed(i int, start time.Time, r *http.Request, err error, guard 
 		return false // the client left, its deadline passed or its body failed: not the endpoint's fault
 	}
 	t.EP.ObserveResult(false)
-	if !retryable(r, err, guard) {
-		return false
-	}
-	p.log.Debug("retrying on another endpoint", zap.String("pool", p.name), zap.String("endpoint", t.Addr), zap.Error(err))
+	p.log.Debug("attempt failed", zap.String("pool", p.name), zap.String("endpoint", t.Addr), zap.Error(err))
 	return true
 }
 
-// retryable reports whether a failed attempt may be sent again elsewhere.
-func retryable(r *http.Request, err error, guard *replayGuard) bool {
+// retryable reports whether r may be sent again after a failure for
+// reason: never once a byte of its body was read (a body is not buffered
+// for replay); for any method when the endpoint cannot have seen it (a
+// failed connect, a refused stream); otherwise only for an idempotent
+// method.
+func retryable(r *http.Request, reason RetryOn, guard *replayGuard) bool {
 	if guard != nil && guard.used() {
 		return false // part of the body is gone; it cannot be sent twice
 	}
-	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "dial" {
+	if reason&(RetryConnectFailure|RetryRefusedStream) != 0 {
 		return true
 	}
-	switch r.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodPut, http.MethodDelete:
-	default:
-		return false
-	}
-	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.EPIPE)
+	return idempotent(r)
 }
 
 // replayGuard stands between the client's body and the Transport: it
