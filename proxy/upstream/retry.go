@@ -106,10 +106,18 @@ func (p *Pool) try(r *http.Request, info *router.Info, guard *replayGuard,
 // attempts are left, the request can be replayed and the budget has room.
 // It counts the retry by reason, or the budget's refusal. The request
 // takes its place in the budget at its first retry (retrying), and keeps
-// it until it ends.
+// it until it ends. A connect failure is retried without asking the budget
+// (unless its percent is 0, which turns retries off): the request never
+// reached an endpoint, so retrying it adds no load a brownout would feel,
+// and refusing it would answer 502 for an endpoint that just died while
+// passive ejection has not yet taken it out.
 func (p *Pool) retryAgain(attempt int, reason RetryOn, r *http.Request, guard *replayGuard, retrying *bool) bool {
 	if attempt >= p.retries || reason&p.retryOn == 0 || !retryable(r, reason, guard) {
 		return false
+	}
+	if reason == RetryConnectFailure && p.budget.Percent > 0 {
+		p.retryCounts.byReason[reasonIndex(reason)].Inc()
+		return true
 	}
 	if !*retrying {
 		n := p.retrying.Add(1)
