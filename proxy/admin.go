@@ -29,7 +29,7 @@ func StartAdmin(addr string, d *Daemon, pprofOn bool) (*Admin, error) {
 		return nil, err
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(d.env.Metrics.Registry, promhttp.HandlerOpts{ErrorLog: zap.NewStdLog(d.log)}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.shared.Metrics.Registry, promhttp.HandlerOpts{ErrorLog: zap.NewStdLog(d.log)}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
@@ -42,7 +42,7 @@ func StartAdmin(addr string, d *Daemon, pprofOn bool) (*Admin, error) {
 	})
 	mux.HandleFunc("GET /config", d.serveConfig)
 	mux.HandleFunc("GET /pools", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, d.env.Registry.Snapshot())
+		writeJSON(w, http.StatusOK, d.shared.Registry.Snapshot())
 	})
 	mux.HandleFunc("GET /shards", func(w http.ResponseWriter, _ *http.Request) {
 		reports := []any{}

@@ -23,10 +23,10 @@ import (
 	"sekisho/router"
 )
 
-// Env is what consecutive Runtimes share: endpoint health, metrics, logs
-// and the caches that let a reload keep what did not change. One Env lives
+// Shared is what consecutive Runtimes share: endpoint health, metrics, logs
+// and the caches that let a reload keep what did not change. One Shared lives
 // as long as the process. It is safe for concurrent use.
-type Env struct {
+type Shared struct {
 	Registry *health.Registry
 	Metrics  *metrics.Metrics
 	Log      *zap.Logger
@@ -36,32 +36,32 @@ type Env struct {
 	buffers    *upstream.BufferPool
 }
 
-// NewEnv returns an Env with a fresh registry and metrics; log may be nil.
-func NewEnv(log *zap.Logger) *Env {
+// NewShared returns a Shared with a fresh registry and metrics; log may be nil.
+func NewShared(log *zap.Logger) *Shared {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	env := &Env{Registry: health.NewRegistry(log), Metrics: metrics.New(), Log: log, buffers: upstream.NewBufferPool()}
-	env.Registry.SetNotify(env.endpointEvent)
-	return env
+	shared := &Shared{Registry: health.NewRegistry(log), Metrics: metrics.New(), Log: log, buffers: upstream.NewBufferPool()}
+	shared.Registry.SetNotify(shared.endpointEvent)
+	return shared
 }
 
 // endpointEvent keeps sekisho_endpoint_ready in step with the registry and
 // logs every change of an endpoint's state.
-func (env *Env) endpointEvent(ev health.Event) {
+func (shared *Shared) endpointEvent(ev health.Event) {
 	if ev.Removed {
-		env.Metrics.EndpointReady.DeleteLabelValues(ev.Pool, ev.Endpoint)
+		shared.Metrics.EndpointReady.DeleteLabelValues(ev.Pool, ev.Endpoint)
 		return
 	}
 	v := 0.0
 	if ev.Ready && !ev.Ejected {
 		v = 1
 	}
-	env.Metrics.EndpointReady.WithLabelValues(ev.Pool, ev.Endpoint).Set(v)
+	shared.Metrics.EndpointReady.WithLabelValues(ev.Pool, ev.Endpoint).Set(v)
 	if ev.Reason == "added" {
 		return
 	}
-	env.Log.Info("endpoint state changed", zap.String("pool", ev.Pool), zap.String("endpoint", ev.Endpoint),
+	shared.Log.Info("endpoint state changed", zap.String("pool", ev.Pool), zap.String("endpoint", ev.Endpoint),
 		zap.Bool("ready", ev.Ready), zap.Bool("ejected", ev.Ejected), zap.String("reason", ev.Reason))
 }
 
@@ -119,10 +119,10 @@ func (rt *Runtime) Config() *config.Config { return rt.cfg }
 
 // Compile builds pools, stages and routes from cfg. It starts nothing: no
 // probe runs and no socket opens until Start. Endpoint health is looked up
-// in env.Registry, so an endpoint that a previous Runtime knew keeps its
+// in shared.Registry, so an endpoint that a previous Runtime knew keeps its
 // state.
-func Compile(cfg *config.Config, env *Env) (rt *Runtime, err error) {
-	c := &compiler{cfg: cfg, env: env, rt: &Runtime{cfg: cfg, listeners: map[string]*listenerRuntime{}, pools: map[string]*upstream.Pool{}, loadedAt: time.Now()}}
+func Compile(cfg *config.Config, shared *Shared) (rt *Runtime, err error) {
+	c := &compiler{cfg: cfg, shared: shared, rt: &Runtime{cfg: cfg, listeners: map[string]*listenerRuntime{}, pools: map[string]*upstream.Pool{}, loadedAt: time.Now()}}
 	defer func() {
 		if err != nil {
 			c.rt.Close()
@@ -148,13 +148,13 @@ func Compile(cfg *config.Config, env *Env) (rt *Runtime, err error) {
 }
 
 type compiler struct {
-	cfg *config.Config
-	env *Env
-	rt  *Runtime
+	cfg    *config.Config
+	shared *Shared
+	rt     *Runtime
 }
 
 func (c *compiler) listener(lc *config.Listener) (*listenerRuntime, error) {
-	m := c.env.Metrics
+	m := c.shared.Metrics
 	lr := &listenerRuntime{name: lc.Name, cfg: lc, clientIP: &router.ClientIPResolver{Trusted: trustedPrefixes(lc.ClientIP.TrustedProxies)},
 		inbound: newInboundRules(lc.Routes)}
 	routes := make([]router.Route, 0, len(lc.Routes))
@@ -234,7 +234,7 @@ func stickyOptions(s *config.Sticky) *upstream.Sticky {
 // terms become upstream's, and the pool's Transport comes from the cache
 // that keeps it across reloads.
 func (c *compiler) pool(name string, pc *config.Pool) (*upstream.Pool, error) {
-	env := c.env
+	shared := c.shared
 	outlier := health.Outlier{}
 	if o := pc.Outlier; o != nil && (o.Enabled == nil || *o.Enabled) {
 		pct := *o.MaxEjectedPercent
@@ -266,7 +266,7 @@ func (c *compiler) pool(name string, pc *config.Pool) (*upstream.Pool, error) {
 		PanicMode: pc.PanicMode,
 		BodyIdle:  pc.Timeouts.BodyIdle.D(), Outlier: outlier, MaxInFlight: pc.MaxInFlight,
 		OverflowRetryAfter: pc.OverflowRetryAfter.D(),
-		Registry:           env.Registry, Metrics: env.Metrics, Log: env.Log, Buffers: env.buffers,
+		Registry:           shared.Registry, Metrics: shared.Metrics, Log: shared.Log, Buffers: shared.buffers,
 		Sticky: stickyOptions(pc.Sticky)}
 	o.Forwarded, o.SetRealIP = pc.Forwarded == "rfc7239", pc.SetRealIP
 	for _, e := range pc.Endpoints {
@@ -276,7 +276,7 @@ func (c *compiler) pool(name string, pc *config.Pool) (*upstream.Pool, error) {
 		}
 		o.Endpoints = append(o.Endpoints, upstream.Endpoint{Scheme: u.Scheme, Addr: u.Host, Weight: e.Weight})
 	}
-	t, commit, err := env.transports.get(name, pc)
+	t, commit, err := shared.transports.get(name, pc)
 	if err != nil {
 		return nil, err
 	}

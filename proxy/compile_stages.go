@@ -15,7 +15,7 @@ import (
 
 // stage compiles one stage of a route's pipeline.
 func (c *compiler) stage(s *config.Stage, route string) (router.Stage, error) {
-	m := c.env.Metrics
+	m := c.shared.Metrics
 	pools := func(name string) http.Handler { return c.rt.pools[name] }
 	switch {
 	case s.Proxy != nil:
@@ -34,7 +34,7 @@ func (c *compiler) stage(s *config.Stage, route string) (router.Stage, error) {
 		if err != nil {
 			return nil, err
 		}
-		ring, err := c.env.rings.get(s.Shard.Shards, s.Shard.Ring())
+		ring, err := c.shared.rings.get(s.Shard.Shards, s.Shard.Ring())
 		if err != nil {
 			return nil, err
 		}

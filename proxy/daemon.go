@@ -40,7 +40,7 @@ type Options struct {
 // Shutdown stops it. Its methods are safe for concurrent use.
 type Daemon struct {
 	opts   Options
-	env    *Env
+	shared *Shared
 	log    *zap.Logger
 	server *Server
 	admin  *Admin
@@ -65,8 +65,8 @@ func Start(cfg *config.Config, opts Options) (*Daemon, error) {
 		}
 		log, level = l, &lv
 	}
-	d := &Daemon{opts: opts, env: NewEnv(log), log: log, level: level}
-	d.server = NewServer(d.env)
+	d := &Daemon{opts: opts, shared: NewShared(log), log: log, level: level}
+	d.server = NewServer(d.shared)
 	if err := d.server.Apply(cfg); err != nil {
 		d.server.Shutdown(context.Background())
 		return nil, err
@@ -74,8 +74,8 @@ func Start(cfg *config.Config, opts Options) (*Daemon, error) {
 	d.cfg.Store(cfg)
 	d.cfgText, _ = cfg.Marshal() // nil on error: the first reload then always applies
 	d.logWarnings(cfg)
-	d.env.Metrics.ReloadOK.Set(1)
-	d.env.Metrics.ReloadTimestamp.Set(float64(time.Now().Unix()))
+	d.shared.Metrics.ReloadOK.Set(1)
+	d.shared.Metrics.ReloadTimestamp.Set(float64(time.Now().Unix()))
 	if cfg.Admin.Listen != "off" {
 		a, err := StartAdmin(cfg.Admin.Listen, d, cfg.Admin.Pprof)
 		if err != nil {
@@ -91,8 +91,8 @@ func Start(cfg *config.Config, opts Options) (*Daemon, error) {
 // Server returns the Daemon's Server.
 func (d *Daemon) Server() *Server { return d.server }
 
-// Env returns the state shared by the Daemon's Runtimes.
-func (d *Daemon) Env() *Env { return d.env }
+// Shared returns the state shared by the Daemon's Runtimes.
+func (d *Daemon) Shared() *Shared { return d.shared }
 
 // AdminAddr returns the admin server's address, or nil when it is off.
 func (d *Daemon) AdminAddr() net.Addr {

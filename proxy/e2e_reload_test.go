@@ -745,7 +745,7 @@ func TestFailedApplyLeavesSharedStateAlone(t *testing.T) {
 	in := srv.Runtime()
 	registry := func() []string {
 		var out []string
-		for _, p := range td.d.Env().Registry.Snapshot() {
+		for _, p := range td.d.Shared().Registry.Snapshot() {
 			for _, e := range p.Endpoints {
 				out = append(out, fmt.Sprintf("%s %s probed=%v ready=%v", p.Pool, e.Address, p.Probed, e.Ready))
 			}
@@ -858,7 +858,7 @@ pools:
 	}
 	arms := armOf()
 	ejected := func() bool {
-		for _, p := range td.d.Env().Registry.Snapshot() {
+		for _, p := range td.d.Shared().Registry.Snapshot() {
 			for _, e := range p.Endpoints {
 				if e.Address == dead {
 					return e.Ejected
@@ -896,16 +896,16 @@ pools:
 	assert.Same(t, ring(old, 0), ring(rt, 0), "an unchanged shard set keeps its ring")
 	assert.NotSame(t, ring(old, 1), ring(rt, 1), "a changed shard set gets a new ring")
 	assert.Same(t, ring(rt, 0), ring(rt, 1), "equal shard sets share one ring")
-	env := td.d.Env()
-	env.rings.mu.Lock()
-	assert.Len(t, env.rings.rings, 1, "the ring no Runtime uses any more is dropped")
-	env.rings.mu.Unlock()
-	for _, p := range env.Registry.Snapshot() {
+	shared := td.d.Shared()
+	shared.rings.mu.Lock()
+	assert.Len(t, shared.rings.rings, 1, "the ring no Runtime uses any more is dropped")
+	shared.rings.mu.Unlock()
+	for _, p := range shared.Registry.Snapshot() {
 		assert.NotEqual(t, "s2", p.Pool, "the removed pool leaves the registry")
 	}
-	env.transports.mu.Lock()
-	_, kept := env.transports.entries["s2"]
-	env.transports.mu.Unlock()
+	shared.transports.mu.Lock()
+	_, kept := shared.transports.entries["s2"]
+	shared.transports.mu.Unlock()
 	assert.False(t, kept, "the removed pool's Transport is dropped")
 }
 

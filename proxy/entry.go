@@ -111,7 +111,7 @@ func (h *listenerHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				finish(rt, entry, info, r, sw, start, noteAborted)
 				panic(p)
 			}
-			h.s.env.Metrics.Panics.Inc()
+			h.s.shared.Metrics.Panics.Inc()
 			h.s.log.Error("panic serving request", zap.Any("panic", p), zap.String("route", entry.name),
 				zap.String("request_id", info.RequestID), zap.ByteString("stack", debug.Stack()))
 			if !sw.wroteHeader {

@@ -60,7 +60,7 @@ func newFrontServer(s *Server, lc *config.Listener, h http.Handler, fallback *ht
 		},
 		ErrorLog: errorLog,
 		OnHandshakeError: func(c net.Conn, err error) {
-			s.env.Metrics.TLSHandshakeErrs.WithLabelValues(listener).Inc()
+			s.shared.Metrics.TLSHandshakeErrs.WithLabelValues(listener).Inc()
 			s.log.Debug("TLS handshake error", zap.String("listener", listener),
 				zap.Stringer("peer", c.RemoteAddr()), zap.Error(err))
 		},
@@ -70,8 +70,8 @@ func newFrontServer(s *Server, lc *config.Listener, h http.Handler, fallback *ht
 		},
 		ServeHTTP2: fs.serveHTTP2,
 	}
-	if s.env != nil {
-		fs.loop.OnWriteTimeout = s.env.Metrics.ClientWriteTimeouts.WithLabelValues(listener).Inc
+	if s.shared != nil {
+		fs.loop.OnWriteTimeout = s.shared.Metrics.ClientWriteTimeouts.WithLabelValues(listener).Inc
 	}
 	return fs
 }

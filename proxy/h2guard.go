@@ -76,10 +76,10 @@ const (
 // h2ClosedCounter returns the onClose of the guards of listener's
 // connections: it counts them in sekisho_http2_connections_closed_total.
 func h2ClosedCounter(s *Server, listener string) func(string) {
-	if s.env == nil || s.env.Metrics == nil {
+	if s.shared == nil || s.shared.Metrics == nil {
 		return nil
 	}
-	vec := s.env.Metrics.HTTP2Closed
+	vec := s.shared.Metrics.HTTP2Closed
 	return func(reason string) { vec.WithLabelValues(listener, reason).Inc() }
 }
 

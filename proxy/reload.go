@@ -43,7 +43,7 @@ func (d *Daemon) reloadAndCount(uncountedIfUnchanged bool) (ReloadResult, error)
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
 	res, err := d.reload()
-	m := d.env.Metrics
+	m := d.shared.Metrics
 	if err != nil {
 		m.Reloads.WithLabelValues("failure").Inc()
 		m.ReloadOK.Set(0)

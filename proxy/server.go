@@ -24,9 +24,9 @@ import (
 // with; a Runtime that is no longer in force closes when its last request
 // ends. Its methods are safe for concurrent use.
 type Server struct {
-	env *Env
-	log *zap.Logger
-	rt  atomic.Pointer[Runtime]
+	shared *Shared
+	log    *zap.Logger
+	rt     atomic.Pointer[Runtime]
 
 	mu        sync.Mutex // serialises Apply and Shutdown
 	listeners map[string]*boundListener
@@ -64,9 +64,9 @@ const forcedStopWait = 5 * time.Second
 var errShuttingDown = errors.New("shutting down")
 
 // NewServer returns a Server that has no config yet; Apply gives it one.
-func NewServer(env *Env) *Server {
+func NewServer(shared *Shared) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{env: env, log: env.Log, listeners: map[string]*boundListener{}, ctx: ctx, cancel: cancel}
+	return &Server{shared: shared, log: shared.Log, listeners: map[string]*boundListener{}, ctx: ctx, cancel: cancel}
 }
 
 // Runtime returns the Runtime in force, or nil before the first Apply and
@@ -106,7 +106,7 @@ func (s *Server) Apply(cfg *config.Config) error {
 		return err
 	}
 	cur := s.rt.Load()
-	rt, err := Compile(cfg, s.env)
+	rt, err := Compile(cfg, s.shared)
 	if err != nil {
 		c.release()
 		// Compile registered the endpoints it met before it failed.
@@ -135,7 +135,7 @@ func (s *Server) Apply(cfg *config.Config) error {
 		sig := listenerSignature(lc)
 		bl := s.listeners[lc.Listen]
 		if bl != nil {
-			bl.sock.setLimit(newConnLimit(lc, s.env.Metrics)) // max_connections may change without a new server
+			bl.sock.setLimit(newConnLimit(lc, s.shared.Metrics)) // max_connections may change without a new server
 		}
 		switch {
 		case bl == nil:
@@ -196,7 +196,7 @@ func (s *Server) claim(cfg *config.Config) (*claim, error) {
 		lc := &cfg.Listeners[i]
 		bl := s.listeners[lc.Listen]
 		if bl == nil {
-			sock, err := listenSocket(lc.Listen, newConnLimit(lc, s.env.Metrics))
+			sock, err := listenSocket(lc.Listen, newConnLimit(lc, s.shared.Metrics))
 			if err != nil {
 				c.release()
 				return nil, fmt.Errorf("listener %q: %w", lc.Name, err)
@@ -253,13 +253,13 @@ func (s *Server) retain(rt *Runtime) {
 		}
 		pools[name] = addrs
 	}
-	s.env.Registry.Retain(pools)
+	s.shared.Registry.Retain(pools)
 	var cfgPools map[string]*config.Pool
 	if rt.cfg != nil {
 		cfgPools = rt.cfg.Pools
 	}
-	s.env.transports.retain(cfgPools)
-	s.env.rings.retain(rt)
+	s.shared.transports.retain(cfgPools)
+	s.shared.rings.retain(rt)
 }
 
 // setTLS puts a new TLS state in force for bl's new handshakes (st nil with
@@ -302,7 +302,7 @@ func (s *Server) forgetCerts(old, cur *tlsState) {
 	defer old.mu.Unlock()
 	for name := range old.expiry {
 		if !keep[name] {
-			s.env.Metrics.CertExpiry.DeleteLabelValues(old.listener, name)
+			s.shared.Metrics.CertExpiry.DeleteLabelValues(old.listener, name)
 		}
 	}
 }
@@ -436,7 +436,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	s.cancel()
-	s.env.transports.closeAll()
+	s.shared.transports.closeAll()
 	return errors.Join(errs...)
 }
 

@@ -156,7 +156,7 @@ func (s *Server) newTLSState(listener string, t *config.TLS) (*tlsState, error) 
 			first = false
 			switch {
 			case err != nil:
-				s.env.Metrics.CertReloadErrs.WithLabelValues(listener).Inc()
+				s.shared.Metrics.CertReloadErrs.WithLabelValues(listener).Inc()
 				s.log.Error("certificate rotation failed; the previous certificate stays in use", zap.String("listener", listener), zap.Error(err))
 			case !quiet:
 				s.log.Info("certificates reloaded", zap.String("listener", listener), zap.Strings("names", certNames(store.Certificates())))
@@ -214,12 +214,12 @@ func (s *Server) certMetrics(st *tlsState) {
 	defer st.mu.Unlock()
 	names := make(map[string]bool, len(st.expiry))
 	for _, c := range st.store.Certificates() {
-		s.env.Metrics.CertExpiry.WithLabelValues(st.listener, c.Name).Set(float64(c.NotAfter.Unix()))
+		s.shared.Metrics.CertExpiry.WithLabelValues(st.listener, c.Name).Set(float64(c.NotAfter.Unix()))
 		names[c.Name] = true
 	}
 	for name := range st.expiry {
 		if !names[name] {
-			s.env.Metrics.CertExpiry.DeleteLabelValues(st.listener, name)
+			s.shared.Metrics.CertExpiry.DeleteLabelValues(st.listener, name)
 		}
 	}
 	st.expiry = names
@@ -254,7 +254,7 @@ func (s *Server) wrapListener(ln net.Listener, lc *config.Listener, bl *boundLis
 			Listener: ln,
 			Trusted:  trustedPrefixes(lc.ClientIP.TrustedProxies),
 			OnError: func(remote net.Addr, err error) {
-				s.env.Metrics.ProxyProtoErrs.WithLabelValues(name).Inc()
+				s.shared.Metrics.ProxyProtoErrs.WithLabelValues(name).Inc()
 				s.log.Warn("closed a connection for its PROXY protocol header", zap.String("listener", name), zap.Stringer("peer", remote), zap.Error(err))
 			},
 		}

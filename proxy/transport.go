@@ -34,7 +34,7 @@ func endpointSchemes(pc *config.Pool) string {
 // so that a reload which leaves a pool's transport settings alone keeps its
 // kept-alive connections. It is safe for concurrent use.
 //
-// It is the daemon's, not upstream's: it lives in the Env as long as the
+// It is the daemon's, not upstream's: it lives in the Shared as long as the
 // process, its key is the pool's config section (transportSignature), and
 // on a hit it loads no TLS file at all, which only a cache that sees the
 // config, and may import proxy/certs, can do.

@@ -124,7 +124,7 @@ func serve(cfg *config.Config, opts proxy.Options, watch bool, stderr io.Writer)
 		fmt.Fprintf(stderr, "sekisho: %v\n", err)
 		return exitError
 	}
-	log := d.Env().Log
+	log := d.Shared().Log
 	var w *proxy.ConfigWatch
 	if watch && opts.Path != "" {
 		if w, err = proxy.WatchConfig(ctx, d); err != nil {
