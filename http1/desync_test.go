@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"sekisho/internal/rawupstream"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,9 +36,9 @@ func TestResponseDesyncStress(t *testing.T) {
 	var misbehaved, lateSent atomic.Int64
 	tr := &Transport{MaxIdleConnsPerHost: 2, ResponseHeaderTimeout: 2 * time.Second, BodyIdleTimeout: 2 * time.Second}
 	t.Cleanup(tr.CloseIdleConnections)
-	var up *rawBackend
+	var up *rawupstream.Server
 	var seed atomic.Uint64
-	up = newRawBackend(t, func(c net.Conn, br *bufio.Reader) {
+	up = rawupstream.New(t, func(c net.Conn, br *bufio.Reader) {
 		rng := rand.New(rand.NewPCG(seed.Add(1), 13))
 		write := func(s string) error {
 			_, err := io.WriteString(c, s)
@@ -59,7 +60,7 @@ func TestResponseDesyncStress(t *testing.T) {
 			}
 			tr.mu.Lock()
 			defer tr.mu.Unlock()
-			for _, ic := range tr.idle[connKey{"http", up.addr()}] {
+			for _, ic := range tr.idle[connKey{"http", up.Addr()}] {
 				if ic.conn.LocalAddr().String() == c.RemoteAddr().String() {
 					write(s) // the misbehaviour under test: bytes after the answer
 					lateSent.Add(1)
@@ -113,7 +114,7 @@ func TestResponseDesyncStress(t *testing.T) {
 			}
 		}
 	})
-	base := "http://" + serve(t, &Server{Handler: forwarder(tr, up.addr())})
+	base := "http://" + serve(t, &Server{Handler: forwarder(tr, up.Addr())})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var answered, failed, wrong atomic.Int64
@@ -173,7 +174,7 @@ func TestResponseDesyncStress(t *testing.T) {
 	wg.Wait()
 	require.NoError(t, ctx.Err(), "the clients finished in time")
 	t.Logf("%d answers with their own marker, %d errors or cut answers, %d misbehaving upstream answers (%d late writes on idle connections), %d upstream connections",
-		answered.Load(), failed.Load(), misbehaved.Load(), lateSent.Load(), up.conns.Load())
+		answered.Load(), failed.Load(), misbehaved.Load(), lateSent.Load(), up.Conns())
 	assert.Zero(t, wrong.Load(), "answers that were another request's: %v", wrongs)
 	assert.Greater(t, answered.Load(), int64(clients*requests/4), "most requests got their answer")
 }
@@ -228,52 +229,3 @@ func forwarder(tr *Transport, addr string) http.Handler {
 		}
 	})
 }
-
-// rawBackend is an upstream whose every connection is handled by a script
-// that reads request heads and writes exact bytes.
-type rawBackend struct {
-	ln    net.Listener
-	conns atomic.Int64
-}
-
-func newRawBackend(t testing.TB, handle func(c net.Conn, br *bufio.Reader)) *rawBackend {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	b := &rawBackend{ln: ln}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var open []net.Conn
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range open {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			b.conns.Add(1)
-			mu.Lock()
-			open = append(open, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				handle(c, bufio.NewReader(c))
-			}()
-		}
-	}()
-	return b
-}
-
-func (b *rawBackend) addr() string { return b.ln.Addr().String() }

@@ -19,6 +19,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"sekisho/internal/rawupstream"
 	"sekisho/proxy/config"
 )
 
@@ -87,14 +88,14 @@ func FuzzAnswerFraming(f *testing.F) {
 		f.Add(s)
 	}
 	var cur atomic.Pointer[string]
-	up := newRawBackend(f, func(c net.Conn, br *bufio.Reader) {
+	up := rawupstream.New(f, func(c net.Conn, br *bufio.Reader) {
 		if _, err := readHead(br); err != nil {
 			return
 		}
 		io.WriteString(c, *cur.Load())
 		// Then the upstream closes.
 	})
-	upURL, _ := url.Parse("http://" + up.addr())
+	upURL, _ := url.Parse("http://" + up.Addr())
 	ref := httptest.NewServer(&httputil.ReverseProxy{
 		Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(upURL) },
 		Transport: &http.Transport{DisableKeepAlives: true, ResponseHeaderTimeout: 2 * time.Second},
@@ -102,7 +103,7 @@ func FuzzAnswerFraming(f *testing.F) {
 	})
 	ref.Config.ErrorLog = log.New(io.Discard, "", 0)
 	f.Cleanup(ref.Close)
-	sekisho := startFuzzDaemon(f, up.addr())
+	sekisho := startFuzzDaemon(f, up.Addr())
 	f.Fuzz(func(t *testing.T, answer string) {
 		if strings.Contains(answer, " 101") || strings.Contains(strings.ToLower(answer), "event-stream") {
 			t.Skip("upgrades and event streams are not framing")

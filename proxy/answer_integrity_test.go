@@ -7,8 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sekisho/internal/rawupstream"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,55 +16,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
-
-// rawBackend is an upstream whose every connection is handled by a script
-// that reads request heads and writes exact bytes.
-type rawBackend struct {
-	ln    net.Listener
-	conns atomic.Int64
-}
-
-func newRawBackend(t testing.TB, handle func(c net.Conn, br *bufio.Reader)) *rawBackend {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	b := &rawBackend{ln: ln}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var open []net.Conn
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range open {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			b.conns.Add(1)
-			mu.Lock()
-			open = append(open, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				handle(c, bufio.NewReader(c))
-			}()
-		}
-	}()
-	return b
-}
-
-func (b *rawBackend) addr() string { return b.ln.Addr().String() }
 
 // readHead reads one request head and, when it announces a Content-Length,
 // its body; it returns the request line.
@@ -178,7 +129,7 @@ func TestUnsolicitedBytesRetireTheUpstreamConnection(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			lateSent := make(chan struct{})
 			var answered atomic.Bool
-			up := newRawBackend(t, func(c net.Conn, br *bufio.Reader) {
+			up := rawupstream.New(t, func(c net.Conn, br *bufio.Reader) {
 				for {
 					line, err := readHead(br)
 					if err != nil {
@@ -195,7 +146,7 @@ func TestUnsolicitedBytesRetireTheUpstreamConnection(t *testing.T) {
 					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(p), p)
 				}
 			})
-			td := integrityDaemon(t, up.addr(), "")
+			td := integrityDaemon(t, up.Addr(), "")
 			edge := td.d.Server().Addr("edge").String()
 			resp, err := rawRequest(edge, tc.method+" /a HTTP/1.1\r\nHost: x\r\n\r\n", tc.method)
 			require.NoError(t, err)
@@ -211,7 +162,7 @@ func TestUnsolicitedBytesRetireTheUpstreamConnection(t *testing.T) {
 			require.NoError(t, err)
 			assert.Equal(t, "/b", resp.Header.Get("X-Body"), "the second client gets its own answer")
 			assert.Empty(t, resp.Header.Get("Set-Cookie"))
-			assert.EqualValues(t, 2, up.conns.Load(), "the poisoned connection was not reused")
+			assert.EqualValues(t, 2, up.Conns(), "the poisoned connection was not reused")
 		})
 	}
 }
@@ -226,7 +177,7 @@ func TestBrokenAnswersAreAborted(t *testing.T) {
 		"/chunk-zz":  "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nworld\r\n0\r\n\r\n",
 		"/short":     "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..",
 	}
-	up := newRawBackend(t, func(c net.Conn, br *bufio.Reader) {
+	up := rawupstream.New(t, func(c net.Conn, br *bufio.Reader) {
 		line, err := readHead(br)
 		if err != nil {
 			return
@@ -234,7 +185,7 @@ func TestBrokenAnswersAreAborted(t *testing.T) {
 		io.WriteString(c, answers[pathOf(line)])
 		// Then the upstream closes: the answer is cut.
 	})
-	td := integrityDaemon(t, up.addr(), "")
+	td := integrityDaemon(t, up.Addr(), "")
 	edge := td.d.Server().Addr("edge").String()
 	for path := range answers {
 		for _, method := range []string{"GET", "POST"} {
@@ -259,7 +210,7 @@ func TestBrokenAnswersAreAborted(t *testing.T) {
 // Each piece of an upstream body reaches the client as it arrives, on both
 // paths and both framings.
 func TestSlowBodiesStream(t *testing.T) {
-	up := newRawBackend(t, func(c net.Conn, br *bufio.Reader) {
+	up := rawupstream.New(t, func(c net.Conn, br *bufio.Reader) {
 		line, err := readHead(br)
 		if err != nil {
 			return
@@ -280,7 +231,7 @@ func TestSlowBodiesStream(t *testing.T) {
 			time.Sleep(300 * time.Millisecond)
 		}
 	})
-	td := integrityDaemon(t, up.addr(), "")
+	td := integrityDaemon(t, up.Addr(), "")
 	edge := td.d.Server().Addr("edge").String()
 	for _, method := range []string{"GET", "POST"} {
 		for _, framing := range []string{"length", "chunked"} {
@@ -313,14 +264,14 @@ func TestSlowBodiesStream(t *testing.T) {
 // client's connection closes after the bytes that came, the access log
 // records those bytes and the cut, and the timeout is counted.
 func TestStalledBodyIsEndedByBodyIdle(t *testing.T) {
-	up := newRawBackend(t, func(c net.Conn, br *bufio.Reader) {
+	up := rawupstream.New(t, func(c net.Conn, br *bufio.Reader) {
 		if _, err := readHead(br); err != nil {
 			return
 		}
 		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
 		io.Copy(io.Discard, br) // and then nothing: the stall under test
 	})
-	td := integrityDaemon(t, up.addr(), ", timeouts: {body_idle: 300ms}")
+	td := integrityDaemon(t, up.Addr(), ", timeouts: {body_idle: 300ms}")
 	edge := td.d.Server().Addr("edge").String()
 	for i, req := range []string{
 		"GET /get HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -348,7 +299,7 @@ func TestStalledBodyIsEndedByBodyIdle(t *testing.T) {
 func TestStalledClientIsCutByWriteTimeout(t *testing.T) {
 	const size = 64 << 20
 	upstreamDone := make(chan error, 1)
-	up := newRawBackend(t, func(c net.Conn, br *bufio.Reader) {
+	up := rawupstream.New(t, func(c net.Conn, br *bufio.Reader) {
 		if _, err := readHead(br); err != nil {
 			return
 		}
@@ -370,7 +321,7 @@ listeners:
     routes: [{name: all, pipeline: [{proxy: up}]}]
 pools:
   up: {endpoints: [%s], retries: 0}
-`, up.addr()))
+`, up.Addr()))
 	c, err := net.Dial("tcp", td.d.Server().Addr("edge").String())
 	require.NoError(t, err)
 	defer c.Close()
@@ -394,7 +345,7 @@ pools:
 // An answer that misses the listener's write deadline altogether reaches
 // the client as nothing; it is not logged as a whole 200.
 func TestAnswerPastTheWriteDeadlineIsNotLoggedWhole(t *testing.T) {
-	up := newRawBackend(t, func(c net.Conn, br *bufio.Reader) {
+	up := rawupstream.New(t, func(c net.Conn, br *bufio.Reader) {
 		if _, err := readHead(br); err != nil {
 			return
 		}
@@ -411,7 +362,7 @@ listeners:
     routes: [{name: all, pipeline: [{proxy: up}]}]
 pools:
   up: {endpoints: [%s], retries: 0}
-`, up.addr()))
+`, up.Addr()))
 	got, closed := rawExchange(t, td.d.Server().Addr("edge").String(), "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 4*time.Second)
 	assert.True(t, closed)
 	assert.Empty(t, got)

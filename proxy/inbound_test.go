@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sekisho/internal/rawupstream"
 	"strings"
 	"testing"
 	"time"
@@ -39,10 +40,10 @@ pools:
 // names that differ from one sekisho sets, strips or trusts only by '_'
 // never reach the upstream.
 func TestInboundClientCannotStripOrSpoofProxyHeaders(t *testing.T) {
-	up := newScriptedUpstream(t, func(string) string {
+	up := rawupstream.NewScripted(t, func(string) string {
 		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 	})
-	_, addr := inboundDaemon(t, up.addr())
+	_, addr := inboundDaemon(t, up.Addr())
 	for _, method := range []string{"GET", "POST"} {
 		extra := ""
 		if method == "POST" {
@@ -94,8 +95,8 @@ func TestInboundClientCannotStripOrSpoofProxyHeaders(t *testing.T) {
 				c := h1sDial(t, addr)
 				resp, body := c.do(method, method+" /x HTTP/1.1\r\nHost: edge.test\r\n"+extra+tc.headers+"\r\n")
 				require.Equal(t, http.StatusOK, resp.StatusCode, body)
-				head := up.lastHead()
-				h := headerLines(head)
+				head := up.LastHead()
+				h := rawupstream.HeaderLines(head)
 				for _, v := range h["connection"] {
 					assert.Equal(t, "", strings.Trim(strings.ToLower(v), " "), "the upstream sees no client Connection tokens: %q", head)
 				}
@@ -111,7 +112,7 @@ func TestInboundClientCannotStripOrSpoofProxyHeaders(t *testing.T) {
 // tunnel. An upgrade the route does not allow is stripped likewise; one it
 // allows (websocket, the default) still switches.
 func TestInboundUpgrades(t *testing.T) {
-	up := newScriptedUpstream(t, func(head string) string {
+	up := rawupstream.NewScripted(t, func(head string) string {
 		l := strings.ToLower(head)
 		switch {
 		case strings.Contains(l, "upgrade: h2c"):
@@ -123,7 +124,7 @@ func TestInboundUpgrades(t *testing.T) {
 		}
 		return "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nupstream"
 	})
-	_, addr := inboundDaemon(t, up.addr())
+	_, addr := inboundDaemon(t, up.Addr())
 
 	tests := []struct{ name, path, upgrade string }{
 		{"h2c", "/x", "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n"},
@@ -136,7 +137,7 @@ func TestInboundUpgrades(t *testing.T) {
 			resp, body := c.do(http.MethodGet, "GET "+tc.path+" HTTP/1.1\r\nHost: edge.test\r\n"+tc.upgrade+"\r\n")
 			assert.Equal(t, http.StatusOK, resp.StatusCode)
 			assert.Equal(t, "upstream", body)
-			h := headerLines(up.lastHead())
+			h := rawupstream.HeaderLines(up.LastHead())
 			assert.NotContains(t, h, "upgrade")
 			assert.NotContains(t, h, "http2-settings")
 			assert.NotContains(t, h, "connection")
@@ -151,7 +152,7 @@ func TestInboundUpgrades(t *testing.T) {
 		resp, err := http.ReadResponse(c.br, nil)
 		require.NoError(t, err)
 		assert.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
-		h := headerLines(up.lastHead())
+		h := rawupstream.HeaderLines(up.LastHead())
 		assert.Equal(t, []string{"Upgrade"}, h["connection"])
 		assert.Equal(t, []string{"websocket"}, h["upgrade"])
 		c.send("ping\r\n\r\n")
@@ -207,10 +208,10 @@ func TestInboundSanitizeAllocatesNothing(t *testing.T) {
 // upstream: a backend that reads '_' as '-' would take the client's value
 // for sekisho's.
 func TestInboundUnderscoreTwinsOfSekishoRequestHeaders(t *testing.T) {
-	up := newScriptedUpstream(t, func(string) string {
+	up := rawupstream.NewScripted(t, func(string) string {
 		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 	})
-	_, addr := inboundDaemon(t, up.addr())
+	_, addr := inboundDaemon(t, up.Addr())
 	for _, method := range []string{"GET", "POST"} {
 		extra := ""
 		if method == "POST" {
@@ -221,7 +222,7 @@ func TestInboundUnderscoreTwinsOfSekishoRequestHeaders(t *testing.T) {
 			resp, body := c.do(method, method+" /x HTTP/1.1\r\nHost: edge.test\r\n"+extra+
 				"X_Sekisho_Arm: checkout=treatment\r\nx_sekisho_leaf: billing\r\nX_Custom_Thing: kept\r\n\r\n")
 			require.Equal(t, http.StatusOK, resp.StatusCode, body)
-			h := headerLines(up.lastHead())
+			h := rawupstream.HeaderLines(up.LastHead())
 			for k := range h {
 				if strings.Contains(k, "_") {
 					assert.Equal(t, "x_custom_thing", k, "a header sekisho does not know keeps its name")
@@ -236,22 +237,20 @@ func TestInboundUnderscoreTwinsOfSekishoRequestHeaders(t *testing.T) {
 // connection is never used again, as http.Transport never reuses one after
 // a 101.
 func TestUnsolicitedSwitchIsNotReused(t *testing.T) {
-	up := newScriptedUpstream(t, func(head string) string {
+	up := rawupstream.NewScripted(t, func(head string) string {
 		if strings.HasPrefix(head, "GET /plain/switch ") {
 			return "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
 		}
 		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 	})
-	_, addr := inboundDaemon(t, up.addr())
+	_, addr := inboundDaemon(t, up.Addr())
 	c := h1sDial(t, addr)
 	resp, body := c.do("GET", "GET /plain/switch HTTP/1.1\r\nHost: edge.test\r\n\r\n")
 	assert.Equal(t, http.StatusBadGateway, resp.StatusCode, body)
 	c2 := h1sDial(t, addr)
 	resp, body = c2.do("GET", "GET /plain/next HTTP/1.1\r\nHost: edge.test\r\n\r\n")
 	assert.Equal(t, http.StatusOK, resp.StatusCode, body)
-	up.mu.Lock()
-	defer up.mu.Unlock()
-	assert.Equal(t, 2, up.conns, "the request after the 101 went on a new connection")
+	assert.EqualValues(t, 2, up.Conns(), "the request after the 101 went on a new connection")
 }
 
 // A client that sends part of a PUT's body and goes (a reset or a plain

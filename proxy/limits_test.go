@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sekisho/internal/rawupstream"
 	"strings"
 	"sync"
 	"testing"
@@ -20,7 +21,7 @@ import (
 // keeps, per request, the body bytes that arrived before the body ended or
 // the connection went. answer writes the reply (nil: a 2-byte 200).
 type bodyUpstream struct {
-	*rawBackend
+	*rawupstream.Server
 	mu     sync.Mutex
 	bodies []string // one per request read, complete or cut
 	cut    []bool   // the body ended short (the connection went)
@@ -29,7 +30,7 @@ type bodyUpstream struct {
 func newBodyUpstream(t *testing.T, answer func(c net.Conn, r *http.Request)) *bodyUpstream {
 	t.Helper()
 	u := &bodyUpstream{}
-	u.rawBackend = newRawBackend(t, func(c net.Conn, br *bufio.Reader) {
+	u.Server = rawupstream.New(t, func(c net.Conn, br *bufio.Reader) {
 		for {
 			r, err := http.ReadRequest(br)
 			if err != nil {
@@ -122,7 +123,7 @@ func chunked(parts ...string) string {
 // connection closes after the 413.
 func TestMaxBodyBytesHTTP1(t *testing.T) {
 	up := newBodyUpstream(t, nil)
-	td := startDaemon(t, limitsConfig(up.addr()))
+	td := startDaemon(t, limitsConfig(up.Addr()))
 	addr := td.d.Server().Addr("edge").String()
 	cases := []struct {
 		name      string
@@ -155,14 +156,14 @@ func TestMaxBodyBytesHTTP1(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			conns := up.conns.Load()
+			conns := up.Conns()
 			before, _ := up.seen()
 			resp, _, closed := rawAnswer(t, addr, tc.raw)
 			assert.Equal(t, tc.status, resp.StatusCode)
 			assert.Equal(t, tc.closeConn, closed, "connection closed after the answer")
 			switch {
 			case tc.upstream == "-":
-				assert.Equal(t, conns, up.conns.Load(), "the upstream saw no connection")
+				assert.Equal(t, conns, up.Conns(), "the upstream saw no connection")
 				after, _ := up.seen()
 				assert.Len(t, after, len(before), "the upstream saw no request")
 			case tc.maxCut > 0:
@@ -182,7 +183,7 @@ func TestMaxBodyBytesHTTP1(t *testing.T) {
 		})
 	}
 	// The refused bodies cost the endpoint nothing.
-	st, ok := endpointState(td, "up", up.addr())
+	st, ok := endpointState(td, "up", up.Addr())
 	require.True(t, ok)
 	assert.Zero(t, st.PassiveFailures)
 	resp, body := td.get(td.url("edge") + "/small")
@@ -194,7 +195,7 @@ func TestMaxBodyBytesHTTP1(t *testing.T) {
 // connection carries on.
 func TestMaxBodyBytesHTTP2(t *testing.T) {
 	up := newBodyUpstream(t, nil)
-	td := startDaemon(t, limitsConfig(up.addr()))
+	td := startDaemon(t, limitsConfig(up.Addr()))
 	client := h2cClient(t)
 	cases := []struct {
 		name     string
@@ -212,7 +213,7 @@ func TestMaxBodyBytesHTTP2(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			conns := up.conns.Load()
+			conns := up.Conns()
 			before, _ := up.seen()
 			var body io.Reader = strings.NewReader(tc.body)
 			if tc.chunked {
@@ -228,7 +229,7 @@ func TestMaxBodyBytesHTTP2(t *testing.T) {
 			assert.Equal(t, tc.status, resp.StatusCode)
 			switch tc.upstream {
 			case "-":
-				assert.Equal(t, conns, up.conns.Load(), "the upstream saw no connection")
+				assert.Equal(t, conns, up.Conns(), "the upstream saw no connection")
 			case "cut":
 				var bodies []string
 				var cut []bool
@@ -257,7 +258,7 @@ func TestMaxConnections(t *testing.T) {
     routes: [{name: all, pipeline: [{proxy: up}]}]
 pools:
   up: {endpoints: [%s]}
-`, up.addr()))
+`, up.Addr()))
 	addr := td.d.Server().Addr("edge").String()
 	ask := "GET / HTTP/1.1\r\nHost: a\r\n\r\n"
 
@@ -331,7 +332,7 @@ func TestMaxConnectionsReload(t *testing.T) {
     routes: [{name: all, pipeline: [{proxy: up}]}]
 pools:
   up: {endpoints: [%s]}
-`, n, up.addr())
+`, n, up.Addr())
 	}
 	td := startDaemon(t, text(1))
 	addr := td.d.Server().Addr("edge").String()
@@ -377,7 +378,7 @@ func TestPoolMaxInFlight(t *testing.T) {
 	td := startDaemon(t, fmt.Sprintf(edgePreamble+`    routes: [{name: all, pipeline: [{proxy: up}]}]
 pools:
   up: {endpoints: [%s], max_in_flight: 2, overflow_retry_after: 1500ms}
-`, up.addr()))
+`, up.Addr()))
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	var once sync.Once
@@ -401,7 +402,7 @@ pools:
 			require.FailNow(t, "the held requests did not reach the upstream")
 		}
 	}
-	conns := up.conns.Load()
+	conns := up.Conns()
 	before, _ := up.seen()
 	start := time.Now()
 	resp, body := td.get(td.url("edge") + "/next")
@@ -409,7 +410,7 @@ pools:
 	assert.Equal(t, "2", resp.Header.Get("Retry-After"), "1500ms rounds up to whole seconds")
 	assert.Equal(t, "pool at capacity\n", body)
 	assert.Less(t, time.Since(start), time.Second, "refused at once")
-	assert.Equal(t, conns, up.conns.Load())
+	assert.Equal(t, conns, up.Conns())
 	after, _ := up.seen()
 	assert.Len(t, after, len(before), "the upstream saw no request")
 	assert.Equal(t, 1.0, td.metric("sekisho_pool_overflow_total", "pool", "up"))
@@ -441,7 +442,7 @@ func TestRouteTimeout(t *testing.T) {
 pools:
   heads: {endpoints: [%s, %s], retries: 1, timeouts: {response_header: 5s}}
   body: {endpoints: [%s], timeouts: {response_header: 5s}}
-`, heads[0].addr(), heads[1].addr(), body.addr()))
+`, heads[0].Addr(), heads[1].Addr(), body.Addr()))
 	addr := td.d.Server().Addr("edge").String()
 	request := func(method, path string) string {
 		if method == http.MethodPost {
@@ -482,7 +483,7 @@ pools:
 	}
 	// Neither endpoint was blamed for the route's deadline.
 	for _, u := range heads {
-		st, ok := endpointState(td, "heads", u.addr())
+		st, ok := endpointState(td, "heads", u.Addr())
 		require.True(t, ok)
 		assert.Zero(t, st.PassiveFailures)
 	}

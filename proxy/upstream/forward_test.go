@@ -9,109 +9,16 @@ import (
 	"net/netip"
 	"sekisho/health"
 	"sekisho/http1"
+	"sekisho/internal/rawupstream"
 	"sekisho/proxy/metrics"
 	"sekisho/router"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
-
-// scriptedUpstream answers each request on a connection with the next of
-// answers (raw bytes, sent as they are; "" closes the connection) and keeps
-// the request heads it saw.
-type scriptedUpstream struct {
-	ln      net.Listener
-	answers func(head string) string
-	mu      sync.Mutex
-	heads   []string
-	conns   int
-}
-
-func newScriptedUpstream(t *testing.T, answers func(head string) string) *scriptedUpstream {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	u := &scriptedUpstream{ln: ln, answers: answers}
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			u.mu.Lock()
-			u.conns++
-			u.mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					var head strings.Builder
-					for {
-						line, err := br.ReadString('\n')
-						if err != nil {
-							return
-						}
-						head.WriteString(line)
-						if line == "\r\n" {
-							break
-						}
-					}
-					u.mu.Lock()
-					u.heads = append(u.heads, head.String())
-					u.mu.Unlock()
-					a := u.answers(head.String())
-					if a == "" {
-						return
-					}
-					if _, err := io.WriteString(c, a); err != nil {
-						return
-					}
-					if strings.HasSuffix(a, "\x00close") {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return u
-}
-
-func (u *scriptedUpstream) addr() string { return u.ln.Addr().String() }
-
-func (u *scriptedUpstream) lastHead() string {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.heads[len(u.heads)-1]
-}
-
-func (u *scriptedUpstream) connCount() int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.conns
-}
-
-// headerLines returns the header lines of a raw head, by lower-case name.
-func headerLines(head string) map[string][]string {
-	out := map[string][]string{}
-	lines := strings.Split(strings.TrimSuffix(head, "\r\n\r\n"), "\r\n")
-	for _, l := range lines[1:] {
-		k, v, _ := strings.Cut(l, ":")
-		out[strings.ToLower(k)] = append(out[strings.ToLower(k)], strings.TrimSpace(v))
-	}
-	return out
-}
 
 // directPool serves a pool of one endpoint, up, with no retries, behind
 // an http1.Server on 127.0.0.1 that does what a listener does for the pool:
@@ -185,10 +92,10 @@ func (td *testFront) get(url string) (*http.Response, string) {
 // The direct path rewrites the request head as ReverseProxy with the
 // pool's rewrite does.
 func TestDirectPathRewritesTheRequestHead(t *testing.T) {
-	up := newScriptedUpstream(t, func(string) string {
+	up := rawupstream.NewScripted(t, func(string) string {
 		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 	})
-	td := directPool(t, up.addr())
+	td := directPool(t, up.Addr())
 	req, err := http.NewRequest(http.MethodGet, td.url("edge")+"/a/b%2Fc?q=1&r", nil)
 	require.NoError(t, err)
 	req.Host = "shop.example.com"
@@ -205,9 +112,9 @@ func TestDirectPathRewritesTheRequestHead(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Equal(t, "ok", body)
 
-	head := up.lastHead()
+	head := up.LastHead()
 	assert.True(t, strings.HasPrefix(head, "GET /a/b%2Fc?q=1&r HTTP/1.1\r\n"), head)
-	h := headerLines(head)
+	h := rawupstream.HeaderLines(head)
 	assert.Equal(t, []string{"shop.example.com"}, h["host"])
 	for _, gone := range []string{"connection", "x-hop", "keep-alive", "proxy-authorization", "forwarded"} {
 		assert.NotContains(t, h, gone)
@@ -231,7 +138,7 @@ func TestDirectPathRewritesTheRequestHead(t *testing.T) {
 		require.NoError(t, err)
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		assert.True(t, strings.HasPrefix(up.lastHead(), "GET "+target+" HTTP/1.1\r\n"), "%s: %s", target, up.lastHead())
+		assert.True(t, strings.HasPrefix(up.LastHead(), "GET "+target+" HTTP/1.1\r\n"), "%s: %s", target, up.LastHead())
 	}
 }
 
@@ -239,7 +146,7 @@ func TestDirectPathRewritesTheRequestHead(t *testing.T) {
 // for byte, for every way a client can present itself and every pool
 // setting: the values are computed in one place (Pool.forwardedFor).
 func TestForwardingHeadersSameOnBothPaths(t *testing.T) {
-	up := newScriptedUpstream(t, func(string) string {
+	up := rawupstream.NewScripted(t, func(string) string {
 		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 	})
 	trusted := &router.ClientIPResolver{Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}
@@ -265,7 +172,7 @@ func TestForwardingHeadersSameOnBothPaths(t *testing.T) {
 			for _, c := range clients {
 				name := fmt.Sprintf("%s/forwarded=%v/set_real_ip=%v", c.name, forwarded, realIP)
 				t.Run(name, func(t *testing.T) {
-					td := directPoolWith(t, up.addr(), Options{Forwarded: forwarded, SetRealIP: realIP}, c.res)
+					td := directPoolWith(t, up.Addr(), Options{Forwarded: forwarded, SetRealIP: realIP}, c.res)
 					heads := map[string]map[string][]string{}
 					for _, method := range []string{http.MethodGet, http.MethodPost} {
 						var body io.Reader
@@ -282,7 +189,7 @@ func TestForwardingHeadersSameOnBothPaths(t *testing.T) {
 						req.Header.Set("X-Real-Ip", "198.51.100.1")
 						resp, _ := td.do(req)
 						require.Equal(t, http.StatusOK, resp.StatusCode)
-						h := headerLines(up.lastHead())
+						h := rawupstream.HeaderLines(up.LastHead())
 						delete(h, "content-length") // the POST's body
 						heads[method] = h
 					}
@@ -322,14 +229,14 @@ func TestDirectPathAnswers(t *testing.T) {
 		"/status":    "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy",
 		"/obsfold":   "HTTP/1.1 200 OK\r\nX-Fold: a\r\n b\r\nContent-Length: 4\r\n\r\nfold",
 	}
-	up := newScriptedUpstream(t, func(head string) string {
+	up := rawupstream.NewScripted(t, func(head string) string {
 		path := strings.Fields(head)[1]
 		if strings.HasPrefix(head, "HEAD ") {
 			return "HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"
 		}
 		return answers[path]
 	})
-	td := directPool(t, up.addr())
+	td := directPool(t, up.Addr())
 
 	t.Run("plain: hop-by-hop headers dropped, repeated ones kept", func(t *testing.T) {
 		resp, body := td.get(td.url("edge") + "/plain")
@@ -388,29 +295,29 @@ func TestDirectPathAnswers(t *testing.T) {
 // Plain answers keep their upstream connection; a stream of requests uses
 // one connection per concurrent client.
 func TestDirectPathReusesUpstreamConnections(t *testing.T) {
-	up := newScriptedUpstream(t, func(string) string {
+	up := rawupstream.NewScripted(t, func(string) string {
 		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 	})
-	td := directPool(t, up.addr())
+	td := directPool(t, up.Addr())
 	for i := 0; i < 50; i++ {
 		resp, body := td.get(td.url("edge") + "/")
 		require.Equal(t, http.StatusOK, resp.StatusCode)
 		require.Equal(t, "ok", body)
 	}
-	assert.Equal(t, 1, up.connCount())
+	assert.EqualValues(t, 1, up.Conns())
 }
 
 // A body cut short by the upstream aborts the client's connection rather
 // than leaving it waiting for bytes that will never come, and the next
 // request gets a fresh upstream connection.
 func TestDirectPathTruncatedBody(t *testing.T) {
-	up := newScriptedUpstream(t, func(head string) string {
+	up := rawupstream.NewScripted(t, func(head string) string {
 		if strings.Contains(head, "GET /cut ") {
 			return "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..\x00close"
 		}
 		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 	})
-	td := directPool(t, up.addr())
+	td := directPool(t, up.Addr())
 	resp, err := http.Get(td.url("edge") + "/cut")
 	if err == nil { // the head may or may not have left before the abort
 		_, err = io.ReadAll(resp.Body)
@@ -426,10 +333,10 @@ func TestDirectPathTruncatedBody(t *testing.T) {
 // http.ReadResponse, and so ReverseProxy, accepts) is never recognised as
 // complete by the direct path's parser, which waits for "\r\n\r\n".
 func TestDirectPathBareLFAnswerHead(t *testing.T) {
-	up := newScriptedUpstream(t, func(string) string {
+	up := rawupstream.NewScripted(t, func(string) string {
 		return "HTTP/1.1 200 OK\nContent-Length: 2\n\nok"
 	})
-	td := directPool(t, up.addr())
+	td := directPool(t, up.Addr())
 	td.client.Timeout = 3 * time.Second
 	resp, err := td.client.Get(td.url("edge") + "/x")
 	if err != nil {
@@ -493,8 +400,8 @@ func TestDirectPathIdleConnectionsAnswerIsNotTheNextOnes(t *testing.T) {
 // Host on the direct path; through ReverseProxy (same request with a body)
 // the Host is the endpoint's address, as http.Transport fills it in.
 func TestDirectPathHostOfAnHTTP10Request(t *testing.T) {
-	up := newScriptedUpstream(t, func(string) string { return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" })
-	td := directPool(t, up.addr())
+	up := rawupstream.NewScripted(t, func(string) string { return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" })
+	td := directPool(t, up.Addr())
 	hostOf := func(raw string) []string {
 		c, br := rawConn(t, strings.TrimPrefix(td.url("edge"), "http://"))
 		io.WriteString(c, raw)
@@ -503,12 +410,12 @@ func TestDirectPathHostOfAnHTTP10Request(t *testing.T) {
 			t.Fatal(err)
 		}
 		io.ReadAll(resp.Body)
-		return headerLines(up.lastHead())["host"]
+		return rawupstream.HeaderLines(up.LastHead())["host"]
 	}
 	viaProxy := hostOf("POST /x HTTP/1.0\r\nContent-Length: 1\r\n\r\nz")
 	direct := hostOf("GET /x HTTP/1.0\r\n\r\n")
 	t.Logf("ReverseProxy: %q, direct: %q", viaProxy, direct)
-	if len(direct) != 1 || direct[0] != up.addr() {
+	if len(direct) != 1 || direct[0] != up.Addr() {
 		t.Errorf("direct path sent Host %q, ReverseProxy sends %q", direct, viaProxy)
 	}
 }
