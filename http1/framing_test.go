@@ -3,6 +3,7 @@ package http1
 import (
 	"fmt"
 	"net/http"
+	"sekisho/internal/rawclient"
 	"strings"
 	"testing"
 	"time"
@@ -16,23 +17,23 @@ import (
 func TestServerFramingRules(t *testing.T) {
 	u, _, addr := h1sSetup(t, nil)
 	t.Run("Content-Length with chunked: chunked framing, then close", func(t *testing.T) {
-		c := h1sDial(t, addr)
-		resp, body := c.do(http.MethodPost, "POST /api/echo HTTP/1.1\r\nHost: edge.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+		c := rawclient.Dial(t, addr)
+		resp, body := c.Do(http.MethodPost, "POST /api/echo HTTP/1.1\r\nHost: edge.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
 		require.Equal(t, http.StatusOK, resp.StatusCode)
 		assert.Equal(t, "hello", body)
 		assert.Equal(t, "5", resp.Header.Get("X-Got-Length"))
 		assert.True(t, resp.Close, "the answer says Connection: close")
-		c.assertClosed(5 * time.Second)
+		c.AssertClosed(5 * time.Second)
 	})
 	t.Run("absolute form without Host is 400", func(t *testing.T) {
-		c := h1sDial(t, addr)
-		resp, _ := c.do(http.MethodGet, "GET http://edge.test/fixed HTTP/1.1\r\n\r\n")
+		c := rawclient.Dial(t, addr)
+		resp, _ := c.Do(http.MethodGet, "GET http://edge.test/fixed HTTP/1.1\r\n\r\n")
 		assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
-		c.assertClosed(5 * time.Second)
+		c.AssertClosed(5 * time.Second)
 	})
 	t.Run("absolute form with Host is served", func(t *testing.T) {
-		c := h1sDial(t, addr)
-		resp, body := c.do(http.MethodGet, "GET http://edge.test/fixed HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+		c := rawclient.Dial(t, addr)
+		resp, body := c.Do(http.MethodGet, "GET http://edge.test/fixed HTTP/1.1\r\nHost: edge.test\r\n\r\n")
 		assert.Equal(t, http.StatusOK, resp.StatusCode)
 		assert.Equal(t, "fixed\n", body)
 	})
@@ -42,24 +43,24 @@ func TestServerFramingRules(t *testing.T) {
 		{"100-continue among other tokens is 100-continue", "GET /fixed HTTP/1.1\r\nHost: edge.test\r\nExpect: foo 100-continue\r\n\r\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := h1sDial(t, addr)
-			resp, body := c.do(http.MethodGet, tc.raw)
+			c := rawclient.Dial(t, addr)
+			resp, body := c.Do(http.MethodGet, tc.raw)
 			assert.Equal(t, http.StatusOK, resp.StatusCode)
 			assert.Equal(t, "fixed\n", body)
-			c.assertOpen()
+			assertOpen(t, c)
 		})
 	}
 	t.Run("another Expect is 417", func(t *testing.T) {
-		c := h1sDial(t, addr)
-		resp, _ := c.do(http.MethodGet, "GET /fixed HTTP/1.0\r\nExpect: something-else\r\n\r\n")
+		c := rawclient.Dial(t, addr)
+		resp, _ := c.Do(http.MethodGet, "GET /fixed HTTP/1.0\r\nExpect: something-else\r\n\r\n")
 		assert.Equal(t, http.StatusExpectationFailed, resp.StatusCode)
 	})
 	t.Run("malformed chunked body is 400, then close", func(t *testing.T) {
-		c := h1sDial(t, addr)
-		resp, _ := c.do(http.MethodPost, "POST /api/echo HTTP/1.1\r\nHost: edge.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n")
+		c := rawclient.Dial(t, addr)
+		resp, _ := c.Do(http.MethodPost, "POST /api/echo HTTP/1.1\r\nHost: edge.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n")
 		assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
 		assert.True(t, resp.Close)
-		c.assertClosed(5 * time.Second)
+		c.AssertClosed(5 * time.Second)
 	})
 	_ = u
 }
@@ -76,11 +77,11 @@ func TestServerMaxHeaderBytesIsExact(t *testing.T) {
 				return pre + strings.Repeat("p", n-len(pre)-len(post)) + post
 			}
 			require.Len(t, head(limit), limit)
-			c := h1sDial(t, addr)
-			resp, _ := c.do(http.MethodGet, head(limit))
+			c := rawclient.Dial(t, addr)
+			resp, _ := c.Do(http.MethodGet, head(limit))
 			assert.Equal(t, http.StatusOK, resp.StatusCode, "a head of exactly max_header_bytes")
-			c = h1sDial(t, addr)
-			resp, _ = c.do(http.MethodGet, head(limit+1))
+			c = rawclient.Dial(t, addr)
+			resp, _ = c.Do(http.MethodGet, head(limit+1))
 			assert.Equal(t, http.StatusRequestHeaderFieldsTooLarge, resp.StatusCode, "a head one byte over")
 		})
 	}

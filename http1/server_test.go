@@ -1,7 +1,6 @@
 package http1
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -12,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"sekisho/internal/rawclient"
 	"strconv"
 	"strings"
 	"sync"
@@ -192,75 +192,21 @@ func serve(t *testing.T, srv *Server) string {
 	return ln.Addr().String()
 }
 
-// h1sConn is a raw client connection to a listener.
-type h1sConn struct {
-	t  *testing.T
-	c  net.Conn
-	br *bufio.Reader
-}
-
-func h1sDial(t *testing.T, addr string) *h1sConn {
-	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	require.NoError(t, err)
-	t.Cleanup(func() { c.Close() })
-	return &h1sConn{t: t, c: c, br: bufio.NewReader(c)}
-}
-
-// send writes raw bytes as they are.
-func (c *h1sConn) send(raw string) {
-	c.t.Helper()
-	require.NoError(c.t, c.c.SetWriteDeadline(time.Now().Add(5*time.Second)))
-	_, err := io.WriteString(c.c, raw)
-	require.NoError(c.t, err)
-}
-
-// read reads the next answer, to a request of method, with all its body.
-func (c *h1sConn) read(method string) (*http.Response, string) {
-	c.t.Helper()
-	require.NoError(c.t, c.c.SetReadDeadline(time.Now().Add(5*time.Second)))
-	resp, err := http.ReadResponse(c.br, &http.Request{Method: method})
-	require.NoError(c.t, err)
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	require.NoError(c.t, err)
-	return resp, string(body)
-}
-
-// do sends raw, a request of method, and reads its answer.
-func (c *h1sConn) do(method, raw string) (*http.Response, string) {
-	c.t.Helper()
-	c.send(raw)
-	return c.read(method)
-}
-
 // assertOpen checks that the connection still serves: a request sent on it
 // now is answered, and nothing was left over from the previous answer.
-func (c *h1sConn) assertOpen() {
-	c.t.Helper()
-	resp, body := c.do(http.MethodGet, "GET /fixed HTTP/1.1\r\nHost: edge.test\r\n\r\n")
-	assert.Equal(c.t, http.StatusOK, resp.StatusCode, "the connection still serves")
-	assert.Equal(c.t, "fixed\n", body)
-}
-
-// assertClosed checks that the server closes the connection within d, with
-// no byte before the end, and returns how long that took.
-func (c *h1sConn) assertClosed(d time.Duration) time.Duration {
-	c.t.Helper()
-	start := time.Now()
-	require.NoError(c.t, c.c.SetReadDeadline(start.Add(d)))
-	rest, err := io.ReadAll(c.br)
-	assert.NoError(c.t, err, "the server closes the connection")
-	assert.Empty(c.t, string(rest), "nothing comes before the close")
-	return time.Since(start)
+func assertOpen(t *testing.T, c *rawclient.Conn) {
+	t.Helper()
+	resp, body := c.Do(http.MethodGet, "GET /fixed HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+	assert.Equal(t, http.StatusOK, resp.StatusCode, "the connection still serves")
+	assert.Equal(t, "fixed\n", body)
 }
 
 func TestServerKeepAlive(t *testing.T) {
 	_, _, addr := h1sSetup(t, nil)
 	t.Run("three requests on one HTTP/1.1 connection", func(t *testing.T) {
-		c := h1sDial(t, addr)
+		c := rawclient.Dial(t, addr)
 		for i, path := range []string{"/fixed", "/api/echo", "/fixed"} {
-			resp, body := c.do(http.MethodGet, "GET "+path+" HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+			resp, body := c.Do(http.MethodGet, "GET "+path+" HTTP/1.1\r\nHost: edge.test\r\n\r\n")
 			require.Equal(t, http.StatusOK, resp.StatusCode, "request %d", i)
 			assert.False(t, resp.Close, "request %d: no Connection: close", i)
 			if path == "/fixed" {
@@ -269,49 +215,49 @@ func TestServerKeepAlive(t *testing.T) {
 				assert.Equal(t, "0", resp.Header.Get("X-Got-Length"), "request %d reached the upstream", i)
 			}
 		}
-		c.assertOpen()
+		assertOpen(t, c)
 	})
 	t.Run("HTTP/1.0 without keep-alive is closed after its answer", func(t *testing.T) {
-		c := h1sDial(t, addr)
-		resp, body := c.do(http.MethodGet, "GET /fixed HTTP/1.0\r\n\r\n")
+		c := rawclient.Dial(t, addr)
+		resp, body := c.Do(http.MethodGet, "GET /fixed HTTP/1.0\r\n\r\n")
 		assert.Equal(t, http.StatusOK, resp.StatusCode)
 		assert.Equal(t, "fixed\n", body)
 		assert.True(t, resp.Close)
-		c.assertClosed(5 * time.Second)
+		c.AssertClosed(5 * time.Second)
 	})
 	t.Run("HTTP/1.0 with Connection: keep-alive stays open", func(t *testing.T) {
-		c := h1sDial(t, addr)
+		c := rawclient.Dial(t, addr)
 		for _, path := range []string{"/fixed", "/api/hello"} {
-			resp, body := c.do(http.MethodGet, "GET "+path+" HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+			resp, body := c.Do(http.MethodGet, "GET "+path+" HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
 			assert.Equal(t, http.StatusOK, resp.StatusCode, path)
 			assert.Equal(t, "keep-alive", resp.Header.Get("Connection"), path)
 			assert.False(t, resp.Close, path)
 			assert.Equal(t, strconv.Itoa(len(body)), resp.Header.Get("Content-Length"), "%s: a kept-alive HTTP/1.0 answer needs its length", path)
 		}
-		c.assertOpen()
+		assertOpen(t, c)
 	})
 	t.Run("HTTP/1.1 Connection: close is closed after its answer", func(t *testing.T) {
-		c := h1sDial(t, addr)
-		resp, body := c.do(http.MethodGet, "GET /api/hello HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n")
+		c := rawclient.Dial(t, addr)
+		resp, body := c.Do(http.MethodGet, "GET /api/hello HTTP/1.1\r\nHost: edge.test\r\nConnection: close\r\n\r\n")
 		assert.Equal(t, http.StatusOK, resp.StatusCode)
 		assert.Equal(t, "up\n", body)
 		assert.True(t, resp.Close, "the answer says Connection: close")
-		c.assertClosed(5 * time.Second)
+		c.AssertClosed(5 * time.Second)
 	})
 }
 
 func TestServerPipelining(t *testing.T) {
 	_, _, addr := h1sSetup(t, nil)
-	c := h1sDial(t, addr)
-	c.send("GET /fixed HTTP/1.1\r\nHost: edge.test\r\n\r\n" +
+	c := rawclient.Dial(t, addr)
+	c.Send("GET /fixed HTTP/1.1\r\nHost: edge.test\r\n\r\n" +
 		"POST /api/echo HTTP/1.1\r\nHost: edge.test\r\nContent-Length: 6\r\n\r\nsecond" +
 		"GET /api/hello HTTP/1.1\r\nHost: edge.test\r\n\r\n")
 	for i, want := range []string{"fixed\n", "second", "up\n"} {
-		resp, body := c.read(http.MethodGet)
+		resp, body := c.Read(http.MethodGet)
 		assert.Equal(t, http.StatusOK, resp.StatusCode, "answer %d", i)
 		assert.Equal(t, want, body, "answer %d comes in the order of the requests", i)
 	}
-	c.assertOpen()
+	assertOpen(t, c)
 }
 
 func TestServerRequestBodies(t *testing.T) {
@@ -319,34 +265,34 @@ func TestServerRequestBodies(t *testing.T) {
 	t.Run("Content-Length", func(t *testing.T) {
 		big := strings.Repeat("0123456789abcdef", (1<<20)/16)
 		for _, body := range []string{"hello, upstream", big} {
-			c := h1sDial(t, addr)
-			resp, got := c.do(http.MethodPost, fmt.Sprintf("POST /api/echo HTTP/1.1\r\nHost: edge.test\r\nContent-Length: %d\r\n\r\n%s", len(body), body))
+			c := rawclient.Dial(t, addr)
+			resp, got := c.Do(http.MethodPost, fmt.Sprintf("POST /api/echo HTTP/1.1\r\nHost: edge.test\r\nContent-Length: %d\r\n\r\n%s", len(body), body))
 			require.Equal(t, http.StatusOK, resp.StatusCode)
 			assert.Equal(t, strconv.Itoa(len(body)), resp.Header.Get("X-Got-Length"))
 			assert.Len(t, got, len(body))
 			assert.True(t, got == body, "the body of %d bytes came back intact", len(body))
-			c.assertOpen()
+			assertOpen(t, c)
 		}
 	})
 	t.Run("chunked with a trailer", func(t *testing.T) {
-		c := h1sDial(t, addr)
-		resp, got := c.do(http.MethodPost, "POST /api/echo HTTP/1.1\r\nHost: edge.test\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"+
+		c := rawclient.Dial(t, addr)
+		resp, got := c.Do(http.MethodPost, "POST /api/echo HTTP/1.1\r\nHost: edge.test\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"+
 			"5\r\nhello\r\n7\r\n, chunk\r\n0\r\nX-Sum: 42\r\n\r\n")
 		require.Equal(t, http.StatusOK, resp.StatusCode)
 		assert.Equal(t, "hello, chunk", got)
 		assert.Equal(t, "12", resp.Header.Get("X-Got-Length"))
 		assert.Equal(t, "42", resp.Header.Get("X-Got-Trailer"), "the request trailer reached the upstream")
-		c.assertOpen()
+		assertOpen(t, c)
 	})
 	t.Run("Expect: 100-continue", func(t *testing.T) {
-		c := h1sDial(t, addr)
-		cont, _ := c.do(http.MethodPost, "POST /api/echo HTTP/1.1\r\nHost: edge.test\r\nContent-Length: 9\r\nExpect: 100-continue\r\n\r\n")
+		c := rawclient.Dial(t, addr)
+		cont, _ := c.Do(http.MethodPost, "POST /api/echo HTTP/1.1\r\nHost: edge.test\r\nContent-Length: 9\r\nExpect: 100-continue\r\n\r\n")
 		require.Equal(t, http.StatusContinue, cont.StatusCode, "the server asks for the body before it is sent")
-		resp, got := c.do(http.MethodPost, "continued")
+		resp, got := c.Do(http.MethodPost, "continued")
 		require.Equal(t, http.StatusOK, resp.StatusCode)
 		assert.Equal(t, "continued", got)
 		assert.Equal(t, "9", resp.Header.Get("X-Got-Length"))
-		c.assertOpen()
+		assertOpen(t, c)
 	})
 }
 
@@ -362,11 +308,11 @@ func TestServerUnreadBodyIsDiscarded(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := h1sDial(t, addr)
-			resp, body := c.do(http.MethodPost, tc.raw)
+			c := rawclient.Dial(t, addr)
+			resp, body := c.Do(http.MethodPost, tc.raw)
 			assert.Equal(t, http.StatusOK, resp.StatusCode)
 			assert.Equal(t, "fixed\n", body)
-			c.assertOpen()
+			assertOpen(t, c)
 		})
 	}
 	assert.Zero(t, u.hits.Load(), "no part of a body was served as a request")
@@ -376,59 +322,59 @@ func TestServerResponseFraming(t *testing.T) {
 	_, _, addr := h1sSetup(t, nil)
 	t.Run("small answer of unknown length", func(t *testing.T) {
 		for path, want := range map[string]string{"/api/chunked": "chunked answer\n", "/api/close": "close-delimited answer\n"} {
-			c := h1sDial(t, addr)
-			resp, body := c.do(http.MethodGet, "GET "+path+" HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+			c := rawclient.Dial(t, addr)
+			resp, body := c.Do(http.MethodGet, "GET "+path+" HTTP/1.1\r\nHost: edge.test\r\n\r\n")
 			require.Equal(t, http.StatusOK, resp.StatusCode, path)
 			assert.Equal(t, want, body, path)
 			framed := resp.ContentLength == int64(len(want)) || assert.ObjectsAreEqual([]string{"chunked"}, resp.TransferEncoding)
 			assert.True(t, framed, "%s: framed by Content-Length or chunked, got length %d, encoding %v", path, resp.ContentLength, resp.TransferEncoding)
-			c.assertOpen()
+			assertOpen(t, c)
 		}
 	})
 	t.Run("large stream over HTTP/1.1 is chunked", func(t *testing.T) {
-		c := h1sDial(t, addr)
-		resp, body := c.do(http.MethodGet, "GET /api/stream HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+		c := rawclient.Dial(t, addr)
+		resp, body := c.Do(http.MethodGet, "GET /api/stream HTTP/1.1\r\nHost: edge.test\r\n\r\n")
 		require.Equal(t, http.StatusOK, resp.StatusCode)
 		assert.Equal(t, []string{"chunked"}, resp.TransferEncoding)
 		assert.Len(t, body, h1sStreamPieces*h1sPieceSize)
 		assert.True(t, body == h1sStreamBody(), "the streamed body arrived intact")
-		c.assertOpen()
+		assertOpen(t, c)
 	})
 	t.Run("large stream over HTTP/1.0 ends with the connection", func(t *testing.T) {
-		c := h1sDial(t, addr)
-		resp, body := c.do(http.MethodGet, "GET /api/stream HTTP/1.0\r\n\r\n")
+		c := rawclient.Dial(t, addr)
+		resp, body := c.Do(http.MethodGet, "GET /api/stream HTTP/1.0\r\n\r\n")
 		require.Equal(t, http.StatusOK, resp.StatusCode)
 		assert.Equal(t, int64(-1), resp.ContentLength)
 		assert.Empty(t, resp.TransferEncoding, "no chunking for an HTTP/1.0 client")
 		assert.True(t, resp.Close)
 		assert.Len(t, body, h1sStreamPieces*h1sPieceSize)
 		assert.True(t, body == h1sStreamBody(), "the streamed body arrived intact")
-		c.assertClosed(5 * time.Second)
+		c.AssertClosed(5 * time.Second)
 	})
 	t.Run("HEAD answers carry no body", func(t *testing.T) {
-		c := h1sDial(t, addr)
+		c := rawclient.Dial(t, addr)
 		for path, length := range map[string]string{"/fixed": "6", "/api/hello": "3"} {
-			resp, body := c.do(http.MethodHead, "HEAD "+path+" HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+			resp, body := c.Do(http.MethodHead, "HEAD "+path+" HTTP/1.1\r\nHost: edge.test\r\n\r\n")
 			assert.Equal(t, http.StatusOK, resp.StatusCode, path)
 			assert.Equal(t, length, resp.Header.Get("Content-Length"), "%s: the length of the body a GET would get", path)
 			assert.Empty(t, body, path)
 		}
-		c.assertOpen()
+		assertOpen(t, c)
 	})
 	t.Run("204 and 304 carry no body", func(t *testing.T) {
-		c := h1sDial(t, addr)
+		c := rawclient.Dial(t, addr)
 		for _, code := range []int{http.StatusNoContent, http.StatusNotModified} {
-			resp, body := c.do(http.MethodGet, fmt.Sprintf("GET /api/status?code=%d HTTP/1.1\r\nHost: edge.test\r\n\r\n", code))
+			resp, body := c.Do(http.MethodGet, fmt.Sprintf("GET /api/status?code=%d HTTP/1.1\r\nHost: edge.test\r\n\r\n", code))
 			assert.Equal(t, code, resp.StatusCode)
 			assert.Equal(t, `"v1"`, resp.Header.Get("ETag"))
 			assert.Empty(t, resp.TransferEncoding, "%d", code)
 			assert.Empty(t, body, "%d", code)
 		}
-		c.assertOpen()
+		assertOpen(t, c)
 	})
 	t.Run("respond stage has its Content-Length", func(t *testing.T) {
-		c := h1sDial(t, addr)
-		resp, body := c.do(http.MethodGet, "GET /fixed HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+		c := rawclient.Dial(t, addr)
+		resp, body := c.Do(http.MethodGet, "GET /fixed HTTP/1.1\r\nHost: edge.test\r\n\r\n")
 		assert.Equal(t, http.StatusOK, resp.StatusCode)
 		assert.Equal(t, "6", resp.Header.Get("Content-Length"))
 		assert.Equal(t, int64(6), resp.ContentLength)
@@ -456,11 +402,11 @@ func TestServerMalformedRequests(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := h1sDial(t, addr)
-			resp, _ := c.do(http.MethodGet, tc.raw)
+			c := rawclient.Dial(t, addr)
+			resp, _ := c.Do(http.MethodGet, tc.raw)
 			assert.Equal(t, tc.status, resp.StatusCode)
 			assert.True(t, resp.Close, "the answer says Connection: close")
-			c.assertClosed(5 * time.Second)
+			c.AssertClosed(5 * time.Second)
 		})
 	}
 	assert.Zero(t, u.hits.Load(), "no malformed request reached the upstream")
@@ -469,31 +415,31 @@ func TestServerMalformedRequests(t *testing.T) {
 func TestServerTimeouts(t *testing.T) {
 	_, _, addr := h1sSetup(t, func(s *Server) { s.ReadHeaderTimeout, s.IdleTimeout = time.Second, time.Second })
 	t.Run("a half-sent head is cut after read_header", func(t *testing.T) {
-		c := h1sDial(t, addr)
-		c.send("GET /fixed HTTP/1.1\r\nHost: edge.test\r\n")
-		took := c.assertClosed(5 * time.Second)
+		c := rawclient.Dial(t, addr)
+		c.Send("GET /fixed HTTP/1.1\r\nHost: edge.test\r\n")
+		took := c.AssertClosed(5 * time.Second)
 		assert.Greater(t, took, 500*time.Millisecond, "the client had its read_header time")
 	})
 	t.Run("an idle kept-alive connection is closed after idle", func(t *testing.T) {
-		c := h1sDial(t, addr)
-		c.assertOpen()
-		took := c.assertClosed(5 * time.Second)
+		c := rawclient.Dial(t, addr)
+		assertOpen(t, c)
+		took := c.AssertClosed(5 * time.Second)
 		assert.Greater(t, took, 500*time.Millisecond, "the client had its idle time")
 	})
 }
 
 func TestServerUpgrade(t *testing.T) {
 	_, _, addr := h1sSetup(t, nil)
-	c := h1sDial(t, addr)
-	resp, _ := c.do(http.MethodGet, "GET /api/ws HTTP/1.1\r\nHost: edge.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+	c := rawclient.Dial(t, addr)
+	resp, _ := c.Do(http.MethodGet, "GET /api/ws HTTP/1.1\r\nHost: edge.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
 	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
 	assert.Equal(t, "websocket", resp.Header.Get("Upgrade"))
 	assert.Equal(t, "Upgrade", resp.Header.Get("Connection"))
 	for _, msg := range []string{"ping\n", "GET /fixed HTTP/1.1\r\n"} {
-		c.send(msg)
-		require.NoError(t, c.c.SetReadDeadline(time.Now().Add(5*time.Second)))
+		c.Send(msg)
+		require.NoError(t, c.Conn.SetReadDeadline(time.Now().Add(5*time.Second)))
 		got := make([]byte, len(msg))
-		_, err := io.ReadFull(c.br, got)
+		_, err := io.ReadFull(c.BR, got)
 		require.NoError(t, err)
 		assert.Equal(t, msg, string(got), "bytes after the 101 go both ways untouched")
 	}
@@ -524,29 +470,29 @@ func TestServerH2CPriorKnowledge(t *testing.T) {
 
 func TestServerGracefulShutdown(t *testing.T) {
 	u, srv, addr := h1sSetup(t, nil)
-	busy := h1sDial(t, addr)
-	busy.send("GET /api/slow HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+	busy := rawclient.Dial(t, addr)
+	busy.Send("GET /api/slow HTTP/1.1\r\nHost: edge.test\r\n\r\n")
 	select {
 	case <-u.entered:
 	case <-time.After(5 * time.Second):
 		require.FailNow(t, "the slow request did not reach the upstream")
 	}
-	idle := h1sDial(t, addr)
-	idle.assertOpen()
+	idle := rawclient.Dial(t, addr)
+	assertOpen(t, idle)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	stopped := make(chan error, 1)
 	go func() { stopped <- srv.Shutdown(ctx) }()
 	require.Eventually(t, srv.shutting.Load, 5*time.Second, 5*time.Millisecond)
-	idle.assertClosed(5 * time.Second)
+	idle.AssertClosed(5 * time.Second)
 
 	u.let()
-	resp, body := busy.read(http.MethodGet)
+	resp, body := busy.Read(http.MethodGet)
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Equal(t, "slow answer\n", body, "the request in flight got its whole answer")
 	assert.True(t, resp.Close, "the answer tells the client not to reuse the connection")
-	busy.assertClosed(5 * time.Second)
+	busy.AssertClosed(5 * time.Second)
 	select {
 	case err := <-stopped:
 		assert.NoError(t, err, "nothing was cut")
@@ -557,8 +503,8 @@ func TestServerGracefulShutdown(t *testing.T) {
 
 func TestServerForwardsClientAddress(t *testing.T) {
 	u, _, addr := h1sSetup(t, nil)
-	c := h1sDial(t, addr)
-	resp, _ := c.do(http.MethodGet, "GET /api/hello HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+	c := rawclient.Dial(t, addr)
+	resp, _ := c.Do(http.MethodGet, "GET /api/hello HTTP/1.1\r\nHost: shop.test\r\n\r\n")
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	seen := u.lastHeader()
 	require.NotNil(t, seen)

@@ -2,6 +2,7 @@ package http1
 
 import (
 	"net/http"
+	"sekisho/internal/rawclient"
 	"strings"
 	"testing"
 	"time"
@@ -20,12 +21,12 @@ func TestServerClientGoneCancelsTheRequest(t *testing.T) {
 		close(cancelled)
 	})}
 	addr := serve(t, srv)
-	c := h1sDial(t, addr)
-	c.send("GET /slow HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+	c := rawclient.Dial(t, addr)
+	c.Send("GET /slow HTTP/1.1\r\nHost: edge.test\r\n\r\n")
 	<-entered
 	require.Eventually(t, func() bool { return srv.watches.Load() >= 1 }, 5*time.Second, 5*time.Millisecond,
 		"a request that runs long is watched")
-	c.c.Close()
+	c.Conn.Close()
 	select {
 	case <-cancelled:
 	case <-time.After(5 * time.Second):
@@ -38,33 +39,33 @@ func TestServerClientGoneCancelsTheRequest(t *testing.T) {
 // still starts the next request.
 func TestServerWatchKeepsTheNextRequestsFirstByte(t *testing.T) {
 	u, srv, addr := h1sSetup(t, nil)
-	c := h1sDial(t, addr)
-	c.send("GET /api/slow HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+	c := rawclient.Dial(t, addr)
+	c.Send("GET /api/slow HTTP/1.1\r\nHost: edge.test\r\n\r\n")
 	<-u.entered
 	require.Eventually(t, func() bool { return srv.watches.Load() >= 1 }, 5*time.Second, 5*time.Millisecond)
-	c.send("GET /fixed HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+	c.Send("GET /fixed HTTP/1.1\r\nHost: edge.test\r\n\r\n")
 	u.let()
-	resp, body := c.read(http.MethodGet)
+	resp, body := c.Read(http.MethodGet)
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Equal(t, "slow answer\n", body)
-	resp, body = c.read(http.MethodGet)
+	resp, body = c.Read(http.MethodGet)
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Equal(t, "fixed\n", body)
-	c.assertOpen()
+	assertOpen(t, c)
 }
 
 // A head larger than the connection's read buffer but within
 // MaxHeaderBytes is served, and so is one with bare LF line ends.
 func TestServerLargeAndBareLFHeads(t *testing.T) {
 	u, _, addr := h1sSetup(t, nil)
-	c := h1sDial(t, addr)
+	c := rawclient.Dial(t, addr)
 	big := strings.Repeat("b", 20<<10)
-	resp, body := c.do(http.MethodGet, "GET /api/x HTTP/1.1\r\nHost: edge.test\r\nX-Big: "+big+"\r\n\r\n")
+	resp, body := c.Do(http.MethodGet, "GET /api/x HTTP/1.1\r\nHost: edge.test\r\nX-Big: "+big+"\r\n\r\n")
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Equal(t, "up\n", body)
 	assert.Equal(t, big, u.lastHeader().Get("X-Big"))
-	resp, body = c.do(http.MethodGet, "GET /fixed HTTP/1.1\nHost: edge.test\n\n")
+	resp, body = c.Do(http.MethodGet, "GET /fixed HTTP/1.1\nHost: edge.test\n\n")
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Equal(t, "fixed\n", body)
-	c.assertOpen()
+	assertOpen(t, c)
 }

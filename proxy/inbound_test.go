@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sekisho/internal/rawclient"
 	"sekisho/internal/rawupstream"
 	"strings"
 	"testing"
@@ -92,8 +93,8 @@ func TestInboundClientCannotStripOrSpoofProxyHeaders(t *testing.T) {
 		}
 		for _, tc := range tests {
 			t.Run(method+"/"+tc.name, func(t *testing.T) {
-				c := h1sDial(t, addr)
-				resp, body := c.do(method, method+" /x HTTP/1.1\r\nHost: edge.test\r\n"+extra+tc.headers+"\r\n")
+				c := rawclient.Dial(t, addr)
+				resp, body := c.Do(method, method+" /x HTTP/1.1\r\nHost: edge.test\r\n"+extra+tc.headers+"\r\n")
 				require.Equal(t, http.StatusOK, resp.StatusCode, body)
 				head := up.LastHead()
 				h := rawupstream.HeaderLines(head)
@@ -133,31 +134,31 @@ func TestInboundUpgrades(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			c := h1sDial(t, addr)
-			resp, body := c.do(http.MethodGet, "GET "+tc.path+" HTTP/1.1\r\nHost: edge.test\r\n"+tc.upgrade+"\r\n")
+			c := rawclient.Dial(t, addr)
+			resp, body := c.Do(http.MethodGet, "GET "+tc.path+" HTTP/1.1\r\nHost: edge.test\r\n"+tc.upgrade+"\r\n")
 			assert.Equal(t, http.StatusOK, resp.StatusCode)
 			assert.Equal(t, "upstream", body)
 			h := rawupstream.HeaderLines(up.LastHead())
 			assert.NotContains(t, h, "upgrade")
 			assert.NotContains(t, h, "http2-settings")
 			assert.NotContains(t, h, "connection")
-			resp, body = c.do(http.MethodGet, "GET /fixed HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+			resp, body = c.Do(http.MethodGet, "GET /fixed HTTP/1.1\r\nHost: edge.test\r\n\r\n")
 			assert.Equal(t, http.StatusOK, resp.StatusCode)
 			assert.Equal(t, "fixed\n", body, "the next request on the connection is routed, not tunnelled")
 		})
 	}
 	t.Run("websocket on a route that allows it", func(t *testing.T) {
-		c := h1sDial(t, addr)
-		c.send("GET /ws HTTP/1.1\r\nHost: edge.test\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n")
-		resp, err := http.ReadResponse(c.br, nil)
+		c := rawclient.Dial(t, addr)
+		c.Send("GET /ws HTTP/1.1\r\nHost: edge.test\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n")
+		resp, err := http.ReadResponse(c.BR, nil)
 		require.NoError(t, err)
 		assert.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
 		h := rawupstream.HeaderLines(up.LastHead())
 		assert.Equal(t, []string{"Upgrade"}, h["connection"])
 		assert.Equal(t, []string{"websocket"}, h["upgrade"])
-		c.send("ping\r\n\r\n")
-		require.NoError(t, c.c.SetReadDeadline(time.Now().Add(5*time.Second)))
-		line, err := c.br.ReadString('\n')
+		c.Send("ping\r\n\r\n")
+		require.NoError(t, c.Conn.SetReadDeadline(time.Now().Add(5*time.Second)))
+		line, err := c.BR.ReadString('\n')
 		require.NoError(t, err)
 		assert.Equal(t, "pong\r\n", line, "the tunnel carries bytes both ways")
 	})
@@ -177,11 +178,11 @@ pools:
 `, b.addr()))
 	addr := strings.TrimPrefix(td.url("edge"), "http://")
 	for i := range 4 {
-		c := h1sDial(t, addr)
-		resp, body := c.do(http.MethodPost, "POST /upload HTTP/1.1\r\nHost: edge.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nmore\r\n0\r\n\r\n")
+		c := rawclient.Dial(t, addr)
+		resp, body := c.Do(http.MethodPost, "POST /upload HTTP/1.1\r\nHost: edge.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nmore\r\n0\r\n\r\n")
 		assert.Equal(t, http.StatusBadRequest, resp.StatusCode, "POST %d: %s", i, body)
 		assert.True(t, resp.Close, "POST %d: the answer closes the connection", i)
-		c.assertClosed(5 * time.Second)
+		c.AssertClosed(5 * time.Second)
 	}
 	resp, body := td.get(td.url("edge") + "/after")
 	assert.Equal(t, http.StatusOK, resp.StatusCode, "the endpoint still serves: %s", body)
@@ -218,8 +219,8 @@ func TestInboundUnderscoreTwinsOfSekishoRequestHeaders(t *testing.T) {
 			extra = "Content-Length: 0\r\n"
 		}
 		t.Run(method, func(t *testing.T) {
-			c := h1sDial(t, addr)
-			resp, body := c.do(method, method+" /x HTTP/1.1\r\nHost: edge.test\r\n"+extra+
+			c := rawclient.Dial(t, addr)
+			resp, body := c.Do(method, method+" /x HTTP/1.1\r\nHost: edge.test\r\n"+extra+
 				"X_Sekisho_Arm: checkout=treatment\r\nx_sekisho_leaf: billing\r\nX_Custom_Thing: kept\r\n\r\n")
 			require.Equal(t, http.StatusOK, resp.StatusCode, body)
 			h := rawupstream.HeaderLines(up.LastHead())
@@ -244,11 +245,11 @@ func TestUnsolicitedSwitchIsNotReused(t *testing.T) {
 		return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 	})
 	_, addr := inboundDaemon(t, up.Addr())
-	c := h1sDial(t, addr)
-	resp, body := c.do("GET", "GET /plain/switch HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+	c := rawclient.Dial(t, addr)
+	resp, body := c.Do("GET", "GET /plain/switch HTTP/1.1\r\nHost: edge.test\r\n\r\n")
 	assert.Equal(t, http.StatusBadGateway, resp.StatusCode, body)
-	c2 := h1sDial(t, addr)
-	resp, body = c2.do("GET", "GET /plain/next HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+	c2 := rawclient.Dial(t, addr)
+	resp, body = c2.Do("GET", "GET /plain/next HTTP/1.1\r\nHost: edge.test\r\n\r\n")
 	assert.Equal(t, http.StatusOK, resp.StatusCode, body)
 	assert.EqualValues(t, 2, up.Conns(), "the request after the 101 went on a new connection")
 }
@@ -269,14 +270,14 @@ pools:
 	for _, reset := range []bool{false, true} {
 		for i := range 3 {
 			before := a.hits.Load() + b.hits.Load()
-			c := h1sDial(t, addr)
-			c.send("PUT /upload HTTP/1.1\r\nHost: edge.test\r\nContent-Length: 100000\r\n\r\n" + strings.Repeat("x", 5000))
+			c := rawclient.Dial(t, addr)
+			c.Send("PUT /upload HTTP/1.1\r\nHost: edge.test\r\nContent-Length: 100000\r\n\r\n" + strings.Repeat("x", 5000))
 			// Wait until the request reached an endpoint, then go.
 			require.Eventually(t, func() bool { return a.hits.Load()+b.hits.Load() > before }, 5*time.Second, 5*time.Millisecond)
 			if reset {
-				c.c.(*net.TCPConn).SetLinger(0)
+				c.Conn.(*net.TCPConn).SetLinger(0)
 			}
-			c.c.Close()
+			c.Conn.Close()
 			require.Eventually(t, func() bool {
 				sa, _ := endpointState(td, "up", a.addr())
 				sb, _ := endpointState(td, "up", b.addr())
