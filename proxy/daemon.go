@@ -44,6 +44,7 @@ type Daemon struct {
 	log    *zap.Logger
 	server *Server
 	admin  *Admin
+	public *Admin // admin.public_listen's server, nil when off
 
 	reloadMu  sync.Mutex // one reload at a time
 	cfg       atomic.Pointer[config.Config]
@@ -53,7 +54,7 @@ type Daemon struct {
 	level     *zap.AtomicLevel // the process log's level, when the Daemon built the logger
 }
 
-// Start applies cfg, opens its listeners and the admin server, and starts
+// Start applies cfg, opens its listeners and the admin servers, and starts
 // its probes. Nothing is left running when it fails.
 func Start(cfg *config.Config, opts Options) (*Daemon, error) {
 	log := opts.Log
@@ -84,6 +85,17 @@ func Start(cfg *config.Config, opts Options) (*Daemon, error) {
 		}
 		d.admin = a
 	}
+	if pl := cfg.Admin.PublicListen; pl != "" && pl != "off" {
+		a, err := StartPublicAdmin(pl, d)
+		if err != nil {
+			if d.admin != nil {
+				d.admin.Close()
+			}
+			d.server.Shutdown(context.Background())
+			return nil, fmt.Errorf("public admin server: %w", err)
+		}
+		d.public = a
+	}
 	log.Info("sekisho started", zap.String("config", cfg.File()), zap.Int("listeners", len(cfg.Listeners)), zap.Int("pools", len(cfg.Pools)))
 	return d, nil
 }
@@ -100,6 +112,15 @@ func (d *Daemon) AdminAddr() net.Addr {
 		return nil
 	}
 	return d.admin.Addr()
+}
+
+// PublicAdminAddr returns the public admin server's address, or nil when
+// admin.public_listen is off.
+func (d *Daemon) PublicAdminAddr() net.Addr {
+	if d.public == nil {
+		return nil
+	}
+	return d.public.Addr()
 }
 
 // Config returns the config in force.
@@ -138,6 +159,9 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 	err := d.server.Shutdown(ctx)
 	if d.admin != nil {
 		d.admin.Close()
+	}
+	if d.public != nil {
+		d.public.Close()
 	}
 	d.log.Info("stopped")
 	d.log.Sync()

@@ -86,8 +86,9 @@ func (d *Daemon) reload() (ReloadResult, error) {
 	if err == nil && d.cfgText != nil && bytes.Equal(text, d.cfgText) {
 		return ReloadResult{Summary: "config unchanged"}, nil
 	}
-	if cfg.Admin.Listen != cur.Admin.Listen || cfg.Admin.Pprof != cur.Admin.Pprof {
-		d.log.Warn("admin settings changed; they take effect on restart", zap.String("admin.listen", cfg.Admin.Listen))
+	if cfg.Admin.Listen != cur.Admin.Listen || cfg.Admin.Pprof != cur.Admin.Pprof || cfg.Admin.PublicListen != cur.Admin.PublicListen {
+		d.log.Warn("admin settings changed; they take effect on restart",
+			zap.String("admin.listen", cfg.Admin.Listen), zap.String("admin.public_listen", cfg.Admin.PublicListen))
 	}
 	if err := d.server.Apply(cfg); err != nil {
 		return ReloadResult{}, err

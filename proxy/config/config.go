@@ -36,6 +36,11 @@ type Config struct {
 type Admin struct {
 	Listen string `yaml:"listen,omitempty"` // default 127.0.0.1:9901; "off" disables it
 	Pprof  bool   `yaml:"pprof,omitempty"`  // serve /debug/pprof/ (default false)
+	// PublicListen is a second, read-only admin listener for the pod
+	// network: it serves only GET and HEAD /healthz, /readyz and /metrics,
+	// so that a kubelet and Prometheus reach them while admin.listen stays
+	// on loopback. Default "" (or "off"): none.
+	PublicListen string `yaml:"public_listen,omitempty"`
 	// ShowEnv makes GET /config show the values that came from the
 	// environment; by default it shows each as the file wrote it
 	// (`${TOKEN}`), so that a secret passed by environment stays secret.

@@ -123,6 +123,13 @@ func (c *Config) validate() Errors {
 			v.at("admin.listen", "admin.listen: %v", err)
 		}
 	}
+	if pl := c.Admin.PublicListen; pl != "" && pl != "off" {
+		if err := checkListenAddr(pl); err != nil {
+			v.at("admin.public_listen", "admin.public_listen: %v", err)
+		} else if pl == c.Admin.Listen && !strings.HasSuffix(pl, ":0") {
+			v.at("admin.public_listen", "admin.public_listen: %q is also admin.listen; the public listener needs an address of its own", pl)
+		}
+	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
 	default:
