@@ -37,6 +37,8 @@ var (
 	// ErrNoRecords: the name exists but the answer held no usable record
 	// (none of the type asked, or only SRV records with port 0).
 	ErrNoRecords = errors.New("discovery: no usable records")
+	// ErrTimeout: no answer from a server within Resolver.Timeout.
+	ErrTimeout = errors.New("discovery: DNS server did not answer in time")
 )
 
 // RcodeError is a DNS answer with a failure code other than NXDOMAIN (for
@@ -302,6 +304,10 @@ func (r *Resolver) exchange(ctx context.Context, network string, m *dns.Msg, ser
 	defer stop()
 	in, _, err := c.ExchangeWithConnContext(ctx, m, conn)
 	if err != nil {
+		var ne net.Error
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout() {
+			return nil, fmt.Errorf("%s query to %s: %w (%w)", network, server, ErrTimeout, err)
+		}
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("%s query to %s: %w", network, server, ctx.Err())
 		}
