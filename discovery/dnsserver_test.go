@@ -21,7 +21,8 @@ type dnsServer struct {
 	records map[string][]dns.RR // by lower-case owner name
 	exists  map[string]bool     // names that answer NOERROR even with no record
 
-	silent     atomic.Bool // drop every query: the client times out
+	silent     atomic.Bool  // drop every query: the client times out
+	rcode      atomic.Int64 // if not 0, answer every query with it
 	udpQueries atomic.Int64
 	tcpQueries atomic.Int64
 }
@@ -98,6 +99,11 @@ func (s *dnsServer) serve(w dns.ResponseWriter, req *dns.Msg) {
 	name := strings.ToLower(q.Name)
 	m := new(dns.Msg)
 	m.SetReply(req)
+	if rc := s.rcode.Load(); rc != 0 {
+		m.Rcode = int(rc)
+		_ = w.WriteMsg(m)
+		return
+	}
 	s.mu.Lock()
 	if !s.exists[name] {
 		m.Rcode = dns.RcodeNameError

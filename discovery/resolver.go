@@ -254,9 +254,10 @@ func addrPort(ip netip.Addr, port uint16) string {
 	return netip.AddrPortFrom(ip, port).String()
 }
 
-// query asks each server in turn until one answers. NXDOMAIN and other
-// failure codes are answers: they are returned without asking the next
-// server.
+// query asks each server in turn until one answers. NXDOMAIN is an answer
+// and is returned at once; a server that fails to answer, or answers with
+// another failure code (SERVFAIL, REFUSED), passes the question on to the
+// next, as Go's own resolver does.
 func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (*dns.Msg, error) {
 	m := new(dns.Msg)
 	m.SetQuestion(name, qtype)
@@ -280,7 +281,7 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (*dns.M
 		case dns.RcodeNameError:
 			return nil, ErrNXDomain
 		default:
-			return nil, &RcodeError{Rcode: in.Rcode}
+			last = fmt.Errorf("%s: %w", server, &RcodeError{Rcode: in.Rcode})
 		}
 	}
 	if last == nil {
