@@ -35,7 +35,9 @@ import (
 // yet. They are still strict-decoded as Kubernetes objects, and the test
 // checks that they still fail to parse: once discovery lands, that check
 // fails, and the entry must be removed so that the config is validated.
-var needsDiscovery = map[string]string{}
+var needsDiscovery = map[string]string{
+	"sharded/configmap.yaml sekisho.yaml": "dns+srv:// shard pools (issue 17, discovery/)",
+}
 
 // discovered matches an endpoint of the discovery release.
 var discovered = regexp.MustCompile(`dns(\+srv)?://[^\s,\]}]+`)
@@ -202,6 +204,36 @@ func TestManifests(t *testing.T) {
 			}
 			drain(t, w, d.configs)
 		})
+	}
+	// A StatefulSet's serviceName is a headless Service in its namespace
+	// selecting its pods, with a TCP port named http: the SRV name
+	// _http._tcp.<service> the edge's dns+srv:// pools resolve.
+	for _, s := range d.sets {
+		var found *corev1.Service
+		for _, svc := range d.services {
+			if svc.Name == s.Spec.ServiceName && svc.Namespace == s.Namespace {
+				found = svc
+			}
+		}
+		require.NotNil(t, found, "StatefulSet %s: no Service %q", s.Name, s.Spec.ServiceName)
+		require.Equal(t, corev1.ClusterIPNone, found.Spec.ClusterIP, "Service %s: headless", found.Name)
+		for k, v := range found.Spec.Selector {
+			require.Equal(t, v, s.Spec.Template.Labels[k], "Service %s selects StatefulSet %s's pods", found.Name, s.Name)
+		}
+		named := false
+		for _, p := range found.Spec.Ports {
+			named = named || p.Name == "http" && (p.Protocol == "" || p.Protocol == corev1.ProtocolTCP)
+		}
+		require.True(t, named, "Service %s: a TCP port named http (for _http._tcp SRV records)", found.Name)
+	}
+	for _, h := range d.hpas {
+		ref := h.Spec.ScaleTargetRef
+		require.Equal(t, "StatefulSet", ref.Kind, "HPA %s", h.Name)
+		s, ok := d.sets[ref.Name]
+		require.True(t, ok, "HPA %s scales StatefulSet %q, which deploy/ does not define", h.Name, ref.Name)
+		require.Equal(t, s.Namespace, h.Namespace, "HPA %s", h.Name)
+		require.NotNil(t, h.Spec.MinReplicas, "HPA %s: minReplicas", h.Name)
+		require.Greater(t, h.Spec.MaxReplicas, *h.Spec.MinReplicas, "HPA %s", h.Name)
 	}
 }
 
