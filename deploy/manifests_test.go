@@ -338,4 +338,3 @@ func drain(t *testing.T, w workload, configs map[string]*config.Config) {
 		require.NotNil(t, c.ReadinessProbe, "%s: readinessProbe on /readyz", where)
 	}
 }
-
