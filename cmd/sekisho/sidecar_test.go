@@ -399,47 +399,54 @@ func TestSidecarNotReadyWhileUpstreamFails(t *testing.T) {
 // podManifest is the part of a Kubernetes manifest that
 // TestSidecarManifest checks.
 type podManifest struct {
-	Kind string `yaml:"kind"`
-	Spec struct {
-		Containers []struct {
-			Name  string   `yaml:"name"`
-			Args  []string `yaml:"args"`
-			Ports []struct {
-				Name          string `yaml:"name"`
-				ContainerPort int    `yaml:"containerPort"`
-			} `yaml:"ports"`
-			ReadinessProbe struct {
-				HTTPGet struct {
-					Path string `yaml:"path"`
-					Port string `yaml:"port"`
-				} `yaml:"httpGet"`
-			} `yaml:"readinessProbe"`
-			VolumeMounts []struct {
-				Name      string `yaml:"name"`
-				MountPath string `yaml:"mountPath"`
-				SubPath   string `yaml:"subPath"`
-			} `yaml:"volumeMounts"`
-		} `yaml:"containers"`
-		Volumes []struct {
-			Name   string `yaml:"name"`
-			Secret struct {
-				SecretName string `yaml:"secretName"`
-			} `yaml:"secret"`
-		} `yaml:"volumes"`
-		Ports []struct {
-			TargetPort string `yaml:"targetPort"`
-		} `yaml:"ports"`
-	} `yaml:"spec"`
+	Kind string       `yaml:"kind"`
+	Spec manifestSpec `yaml:"spec"`
 }
 
-// TestSidecarManifest checks deploy/sidecar/pod.yaml against the binary:
+// manifestSpec is a Pod's, a Deployment's (its pod template's) or a
+// Service's spec, as far as TestSidecarManifest reads them.
+type manifestSpec struct {
+	Template *struct {
+		Spec manifestSpec `yaml:"spec"`
+	} `yaml:"template"`
+	Containers []struct {
+		Name  string   `yaml:"name"`
+		Args  []string `yaml:"args"`
+		Ports []struct {
+			Name          string `yaml:"name"`
+			ContainerPort int    `yaml:"containerPort"`
+		} `yaml:"ports"`
+		ReadinessProbe struct {
+			HTTPGet struct {
+				Path string `yaml:"path"`
+				Port string `yaml:"port"`
+			} `yaml:"httpGet"`
+		} `yaml:"readinessProbe"`
+		VolumeMounts []struct {
+			Name      string `yaml:"name"`
+			MountPath string `yaml:"mountPath"`
+			SubPath   string `yaml:"subPath"`
+		} `yaml:"volumeMounts"`
+	} `yaml:"containers"`
+	Volumes []struct {
+		Name   string `yaml:"name"`
+		Secret struct {
+			SecretName string `yaml:"secretName"`
+		} `yaml:"secret"`
+	} `yaml:"volumes"`
+	Ports []struct {
+		TargetPort string `yaml:"targetPort"`
+	} `yaml:"ports"`
+}
+
+// TestSidecarManifest checks deploy/sidecar/deployment.yaml against the binary:
 // the sekisho container's args make a valid sidecar config once the
 // Secret's files are in place, its ports and readiness probe name what
 // sekisho really listens on, the admin is reachable from the kubelet, the
 // upstream is the legacy container's loopback port, and the certificate
 // comes from a whole-directory Secret mount, which rotation can reach.
 func TestSidecarManifest(t *testing.T) {
-	f, err := os.Open(filepath.Join("..", "..", "deploy", "sidecar", "pod.yaml"))
+	f, err := os.Open(filepath.Join("..", "..", "deploy", "sidecar", "deployment.yaml"))
 	require.NoError(t, err)
 	defer f.Close()
 	dec := yaml.NewDecoder(f)
@@ -453,9 +460,10 @@ func TestSidecarManifest(t *testing.T) {
 		require.NoError(t, err)
 		docs[m.Kind] = m
 	}
-	require.Contains(t, docs, "Pod")
+	require.Contains(t, docs, "Deployment")
 	require.Contains(t, docs, "Service")
-	pod := docs["Pod"].Spec
+	require.NotNil(t, docs["Deployment"].Spec.Template)
+	pod := docs["Deployment"].Spec.Template.Spec
 	containers := map[string]int{}
 	for i, c := range pod.Containers {
 		containers[c.Name] = i
