@@ -10,6 +10,8 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 	"go.uber.org/zap"
+
+	"sekisho/internal/pathwatch"
 )
 
 // WatchDebounce is how long the config file must stay quiet after a change
@@ -17,13 +19,18 @@ import (
 // storm should apply its last write once.
 const WatchDebounce = 150 * time.Millisecond
 
-// ConfigWatch reloads a Daemon when its config file changes. It watches the
-// file's directory rather than the file, so that an editor's write-and-rename
+// ConfigWatch reloads a Daemon when its config file changes. It watches
+// directories rather than the file, so that an editor's write-and-rename
 // and a Kubernetes ConfigMap's `..data` symlink swap (which never touch the
 // file's own inode) are both seen, and a file that briefly disappears is
-// picked up when it is back. When the path is a symlink, the directory of
-// the file it resolves to is watched too, so that an edit in place of the
-// target is seen. Other files of the directories are ignored.
+// picked up when it is back. The path is resolved one component at a time
+// and the directory of every symlink on it is watched, as is the directory
+// of the file it resolves to: a re-pointed parent directory (git-sync's
+// `current -> worktree-SHA`) is seen when the new symlink is renamed over
+// the old, whether or not the old target is still on disk. Every event in
+// those directories resolves the path again and moves the watches to the
+// new chain; events naming other files of the directories are ignored
+// unless the resolution changed.
 //
 // Changes are debounced by WatchDebounce; errors of the reload it triggers
 // are logged and counted by Daemon.Reload, and the next change tries again.
@@ -51,15 +58,14 @@ func watchConfig(ctx context.Context, d *Daemon, debounce time.Duration) (*Confi
 	if err != nil {
 		return nil, err
 	}
-	dir := filepath.Dir(path)
-	if err := w.Add(dir); err != nil {
+	set, err := pathwatch.NewSet(w, path)
+	if err != nil {
 		w.Close()
-		return nil, fmt.Errorf("watching %s: %w", dir, err)
+		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	cw := &ConfigWatch{w: w, cancel: cancel, debounce: debounce}
-	t := &target{w: w, path: path, dir: dir, log: d.log}
-	t.follow()
+	t := &target{set: set, log: d.log}
 	cw.wg.Add(1)
 	go func() {
 		defer cw.wg.Done()
@@ -68,58 +74,29 @@ func watchConfig(ctx context.Context, d *Daemon, debounce time.Duration) (*Confi
 	return cw, nil
 }
 
-// target is the watched path and the file it resolves to.
+// target is the watched path and the chain of symlinks it resolves through.
 type target struct {
-	w       *fsnotify.Watcher
-	log     *zap.Logger
-	path    string // absolute, as configured
-	dir     string // its directory, always watched
-	real    string // what path resolves to now; "" while it does not exist
-	realDir string // the real file's directory when it is watched too
+	set    *pathwatch.Set
+	log    *zap.Logger
+	failed string // the last error of Follow, logged once
 }
 
-// follow resolves the path again and moves the watch on the real file's
-// directory. It reports whether the resolution changed: a symlink swap.
-func (t *target) follow() bool {
-	real, err := filepath.EvalSymlinks(t.path)
-	if err != nil {
-		real = ""
-	}
-	if real == t.real {
-		return false
-	}
-	t.real = real
-	dir := ""
-	if real != "" && filepath.Dir(real) != t.dir {
-		dir = filepath.Dir(real)
-	}
-	if dir != t.realDir {
-		if t.realDir != "" {
-			// Fails harmlessly when the directory is gone, as a replaced
-			// ConfigMap revision is.
-			t.w.Remove(t.realDir)
-		}
-		t.realDir = ""
-		if dir != "" {
-			if err := t.w.Add(dir); err != nil {
-				t.log.Warn("cannot watch the config file's target directory; edits in place of the target need a reload",
-					zap.String("dir", dir), zap.Error(err))
-			} else {
-				t.realDir = dir
-			}
-		}
-	}
-	return true
-}
-
-// concerns reports whether ev may have changed the config file.
+// concerns reports whether ev may have changed the config file: it names
+// an entry of the chain, or the path resolves to another file now.
 func (t *target) concerns(ev fsnotify.Event) bool {
 	if ev.Op == fsnotify.Chmod {
 		return false
 	}
-	name := filepath.Clean(ev.Name)
-	swapped := t.follow()
-	return swapped || name == t.path || (t.real != "" && name == t.real)
+	swapped, err := t.set.Follow()
+	if err != nil && err.Error() != t.failed {
+		t.log.Warn("cannot watch a directory on the config file's path; a change there needs a reload",
+			zap.Error(err))
+	}
+	t.failed = ""
+	if err != nil {
+		t.failed = err.Error()
+	}
+	return swapped || t.set.Concerns(ev.Name)
 }
 
 func (cw *ConfigWatch) loop(ctx context.Context, d *Daemon, t *target) {

@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+
+	"sekisho/internal/pathwatch"
 )
 
 // DefaultDebounce is the quiet time Watch waits for after the last change
@@ -17,14 +20,20 @@ const DefaultDebounce = 200 * time.Millisecond
 
 // Watch reloads the Store when its files change, until ctx is done.
 //
-// It watches the directories of the files rather than the files: an editor's
+// It watches directories rather than the files: an editor's
 // rename-and-replace puts a new inode under the old name, and a Kubernetes
 // Secret update swaps the "..data" symlink that the visible files point
-// through, and neither is seen by a watch on the old file. An event counts
-// when it names one of the store's files or a Kubernetes "..*" entry;
-// attribute-only changes do not. Events are debounced (debounce, zero or
-// negative meaning DefaultDebounce) so that a cert and key written one after
-// the other are read together.
+// through, and neither is seen by a watch on the old file. Each file's path
+// is resolved one component at a time, and the directory of every symlink
+// on it is watched as well as the directory of the file it resolves to: a
+// re-pointed directory symlink (git-sync's "current -> v2") is seen when the
+// new symlink is renamed over the old one, whether or not the old target is
+// still on disk. Every event resolves the paths again and moves the watches
+// to the new chains. An event counts when a path now resolves to another
+// file, or when it names one of the store's files, an entry on their
+// chains or a Kubernetes "..*" entry; attribute-only changes do not. Events
+// are debounced (debounce, zero or negative meaning DefaultDebounce) so that
+// a cert and key written one after the other are read together.
 //
 // Once the watch is in place Watch reloads once, so that a change made after
 // NewStore and before Watch is not missed; then after each quiet period it
@@ -46,19 +55,25 @@ func (s *Store) Watch(ctx context.Context, debounce time.Duration, onReload func
 	defer w.Close()
 
 	names := make(map[string]bool)
-	dirs := make(map[string]bool)
+	var paths []string
 	for _, p := range s.pairs {
 		for _, f := range []string{p.CertFile, p.KeyFile} {
 			names[filepath.Base(f)] = true
-			dir := filepath.Dir(f)
-			if dirs[dir] {
-				continue
+			abs, err := filepath.Abs(f)
+			if err != nil {
+				return fmt.Errorf("certs: watching %s: %w", f, err)
 			}
-			if err := w.Add(dir); err != nil {
-				return fmt.Errorf("certs: watching %s: %w", dir, err)
+			// A missing directory would be waited for in its parent; at the
+			// start it is a mistake to report, as the files were just read.
+			if _, err := os.Stat(filepath.Dir(abs)); err != nil {
+				return fmt.Errorf("certs: watching %s: %w", filepath.Dir(f), err)
 			}
-			dirs[dir] = true
+			paths = append(paths, abs)
 		}
+	}
+	set, err := pathwatch.NewSet(w, paths...)
+	if err != nil {
+		return fmt.Errorf("certs: %w", err)
 	}
 
 	report := func(err error) {
@@ -71,7 +86,7 @@ func (s *Store) Watch(ctx context.Context, debounce time.Duration, onReload func
 	quiet := time.NewTimer(debounce)
 	quiet.Stop()
 	defer quiet.Stop()
-	var watchErr error
+	var watchErr, followErr error
 	for {
 		select {
 		case <-ctx.Done():
@@ -80,7 +95,17 @@ func (s *Store) Watch(ctx context.Context, debounce time.Duration, onReload func
 			if !ok {
 				return errors.New("certs: watcher closed")
 			}
-			if relevant(ev, names) {
+			if ev.Op == fsnotify.Chmod {
+				continue
+			}
+			swapped, err := set.Follow()
+			if err != nil {
+				// Kept until the next report, replaced by each try: a
+				// directory that stays unwatchable is one error.
+				followErr = fmt.Errorf("certs: %w", err)
+				quiet.Reset(debounce)
+			}
+			if swapped || set.Concerns(ev.Name) || relevant(ev, names) {
 				quiet.Reset(debounce)
 			}
 		case err, ok := <-w.Errors:
@@ -91,8 +116,8 @@ func (s *Store) Watch(ctx context.Context, debounce time.Duration, onReload func
 			watchErr = errors.Join(watchErr, fmt.Errorf("certs: watching: %w", err))
 			quiet.Reset(debounce)
 		case <-quiet.C:
-			err := errors.Join(watchErr, s.Reload())
-			watchErr = nil
+			err := errors.Join(watchErr, followErr, s.Reload())
+			watchErr, followErr = nil, nil
 			report(err)
 		}
 	}
