@@ -125,9 +125,13 @@ pools:
 				}
 			}()
 		}
+		// The first held request reaches the idle owner; how many more do
+		// before the owner is over the bound depends on how the six arrive,
+		// so only the first is waited for: one in flight already puts the
+		// owner over the bound (the other shards answer at once).
 		require.Eventually(t, func() bool {
-			return replicas[hotIdx][0].hits.Load()+replicas[hotIdx][1].hits.Load()-hotBefore >= 2
-		}, 5*time.Second, 10*time.Millisecond)
+			return replicas[hotIdx][0].hits.Load()+replicas[hotIdx][1].hits.Load()-hotBefore >= 1
+		}, 10*time.Second, 10*time.Millisecond)
 		require.Eventually(t, func() bool {
 			resp, _ := td.get(base+"/profile", "X-User-ID", "user-0")
 			return resp.StatusCode == http.StatusOK && resp.Header.Get("X-Sekisho-Shard") != hot

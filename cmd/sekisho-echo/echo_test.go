@@ -315,7 +315,7 @@ func TestCancellationCounted(t *testing.T) {
 				require.Eventually(t, func() bool {
 					s := stats(t, c, ts.URL)
 					return s.Cancelled == 1 && s.InFlight == 0
-				}, 5*time.Second, 5*time.Millisecond, "cancellation not counted: %+v", stats(t, c, ts.URL))
+				}, 15*time.Second, 5*time.Millisecond, "cancellation not counted: %+v", stats(t, c, ts.URL))
 				assert.Equal(t, int64(1), stats(t, c, ts.URL).Requests)
 			})
 		}
