@@ -10,6 +10,7 @@ import (
 
 	"sekisho/http1"
 	"sekisho/proxy/config"
+	"sekisho/proxy/upstream"
 )
 
 // errBodyTooLarge ends the read of a request body that grew past the
@@ -80,7 +81,7 @@ func (l *routeLimits) serve(w *statusWriter, r *http.Request, h http.Handler) {
 	case ctx.Err() == context.DeadlineExceeded && !w.wroteHeader:
 		// A stage that gave up quietly when the deadline passed (the pool
 		// answers 504 itself).
-		plainError(w, http.StatusGatewayTimeout, "request timed out\n")
+		upstream.PlainError(w, http.StatusGatewayTimeout, "request timed out\n")
 	}
 }
 
@@ -91,15 +92,7 @@ func tooLarge(w *statusWriter, r *http.Request) {
 	if r.ProtoMajor == 1 {
 		w.Header().Set("Connection", "close")
 	}
-	plainError(w, http.StatusRequestEntityTooLarge, "request body too large\n")
-}
-
-func plainError(w http.ResponseWriter, status int, msg string) {
-	h := w.Header()
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	io.WriteString(w, msg)
+	upstream.PlainError(w, http.StatusRequestEntityTooLarge, "request body too large\n")
 }
 
 // stopBody tells the HTTP/1 loop not to read what is left of body after the

@@ -34,11 +34,12 @@ func (p *Pool) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 		fields = append(fields, zap.String("upstream", info.Upstream), zap.String("request_id", info.RequestID))
 	}
 	p.log.Warn("upstream request failed", fields...)
-	plainError(w, status, msg)
+	PlainError(w, status, msg)
 }
 
-// plainError answers status with a one-line text body.
-func plainError(w http.ResponseWriter, status int, msg string) {
+// PlainError answers status with msg as plain text that no client
+// sniffs: the one form of every error answer sekisho writes itself.
+func PlainError(w http.ResponseWriter, status int, msg string) {
 	h := w.Header()
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")

@@ -58,5 +58,5 @@ func (g *inFlightGate) refuse(w http.ResponseWriter, r *http.Request, pool strin
 		info.Pool = pool
 	}
 	w.Header()["Retry-After"] = g.retryAfter[:1:1]
-	plainError(w, http.StatusServiceUnavailable, "pool at capacity\n")
+	PlainError(w, http.StatusServiceUnavailable, "pool at capacity\n")
 }
