@@ -7,10 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,17 +22,7 @@ import (
 // cancelled at once. It gets the same GOAWAY as a client that resets in
 // bulk, and costs the upstream as few connections.
 func TestHTTP2ProvokedResetIsClosed(t *testing.T) {
-	var upConns atomic.Int64
-	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "ok")
-	}))
-	up.Config.ConnState = func(_ net.Conn, st http.ConnState) {
-		if st == http.StateNew {
-			upConns.Add(1)
-		}
-	}
-	up.Start()
-	t.Cleanup(up.Close)
+	up := newCountingUpstream(t)
 	td := startDaemon(t, fmt.Sprintf(`
 version: 1
 admin: {listen: "127.0.0.1:0"}
@@ -47,7 +34,7 @@ listeners:
 pools:
   up:
     endpoints: [%s]
-`, up.Listener.Addr()))
+`, up.addr()))
 
 	cases := []struct {
 		name    string
@@ -62,7 +49,7 @@ pools:
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			conns := upConns.Load()
+			conns := up.opened.Load()
 			c := h2RawConn(t, tlsAddr(td, "plain"), nil)
 			seen := h2ReadAll(c, 10*time.Second)
 			block := h2GetBlock("http", "/")
@@ -81,8 +68,8 @@ pools:
 			assert.Equal(t, uint32(h2ErrEnhanceYourCalm), got.code, "ENHANCE_YOUR_CALM")
 			var ne net.Error
 			assert.False(t, errors.As(got.err, &ne) && ne.Timeout(), "the connection was closed, not left open: %v", got.err)
-			t.Logf("%d upstream connections opened", upConns.Load()-conns)
-			assert.LessOrEqual(t, upConns.Load()-conns, int64(2*h2ResetBurst), "upstream connections opened")
+			t.Logf("%d upstream connections opened", up.opened.Load()-conns)
+			assert.LessOrEqual(t, up.opened.Load()-conns, int64(2*h2ResetBurst), "upstream connections opened")
 		})
 	}
 }

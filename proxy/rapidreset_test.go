@@ -32,20 +32,7 @@ func TestHTTP2RapidResetIsClosed(t *testing.T) {
 	dir := t.TempDir()
 	ca := certstest.NewCA(t)
 	cert := ca.Issue(t, dir, "edge.test")
-	var upConns, upClosed atomic.Int64
-	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "ok")
-	}))
-	up.Config.ConnState = func(_ net.Conn, st http.ConnState) {
-		switch st {
-		case http.StateNew:
-			upConns.Add(1)
-		case http.StateClosed:
-			upClosed.Add(1)
-		}
-	}
-	up.Start()
-	t.Cleanup(up.Close)
+	up := newCountingUpstream(t)
 	td := startDaemon(t, fmt.Sprintf(`
 version: 1
 admin: {listen: "127.0.0.1:0"}
@@ -62,7 +49,7 @@ listeners:
 pools:
   up:
     endpoints: [%s]
-`, freeAddr(t), cert.CertFile, cert.KeyFile, up.Listener.Addr()))
+`, freeAddr(t), cert.CertFile, cert.KeyFile, up.addr()))
 
 	secure := &tls.Config{RootCAs: ca.Pool(), ServerName: "edge.test"}
 	cases := []struct {
@@ -75,7 +62,7 @@ pools:
 	}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			conns, closed := upConns.Load(), upClosed.Load()
+			conns, closed := up.opened.Load(), up.closed.Load()
 			c := h2RawConn(t, tlsAddr(td, tc.listener), tc.tls)
 			seen := h2ReadAll(c, 10*time.Second)
 			block := h2GetBlock(tc.scheme, "/")
@@ -106,9 +93,9 @@ pools:
 			// A stream the guard let through may have been dialling, or
 			// waiting for its answer on a connection that must then close
 			// (as http.Transport's do), when it was reset: never more.
-			t.Logf("%d upstream connections opened, %d closed", upConns.Load()-conns, upClosed.Load()-closed)
-			assert.LessOrEqual(t, upConns.Load()-conns, int64(h2ResetBurst), "upstream connections opened")
-			assert.LessOrEqual(t, upClosed.Load()-closed, int64(h2ResetBurst), "upstream connections closed")
+			t.Logf("%d upstream connections opened, %d closed", up.opened.Load()-conns, up.closed.Load()-closed)
+			assert.LessOrEqual(t, up.opened.Load()-conns, int64(h2ResetBurst), "upstream connections opened")
+			assert.LessOrEqual(t, up.closed.Load()-closed, int64(h2ResetBurst), "upstream connections closed")
 
 			// A well-behaved client is served as ever.
 			var rt http.RoundTripper
@@ -128,3 +115,30 @@ pools:
 		})
 	}
 }
+
+// countingUpstream answers "ok" and counts the connections it opens and
+// closes, for tests that bound what a client costs the upstream.
+type countingUpstream struct {
+	srv            *httptest.Server
+	opened, closed atomic.Int64
+}
+
+func newCountingUpstream(t *testing.T) *countingUpstream {
+	u := &countingUpstream{}
+	u.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "ok")
+	}))
+	u.srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+		switch st {
+		case http.StateNew:
+			u.opened.Add(1)
+		case http.StateClosed:
+			u.closed.Add(1)
+		}
+	}
+	u.srv.Start()
+	t.Cleanup(u.srv.Close)
+	return u
+}
+
+func (u *countingUpstream) addr() string { return u.srv.Listener.Addr().String() }
