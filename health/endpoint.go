@@ -181,9 +181,9 @@ func (e *Endpoint) recordProbe(res ProbeResult, rise, fall int) bool {
 }
 
 // remove marks the endpoint dropped by Retain and emits its last event.
-func (e *Endpoint) remove() {
+func (e *Endpoint) remove(reason string) {
 	e.mu.Lock()
-	ev := e.eventLocked(e.group.reg.now(), "removed from configuration")
+	ev := e.eventLocked(e.group.reg.now(), reason)
 	ev.Removed = true
 	e.pushLocked(ev)
 	e.removed.Store(true)

@@ -155,26 +155,39 @@ func expected(ranges []StatusRange, code int) bool {
 // the bound on how long a failure goes unseen. A probe that is cut by Close
 // counts for nothing.
 //
+// The endpoint set may change while the Checker runs (SetEndpoints, as DNS
+// discovery adds and removes replicas): an added endpoint is probed at once,
+// a removed one's probes stop.
+//
 // Results go to the Endpoints, which live in the Registry: a Checker holds
 // no state that a reload would lose, and two Checkers of the same pool (the
 // old and the new Runtime during a reload) may run at once. A Checker is
 // safe for concurrent use.
 type Checker struct {
 	group *Group
-	eps   []*Endpoint
-	urls  []string
 	probe Probe
 	rt    http.RoundTripper
 	own   *http.Transport // rt, when the Checker made it; closed by Close
 	log   *zap.Logger
 
 	started atomic.Bool
-	pending atomic.Int64 // endpoints not yet probed since Start
+	pending atomic.Int64 // endpoints of the first round not yet probed
 
 	mu     sync.Mutex
+	ctx    context.Context // the probes' parent, once started
 	cancel context.CancelFunc
 	closed bool
+	runs   map[*Endpoint]*probeRun
 	wg     sync.WaitGroup
+}
+
+// probeRun is the probing of one endpoint.
+type probeRun struct {
+	url    string
+	cancel context.CancelFunc // nil until started
+	// first is set for the endpoints of the first round, until their first
+	// probe ends (or they are removed before it): FirstRoundDone counts them.
+	first atomic.Bool
 }
 
 // NewChecker prepares the probes of endpoints, which must belong to g and
@@ -189,10 +202,9 @@ func NewChecker(g *Group, endpoints []*Endpoint, p Probe, rt http.RoundTripper, 
 		log = zap.NewNop()
 	}
 	p = p.withDefaults()
-	c := &Checker{group: g, eps: endpoints, probe: p, rt: rt, log: log}
-	c.urls = make([]string, len(endpoints))
-	for i, e := range endpoints {
-		c.urls[i] = p.Scheme + "://" + e.addr + p.Path
+	c := &Checker{group: g, probe: p, rt: rt, log: log, runs: make(map[*Endpoint]*probeRun, len(endpoints))}
+	for _, e := range endpoints {
+		c.runs[e] = &probeRun{url: p.Scheme + "://" + e.addr + p.Path}
 	}
 	if rt == nil {
 		c.own = newProbeTransport(p)
@@ -230,12 +242,54 @@ func (c *Checker) Start(ctx context.Context) {
 	if c.closed || c.started.Load() {
 		return
 	}
-	ctx, c.cancel = context.WithCancel(ctx)
-	c.pending.Store(int64(len(c.eps)))
+	c.ctx, c.cancel = context.WithCancel(ctx)
+	c.pending.Store(int64(len(c.runs)))
 	c.started.Store(true)
-	for i := range c.eps {
-		c.wg.Add(1)
-		go c.run(ctx, i)
+	for e, run := range c.runs {
+		run.first.Store(true)
+		c.launchLocked(e, run)
+	}
+}
+
+// launchLocked starts the probing of e; c.mu is held and c started.
+func (c *Checker) launchLocked(e *Endpoint, run *probeRun) {
+	ctx, cancel := context.WithCancel(c.ctx)
+	run.cancel = cancel
+	c.wg.Add(1)
+	go c.run(ctx, e, run)
+}
+
+// SetEndpoints makes endpoints the set probed, which must belong to the
+// Checker's group: endpoints new to the set are probed at once (when the
+// Checker runs), those no longer in it stop being probed, and the others go
+// on undisturbed. An endpoint added after Start does not hold
+// FirstRoundDone back: the first round is the one of the set Start found.
+func (c *Checker) SetEndpoints(endpoints []*Endpoint) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	keep := make(map[*Endpoint]bool, len(endpoints))
+	for _, e := range endpoints {
+		keep[e] = true
+		if _, ok := c.runs[e]; ok {
+			continue
+		}
+		run := &probeRun{url: c.probe.Scheme + "://" + e.addr + c.probe.Path}
+		c.runs[e] = run
+		if c.started.Load() && !c.closed {
+			c.launchLocked(e, run)
+		}
+	}
+	for e, run := range c.runs {
+		if keep[e] {
+			continue
+		}
+		delete(c.runs, e)
+		if run.cancel != nil {
+			run.cancel()
+		}
+		if run.first.Swap(false) {
+			c.pending.Add(-1)
+		}
 	}
 }
 
@@ -261,13 +315,12 @@ func (c *Checker) Close() {
 	}
 }
 
-func (c *Checker) run(ctx context.Context, i int) {
+func (c *Checker) run(ctx context.Context, e *Endpoint, run *probeRun) {
 	defer c.wg.Done()
-	e := c.eps[i]
 	timer := time.NewTimer(c.probe.Interval)
 	defer timer.Stop()
-	for first := true; ; first = false {
-		res := c.check(ctx, i)
+	for {
+		res := c.check(ctx, run.url)
 		if ctx.Err() != nil {
 			return
 		}
@@ -276,7 +329,7 @@ func (c *Checker) run(ctx context.Context, i int) {
 				zap.Int("status", res.Status), zap.String("error", res.Error))
 		}
 		e.recordProbe(res, c.probe.Rise, c.probe.Fall)
-		if first {
+		if run.first.Swap(false) {
 			c.pending.Add(-1)
 		}
 		// Probes also notice ejections ending, so that a pool nobody
@@ -301,19 +354,19 @@ func jitter(interval time.Duration, rnd func(n int64) int64) time.Duration {
 	return interval - time.Duration(rnd(spread+1))
 }
 
-// check sends one probe to endpoint i.
-func (c *Checker) check(ctx context.Context, i int) ProbeResult {
+// check sends one probe to url.
+func (c *Checker) check(ctx context.Context, url string) ProbeResult {
 	start := time.Now()
-	res := c.send(ctx, i)
+	res := c.send(ctx, url)
 	res.At = start
 	res.DurationMS = float64(time.Since(start).Microseconds()) / 1000
 	return res
 }
 
-func (c *Checker) send(ctx context.Context, i int) ProbeResult {
+func (c *Checker) send(ctx context.Context, url string) ProbeResult {
 	ctx, cancel := context.WithTimeout(ctx, c.probe.Timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.urls[i], nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return ProbeResult{Error: err.Error()}
 	}

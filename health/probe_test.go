@@ -466,3 +466,82 @@ func TestCheckerLifecycle(t *testing.T) {
 		goleak.VerifyNone(t)
 	})
 }
+
+// TestCheckerSetEndpoints changes the probed set of a running Checker, as
+// DNS discovery does: an added endpoint is probed at once, a removed one is
+// probed no more, and the first round stays the one Start found.
+func TestCheckerSetEndpoints(t *testing.T) {
+	srvA := newFlipServer(t, http.StatusOK)
+	srvB := newFlipServer(t, http.StatusOK)
+	srvC := newFlipServer(t, http.StatusOK)
+	reg, rec := newTestRegistry(nil)
+	g := reg.Group("p")
+	g.SetProbed(true)
+	a, b, c := reg.Endpoint("p", srvA.addr()), reg.Endpoint("p", srvB.addr()), reg.Endpoint("p", srvC.addr())
+	probe := Probe{Interval: 20 * time.Millisecond, Timeout: time.Second, Rise: 1, Fall: 1000}
+	ch := NewChecker(g, []*Endpoint{a, b}, probe, nil, nil)
+	t.Cleanup(ch.Close)
+	ch.Start(context.Background())
+	require.Eventually(t, ch.FirstRoundDone, waitFor, time.Millisecond)
+	require.Eventually(t, func() bool { return a.Ready() && b.Ready() }, waitFor, time.Millisecond)
+
+	// C joins with a long interval: only the at-once probe can make it
+	// ready within the deadline.
+	ch.SetEndpoints([]*Endpoint{a, c})
+	require.Eventually(t, c.Ready, waitFor, time.Millisecond, "an added endpoint is probed at once")
+	assert.True(t, ch.FirstRoundDone(), "an added endpoint does not hold the first round back")
+	reg.Forget("p", []string{srvB.addr()}, "no longer discovered")
+
+	// B's probes have stopped: its count stands still while A's grows.
+	stopped := srvB.answered()
+	aBefore := srvA.answered()
+	require.Eventually(t, func() bool { return srvA.answered() > aBefore+3 }, waitFor, time.Millisecond)
+	assert.LessOrEqual(t, srvB.answered(), stopped+1, "a removed endpoint is not probed (one probe may have been on its way)")
+	assert.Contains(t, rec.reasons(srvB.addr()), "no longer discovered")
+	for _, ps := range reg.Snapshot() {
+		for _, es := range ps.Endpoints {
+			assert.NotEqual(t, srvB.addr(), es.Address, "a forgotten endpoint leaves /pools")
+		}
+	}
+
+	t.Run("removed before its first probe", func(t *testing.T) {
+		reg := NewRegistry(nil)
+		g := reg.Group("q")
+		g.SetProbed(true)
+		hang := reg.Endpoint("q", silentListener(t))
+		ok := reg.Endpoint("q", srvA.addr())
+		ch := NewChecker(g, []*Endpoint{hang, ok}, Probe{Interval: time.Hour, Timeout: time.Hour, Rise: 1, Fall: 1}, nil, nil)
+		t.Cleanup(ch.Close)
+		ch.Start(context.Background())
+		require.Eventually(t, ok.Ready, waitFor, time.Millisecond)
+		ch.SetEndpoints([]*Endpoint{ok})
+		assert.True(t, ch.FirstRoundDone(), "the first round no longer waits for a removed endpoint")
+	})
+}
+
+// silentListener accepts connections and never answers on them.
+func silentListener(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var conns []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, conn)
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return ln.Addr().String()
+}

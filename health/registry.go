@@ -159,7 +159,33 @@ func (r *Registry) Retain(pools map[string][]string) {
 		return cmp.Or(cmp.Compare(a.group.name, b.group.name), cmp.Compare(a.addr, b.addr))
 	})
 	for _, e := range removed {
-		e.remove()
+		e.remove("removed from configuration")
+	}
+}
+
+// Forget drops the state of pool's endpoints at addrs, as Retain drops what
+// a new configuration no longer lists: for endpoints that left the pool
+// without a reload (DNS discovery removed them). Each emits its Removed
+// event, with reason; an address the pool does not have is ignored.
+func (r *Registry) Forget(pool string, addrs []string, reason string) {
+	r.mu.Lock()
+	g := r.pools[pool]
+	r.mu.Unlock()
+	if g == nil {
+		return
+	}
+	var removed []*Endpoint
+	g.mu.Lock()
+	for _, addr := range addrs {
+		if e, ok := g.eps[addr]; ok {
+			delete(g.eps, addr)
+			removed = append(removed, e)
+		}
+	}
+	g.mu.Unlock()
+	slices.SortFunc(removed, func(a, b *Endpoint) int { return cmp.Compare(a.addr, b.addr) })
+	for _, e := range removed {
+		e.remove(reason)
 	}
 }
 
