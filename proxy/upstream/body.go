@@ -71,15 +71,15 @@ type endRWC struct {
 	io.Writer
 }
 
-// wrapBody makes body, from target i, end the endpoint's in-flight count
+// wrapBody makes body, from target t, end the endpoint's in-flight count
 // when it is closed and end itself when the upstream stalls for the pool's
 // body_idle.
-func (p *Pool) wrapBody(body io.ReadCloser, i int) io.ReadCloser {
-	ep := p.targets[i].EP
+func (p *Pool) wrapBody(body io.ReadCloser, t *member) io.ReadCloser {
+	ep := t.ep
 	if nb, ok := body.(http1.NotifyingBody); ok {
 		// The direct transport's body bounds its reads itself and says
 		// when it ends: no wrapper.
-		nb.NotifyEnd(&p.bodyEnds[i])
+		nb.NotifyEnd(&t.bodyEnd)
 		return nb
 	}
 	if rwc, ok := body.(io.ReadWriteCloser); ok {

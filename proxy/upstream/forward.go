@@ -24,7 +24,7 @@ import (
 // request again.
 type prepared struct {
 	resp *http.Response
-	t    int // target index
+	t    *member // the target that answered
 }
 
 type preparedKey struct{}
@@ -34,33 +34,33 @@ func (p *Pool) forward(w http.ResponseWriter, r *http.Request, info *router.Info
 	ctx := r.Context()
 	fwd := p.forwardedFor(r, info)
 	var a http1.Answer
-	i, err := p.try(r, info, nil, func(i int, tctx context.Context) (int, error) {
+	t, err := p.try(r, info, nil, func(t *member, tctx context.Context) (int, error) {
 		var err error
-		if a, err = p.direct.Forward(tctx, r, p.schemes[i], p.targets[i].Addr, &fwd); err != nil {
+		if a, err = p.direct.Forward(tctx, r, t.scheme, t.addr, &fwd); err != nil {
 			return 0, err
 		}
 		if a.Response != nil {
 			return a.Response.StatusCode, nil
 		}
 		return a.Status, nil
-	}, func(i int) {
+	}, func(t *member) {
 		if a.Response != nil {
 			discard(a.Response.Body)
 		} else {
 			a.Discard()
 		}
 		a = http1.Answer{}
-		p.targets[i].EP.End()
+		t.ep.End()
 	})
 	switch {
 	case err != nil:
 		p.errorHandler(w, r, err)
 	case a.Response != nil:
-		p.relayPrepared(w, r, a.Response, i)
+		p.relayPrepared(w, r, a.Response, t)
 	default:
-		p.stick(w.Header(), r.Header, i)
+		t.stick(w.Header(), r.Header)
 		err := a.Relay(ctx, w)
-		p.targets[i].EP.End()
+		t.ep.End()
 		if err != nil {
 			var idle *http1.BodyIdleError
 			if errors.As(err, &idle) {
@@ -74,9 +74,9 @@ func (p *Pool) forward(w http.ResponseWriter, r *http.Request, info *router.Info
 }
 
 // relayPrepared lets ReverseProxy forward an answer the direct path has
-// already received from target i.
-func (p *Pool) relayPrepared(w http.ResponseWriter, r *http.Request, resp *http.Response, i int) {
-	ctx := context.WithValue(r.Context(), preparedKey{}, &prepared{resp: resp, t: i})
+// already received from target t.
+func (p *Pool) relayPrepared(w http.ResponseWriter, r *http.Request, resp *http.Response, t *member) {
+	ctx := context.WithValue(r.Context(), preparedKey{}, &prepared{resp: resp, t: t})
 	p.proxy.ServeHTTP(w, r.WithContext(ctx))
 }
 
@@ -90,7 +90,7 @@ func (p *Pool) takePrepared(out *http.Request) (*http.Response, bool) {
 	resp := pr.resp
 	pr.resp = nil // a retry by ReverseProxy, were there one, must not reuse it
 	resp.Body = p.wrapBody(resp.Body, pr.t)
-	p.stick(resp.Header, out.Header, pr.t)
+	pr.t.stick(resp.Header, out.Header)
 	return resp, true
 }
 

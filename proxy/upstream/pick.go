@@ -16,6 +16,7 @@ import (
 // to one request at a time.
 type picker struct {
 	p      *Pool
+	set    *members // the endpoint set of every attempt of the request
 	now    time.Time
 	tried  []int  // target indexes this request's attempts used
 	local  [4]int // tried's backing array until a request retries more
@@ -46,12 +47,12 @@ var pickers = sync.Pool{New: func() any {
 // picker returns a picker for one request to p; release gives it back.
 func (p *Pool) picker() *picker {
 	pk := pickers.Get().(*picker)
-	pk.p = p
+	pk.p, pk.set = p, p.set.Load()
 	return pk
 }
 
 func (pk *picker) release() {
-	pk.p, pk.shared = nil, nil
+	pk.p, pk.set, pk.shared = nil, nil, nil
 	pk.tried = pk.tried[:0]
 	pickers.Put(pk)
 }
@@ -89,9 +90,9 @@ func (pk *picker) pick(r *http.Request, info *router.Info) int {
 func (pk *picker) choose(r *http.Request, later bool) int {
 	p := pk.p
 	if later && p.again != nil {
-		return p.again.PickAgain(p.targets, r, pk.now, pk.usable)
+		return p.again.PickAgain(pk.set.targets, r, pk.now, pk.usable)
 	}
-	return p.policy.Pick(p.targets, r, pk.now, pk.usable)
+	return p.policy.Pick(pk.set.targets, r, pk.now, pk.usable)
 }
 
 // check is the usable filter of the pick under way.
@@ -101,7 +102,7 @@ func (pk *picker) check(i int) bool {
 			return false
 		}
 	}
-	t := &pk.p.targets[i]
+	t := &pk.set.targets[i]
 	switch pk.rule {
 	case anyUntried:
 		return true

@@ -35,10 +35,12 @@ func TestPickDoesNotAllocate(t *testing.T) {
 	reg := health.NewRegistry(nil)
 	build := func(policy string) *Pool {
 		p := &Pool{name: policy}
+		set := &members{}
 		for i := 0; i < 4; i++ {
 			addr := fmt.Sprintf("127.0.0.1:%d", 9000+i)
-			p.targets = append(p.targets, balance.Target{Addr: addr, Weight: 1, EP: reg.Endpoint(policy, addr)})
+			set.targets = append(set.targets, balance.Target{Addr: addr, Weight: 1, EP: reg.Endpoint(policy, addr)})
 		}
+		p.set.Store(set)
 		var err error
 		p.policy, err = balance.New(policy, router.Key{}, time.Second)
 		require.NoError(t, err)

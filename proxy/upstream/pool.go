@@ -7,6 +7,7 @@ import (
 	"log"
 	"net/http"
 	"net/http/httputil"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -114,13 +115,14 @@ type Endpoint struct {
 // available endpoint with its balance policy and forwards the request there,
 // retrying on another endpoint a request that never reached the first one.
 // httputil.ReverseProxy forwards, but for the bodyless requests with plain
-// answers that the direct path (forward.go) relays itself. A Pool is
-// immutable once built and safe for concurrent use; endpoint state lives in
-// the health.Registry.
+// answers that the direct path (forward.go) relays itself. A Pool is safe
+// for concurrent use; its settings are fixed when it is built, its endpoint
+// set may change in place (SetEndpoints), and endpoint state lives in the
+// health.Registry.
 type Pool struct {
 	name    string
-	targets []balance.Target
-	schemes []string
+	set     atomic.Pointer[members] // the endpoint set in force
+	setMu   sync.Mutex              // serialises SetEndpoints
 	policy  balance.Policy
 	again   balance.Repicker // policy, when it has a separate turn for later attempts
 	group   *health.Group
@@ -139,16 +141,12 @@ type Pool struct {
 	direct      *http1.Transport // the transport, when the direct path can use it
 	proxy       *httputil.ReverseProxy
 	log         *zap.Logger
-	attempts    []*metrics.CodeCounters // per target
 	duration    prometheus.Observer
 	// bodyIdle ends an upstream body that stalls; bodyTimeouts counts
 	// those.
 	bodyIdle     time.Duration
 	bodyTimeouts prometheus.Counter
-	// bodyEnds, per target, is told when a body the direct transport read
-	// ends.
-	bodyEnds []bodyEnd
-	checker  *health.Checker // nil without readiness probes
+	checker      *health.Checker // nil without readiness probes
 	// forwarded and setRealIP add Forwarded and X-Real-IP upstream.
 	forwarded, setRealIP bool
 	// gatesReadyz holds /readyz at 503 while no endpoint is available.
@@ -157,7 +155,35 @@ type Pool struct {
 	// probed and outlier are the group settings Commit puts in force.
 	probed  bool
 	outlier health.Outlier
-	sticky  *sticky // cookie affinity; nil without
+	// stickyOpts is cookie affinity, built into every member set; nil
+	// without.
+	stickyOpts *Sticky
+	// registry and metrics build the members of a new endpoint set.
+	registry *health.Registry
+	metrics  *metrics.Metrics
+}
+
+// members is one endpoint set of a pool. It is never modified once built: a
+// request reads the set in force once and keeps it for all its attempts, so
+// the indexes its balance policy returns stay valid while SetEndpoints puts
+// another set in force, and a request under way to an endpoint the new set
+// dropped finishes there.
+type members struct {
+	targets []balance.Target // what the balance policy sees
+	all     []member         // in the order of targets
+	sticky  *sticky          // cookie affinity over this set; nil without
+}
+
+// member is one endpoint of a member set, with what a request to it uses.
+type member struct {
+	set      *members
+	index    int
+	scheme   string
+	addr     string
+	ep       *health.Endpoint
+	attempts *metrics.CodeCounters
+	// bodyEnd is told when a body the direct transport read ends.
+	bodyEnd bodyEnd
 }
 
 var (
@@ -211,25 +237,12 @@ func New(o Options) (*Pool, error) {
 		p.retryCounts.byReason[i] = m.UpstreamRetries.WithLabelValues(name, reason)
 	}
 	p.retryCounts.exhausted = m.UpstreamRetryBudgetExhausted.WithLabelValues(name)
-	eps := make([]*health.Endpoint, 0, len(o.Endpoints))
-	for _, e := range o.Endpoints {
-		scheme := e.Scheme
-		if scheme == "" {
-			scheme = "http"
-		}
-		ep := o.Registry.EndpointFor(name, e.Addr, probed)
-		eps = append(eps, ep)
-		p.targets = append(p.targets, balance.Target{Addr: e.Addr, Weight: e.Weight, EP: ep})
-		p.schemes = append(p.schemes, scheme)
-		p.bodyEnds = append(p.bodyEnds, bodyEnd{ep: ep, idleTimeouts: p.bodyTimeouts})
-		p.attempts = append(p.attempts, metrics.NewCodeCounters(m.Upstream.MustCurryWith(prometheus.Labels{"pool": name, "endpoint": e.Addr})))
+	if o.Sticky != nil && o.Sticky.Cookie == "" {
+		return nil, fmt.Errorf("upstream: pool %q: sticky needs a cookie name", name)
 	}
-	if o.Sticky != nil {
-		if o.Sticky.Cookie == "" {
-			return nil, fmt.Errorf("upstream: pool %q: sticky needs a cookie name", name)
-		}
-		p.sticky = newSticky(o.Sticky, name, p.targets)
-	}
+	p.stickyOpts, p.registry, p.metrics = o.Sticky, o.Registry, m
+	set := p.build(o.Endpoints, nil)
+	p.set.Store(set)
 	p.forwarded, p.setRealIP = o.Forwarded, o.SetRealIP
 	p.transport = o.Transport
 	p.direct, _ = o.Transport.(*http1.Transport)
@@ -248,12 +261,116 @@ func New(o Options) (*Pool, error) {
 	if r := o.Readiness; r != nil {
 		probe := *r
 		probe.Scheme = "http"
-		if len(p.schemes) > 0 {
-			probe.Scheme = p.schemes[0]
+		if len(set.all) > 0 {
+			probe.Scheme = set.all[0].scheme
 		}
-		p.checker = health.NewChecker(p.group, eps, probe, o.Transport, logger)
+		p.checker = health.NewChecker(p.group, set.endpoints(), probe, o.Transport, logger)
 	}
 	return p, nil
+}
+
+// build makes the member set of eps, reusing what old (the set in force,
+// or nil) holds for the endpoints they share.
+func (p *Pool) build(eps []Endpoint, old *members) *members {
+	prev := map[string]*member{}
+	if old != nil {
+		for i := range old.all {
+			prev[old.all[i].addr] = &old.all[i]
+		}
+	}
+	set := &members{targets: make([]balance.Target, 0, len(eps)), all: make([]member, len(eps))}
+	for i, e := range eps {
+		scheme := e.Scheme
+		if scheme == "" {
+			scheme = "http"
+		}
+		mb := &set.all[i]
+		*mb = member{set: set, index: i, scheme: scheme, addr: e.Addr}
+		if was := prev[e.Addr]; was != nil {
+			mb.ep, mb.attempts = was.ep, was.attempts
+		} else {
+			mb.ep = p.registry.EndpointFor(p.name, e.Addr, p.probed)
+			mb.attempts = metrics.NewCodeCounters(p.metrics.Upstream.MustCurryWith(prometheus.Labels{"pool": p.name, "endpoint": e.Addr}))
+		}
+		mb.bodyEnd = bodyEnd{ep: mb.ep, idleTimeouts: p.bodyTimeouts}
+		set.targets = append(set.targets, balance.Target{Addr: e.Addr, Weight: e.Weight, EP: mb.ep})
+	}
+	if p.stickyOpts != nil {
+		set.sticky = newSticky(p.stickyOpts, p.name, set.targets)
+	}
+	return set
+}
+
+// endpoints returns the health state of the set's endpoints.
+func (m *members) endpoints() []*health.Endpoint {
+	out := make([]*health.Endpoint, len(m.all))
+	for i := range m.all {
+		out[i] = m.all[i].ep
+	}
+	return out
+}
+
+// SetEndpoints puts eps in force as the pool's endpoint set, in place: an
+// endpoint in both the old and the new set keeps its health state (its
+// readiness, ejection and in-flight count) and its connections; a new one
+// is probed at once when the pool has probes (and is not picked before it
+// is ready), and enters under slow start when the policy has it; one no
+// longer listed takes no new request, while those under way on it finish
+// there. Its health state is dropped from the registry and its per-endpoint
+// series from the metrics. It returns the addresses added and removed.
+//
+// The hash policies place keys by address, so only the keys of the
+// endpoints that left move, and only to endpoints that joined do keys move
+// from others (as many as their share).
+func (p *Pool) SetEndpoints(eps []Endpoint) (added, removed []string) {
+	p.setMu.Lock()
+	defer p.setMu.Unlock()
+	old := p.set.Load()
+	set := p.build(eps, old)
+	have := make(map[string]bool, len(set.all))
+	for i := range set.all {
+		have[set.all[i].addr] = true
+	}
+	had := make(map[string]bool, len(old.all))
+	for i := range old.all {
+		had[old.all[i].addr] = true
+		if !have[old.all[i].addr] {
+			removed = append(removed, old.all[i].addr)
+		}
+	}
+	for i := range set.all {
+		if !had[set.all[i].addr] {
+			added = append(added, set.all[i].addr)
+		}
+	}
+	if len(added) == 0 && len(removed) == 0 && sameWeights(old, set) {
+		return nil, nil
+	}
+	p.set.Store(set)
+	if p.checker != nil {
+		p.checker.SetEndpoints(set.endpoints())
+	}
+	if len(removed) > 0 {
+		p.registry.Forget(p.name, removed, "no longer discovered")
+		for _, addr := range removed {
+			p.metrics.Upstream.DeletePartialMatch(prometheus.Labels{"pool": p.name, "endpoint": addr})
+		}
+	}
+	return added, removed
+}
+
+// sameWeights reports whether a and b, which hold the same addresses, give
+// each one the same weight and place.
+func sameWeights(a, b *members) bool {
+	if len(a.targets) != len(b.targets) {
+		return false
+	}
+	for i := range a.targets {
+		if a.targets[i].Addr != b.targets[i].Addr || a.targets[i].Weight != b.targets[i].Weight || a.all[i].scheme != b.all[i].scheme {
+			return false
+		}
+	}
+	return true
 }
 
 // zapWriter carries ReverseProxy's own log lines (rare: a failed body copy)
@@ -268,9 +385,10 @@ func (w zapWriter) Write(b []byte) (int, error) {
 // Name returns the pool's name.
 func (p *Pool) Name() string { return p.name }
 
-// Targets returns the pool's endpoints, in the order of Options.Endpoints.
-// The slice is the pool's own and must not be modified.
-func (p *Pool) Targets() []balance.Target { return p.targets }
+// Targets returns the pool's endpoints in force, in the order of
+// Options.Endpoints or of the last SetEndpoints. The slice is the pool's
+// own and must not be modified.
+func (p *Pool) Targets() []balance.Target { return p.set.Load().targets }
 
 // Transport returns the Transport the pool forwards over.
 func (p *Pool) Transport() Transport { return p.transport }
@@ -344,12 +462,13 @@ func (p *Pool) serve(w http.ResponseWriter, r *http.Request) {
 // Available reports whether some endpoint may take a request now (any
 // endpoint, in panic mode).
 func (p *Pool) Available() bool {
-	if p.panicMode && len(p.targets) > 0 {
+	targets := p.set.Load().targets
+	if p.panicMode && len(targets) > 0 {
 		return true
 	}
 	now := time.Now()
-	for i := range p.targets {
-		if p.targets[i].EP.Available(now) {
+	for i := range targets {
+		if targets[i].EP.Available(now) {
 			return true
 		}
 	}
@@ -382,8 +501,8 @@ func (p *Pool) RoundTrip(out *http.Request) (*http.Response, error) {
 	}
 	guard, _ := out.Body.(*replayGuard)
 	var resp *http.Response
-	i, err := p.try(out, router.InfoFrom(out), guard, func(i int, ctx context.Context) (int, error) {
-		out.URL.Scheme, out.URL.Host = p.schemes[i], p.targets[i].Addr
+	t, err := p.try(out, router.InfoFrom(out), guard, func(t *member, ctx context.Context) (int, error) {
+		out.URL.Scheme, out.URL.Host = t.scheme, t.addr
 		req := out
 		if ctx != out.Context() {
 			req = out.WithContext(ctx)
@@ -393,9 +512,9 @@ func (p *Pool) RoundTrip(out *http.Request) (*http.Response, error) {
 			return 0, err
 		}
 		return resp.StatusCode, nil
-	}, func(i int) {
+	}, func(t *member) {
 		discard(resp.Body)
-		p.targets[i].EP.End()
+		t.ep.End()
 	})
 	if err != nil {
 		return nil, err
@@ -407,7 +526,7 @@ func (p *Pool) RoundTrip(out *http.Request) (*http.Response, error) {
 		resp.Header.Del("Content-Length")
 		resp.ContentLength = -1
 	}
-	resp.Body = p.wrapBody(resp.Body, i)
-	p.stick(resp.Header, out.Header, i)
+	resp.Body = p.wrapBody(resp.Body, t)
+	t.stick(resp.Header, out.Header)
 	return resp, nil
 }

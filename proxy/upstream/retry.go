@@ -18,12 +18,13 @@ import (
 // pool retries on, is sent again to an endpoint this request has not tried
 // yet, up to retries times, when the failure is one of the pool's retryOn,
 // the request can be replayed (see retryable) and the retry budget allows.
-// drop discards the answer of target i that a retry replaces. It returns
+// drop discards the answer of target t that a retry replaces. It returns
 // the target that answered, whose in-flight count the caller ends with the
-// answer, or the error to answer with. send and drop, which do not escape,
-// cost the plain path no allocation.
+// answer, or the error to answer with. Every attempt picks from the one
+// member set in force when the request began. send and drop, which do not
+// escape, cost the plain path no allocation.
 func (p *Pool) try(r *http.Request, info *router.Info, guard *replayGuard,
-	send func(i int, ctx context.Context) (status int, err error), drop func(i int)) (int, error) {
+	send func(t *member, ctx context.Context) (status int, err error), drop func(t *member)) (*member, error) {
 	pk := p.picker()
 	defer pk.release()
 	p.active.Add(1)
@@ -38,29 +39,30 @@ func (p *Pool) try(r *http.Request, info *router.Info, guard *replayGuard,
 	for attempt := 0; ; attempt++ {
 		ctx := r.Context()
 		if err := ctx.Err(); err != nil {
-			return -1, err // the client has gone: no attempt, no dial
+			return nil, err // the client has gone: no attempt, no dial
 		}
 		i := pk.pick(r, info)
 		if i < 0 {
 			if lastErr != nil {
-				return -1, lastErr
+				return nil, lastErr
 			}
-			return -1, ErrNoReadyEndpoint
+			return nil, ErrNoReadyEndpoint
 		}
-		start := p.begin(i, info)
+		t := &pk.set.all[i]
+		start := p.begin(t, info)
 		tctx, stop := tryContext(ctx, p.perTry)
-		status, err := send(i, tctx)
+		status, err := send(t, tctx)
 		if stop != nil && stop() {
 			if err == nil {
 				// The head came as the time ran out: the answer is cut
 				// under the cancelled context, so it is a timeout too.
-				p.answered(i, start, status)
-				drop(i)
-				p.targets[i].EP.ObserveResult(false)
+				p.answered(t, start, status)
+				drop(t)
+				t.ep.ObserveResult(false)
 				err = context.Cause(tctx)
 				lastErr = err
 				if !p.retryAgain(attempt, RetryTimeout, r, guard, &retrying) {
-					return -1, err
+					return nil, err
 				}
 				pk.exclude(i)
 				continue
@@ -68,15 +70,15 @@ func (p *Pool) try(r *http.Request, info *router.Info, guard *replayGuard,
 			err = context.Cause(tctx)
 		}
 		if err == nil {
-			p.answered(i, start, status)
+			p.answered(t, start, status)
 			reason := reasonOfStatus(status)
 			if reason&p.retryOn == 0 || !p.retryAgain(attempt, reason, r, guard, &retrying) {
-				return i, nil
+				return t, nil
 			}
-			drop(i)
+			drop(t)
 			pk.exclude(i)
 			if err := p.backoff.wait(ctx, attempt); err != nil {
-				return -1, err
+				return nil, err
 			}
 			continue
 		}
@@ -88,15 +90,15 @@ func (p *Pool) try(r *http.Request, info *router.Info, guard *replayGuard,
 			}
 		}
 		lastErr = err
-		if !p.failed(i, start, r, err) {
-			return -1, err
+		if !p.failed(t, start, r, err) {
+			return nil, err
 		}
 		if !p.retryAgain(attempt, reasonOf(err), r, guard, &retrying) {
-			return -1, err
+			return nil, err
 		}
 		pk.exclude(i)
 		if err := p.backoff.wait(ctx, attempt); err != nil {
-			return -1, err
+			return nil, err
 		}
 	}
 }
@@ -133,41 +135,39 @@ func (p *Pool) retryAgain(attempt int, reason RetryOn, r *http.Request, guard *r
 	return true
 }
 
-// begin starts an attempt on target i: the Info names it, it joins the
+// begin starts an attempt on target t: the Info names it, it joins the
 // request's tried endpoints and counts one more request in flight.
-func (p *Pool) begin(i int, info *router.Info) time.Time {
-	t := &p.targets[i]
+func (p *Pool) begin(t *member, info *router.Info) time.Time {
 	if info != nil {
-		info.Pool, info.Upstream = p.name, t.Addr
+		info.Pool, info.Upstream = p.name, t.addr
 		if info.Tried != nil {
-			info.Tried.Add(t.Addr)
+			info.Tried.Add(t.addr)
 		}
 	}
-	t.EP.Begin()
+	t.ep.Begin()
 	return time.Now()
 }
 
-// answered records an attempt on target i that got an answer with status;
+// answered records an attempt on target t that got an answer with status;
 // the endpoint stays in flight until the answer's body ends.
-func (p *Pool) answered(i int, start time.Time, status int) {
+func (p *Pool) answered(t *member, start time.Time, status int) {
 	p.duration.Observe(time.Since(start).Seconds())
-	p.attempts[i].Inc(status)
-	p.targets[i].EP.ObserveResult(status < 500 || !p.group.Counts5xx())
+	t.attempts.Inc(status)
+	t.ep.ObserveResult(status < 500 || !p.group.Counts5xx())
 }
 
-// failed records an attempt on target i that got no answer, and reports
+// failed records an attempt on target t that got no answer, and reports
 // whether it was the endpoint's failure (not the client's), which may be
 // retried.
-func (p *Pool) failed(i int, start time.Time, r *http.Request, err error) bool {
+func (p *Pool) failed(t *member, start time.Time, r *http.Request, err error) bool {
 	p.duration.Observe(time.Since(start).Seconds())
-	t := &p.targets[i]
-	t.EP.End()
-	p.attempts[i].Inc(0)
+	t.ep.End()
+	t.attempts.Inc(0)
 	if r.Context().Err() != nil || clientFault(err) {
 		return false // the client left, its deadline passed or its body failed: not the endpoint's fault
 	}
-	t.EP.ObserveResult(false)
-	p.log.Debug("attempt failed", zap.String("pool", p.name), zap.String("endpoint", t.Addr), zap.Error(err))
+	t.ep.ObserveResult(false)
+	p.log.Debug("attempt failed", zap.String("pool", p.name), zap.String("endpoint", t.addr), zap.Error(err))
 	return true
 }
 

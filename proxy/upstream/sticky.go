@@ -129,10 +129,10 @@ func (s *sticky) stick(h, req http.Header, i int) {
 	h["Set-Cookie"] = s.setCookie[i]
 }
 
-// stick is Pool's hook for the answers of both forwarding paths.
-func (p *Pool) stick(h, req http.Header, i int) {
-	if p.sticky != nil {
-		p.sticky.stick(h, req, i)
+// stick is the hook of both forwarding paths for the answers from t.
+func (t *member) stick(h, req http.Header) {
+	if s := t.set.sticky; s != nil {
+		s.stick(h, req, t.index)
 	}
 }
 
@@ -142,7 +142,7 @@ func (p *Pool) stick(h, req http.Header, i int) {
 // otherwise, and the balance policy picks. A retry after a failure on that
 // endpoint is thus an ordinary pick, and its answer sets a new cookie.
 func (pk *picker) stickyPick(r *http.Request, info *router.Info) int {
-	s := pk.p.sticky
+	s := pk.set.sticky
 	if s == nil || len(pk.tried) > 0 {
 		return -1
 	}
@@ -150,7 +150,7 @@ func (pk *picker) stickyPick(r *http.Request, info *router.Info) int {
 	if i < 0 {
 		return -1
 	}
-	t := &pk.p.targets[i]
+	t := &pk.set.targets[i]
 	if !t.EP.Available(pk.now) {
 		return -1
 	}

@@ -27,14 +27,18 @@ var testStickyKey = []byte("0123456789abcdef0123456789abcdef")
 func stickyTestPool(t *testing.T, policy string, n int) *Pool {
 	reg := health.NewRegistry(nil)
 	p := &Pool{name: "web"}
+	set := &members{all: make([]member, n)}
 	for i := 0; i < n; i++ {
 		addr := fmt.Sprintf("127.0.0.1:%d", 9000+i)
-		p.targets = append(p.targets, balance.Target{Addr: addr, Weight: 1, EP: reg.Endpoint("web", addr)})
+		ep := reg.Endpoint("web", addr)
+		set.targets = append(set.targets, balance.Target{Addr: addr, Weight: 1, EP: ep})
+		set.all[i] = member{set: set, index: i, addr: addr, ep: ep}
 	}
 	var err error
 	p.policy, err = balance.New(policy, router.MustParseKey("header:X-User"), 0)
 	require.NoError(t, err)
-	p.sticky = newSticky(&Sticky{Cookie: "srv", Key: testStickyKey}, "web", p.targets)
+	set.sticky = newSticky(&Sticky{Cookie: "srv", Key: testStickyKey}, "web", set.targets)
+	p.set.Store(set)
 	return p
 }
 
@@ -70,7 +74,7 @@ func TestStickyCookieNamesOnlyThePoolsEndpoints(t *testing.T) {
 			if tt.cookie != nil {
 				h["Cookie"] = tt.cookie
 			}
-			assert.Equal(t, tt.want, p.sticky.target(h))
+			assert.Equal(t, tt.want, p.set.Load().sticky.target(h))
 		})
 	}
 }
@@ -142,7 +146,7 @@ func TestStickyPickSkipsAnUnavailableEndpoint(t *testing.T) {
 	pk := p.picker()
 	assert.Equal(t, 1, pk.pick(req, nil))
 	pk.release()
-	ep := p.targets[1].EP
+	ep := p.Targets()[1].EP
 	ep.Group().SetOutlier(health.Outlier{ConsecutiveFailures: 1, Eject: time.Minute, MaxEjectedPercent: 100})
 	ep.ObserveResult(false)
 	require.True(t, ep.Ejected(time.Now()))
@@ -168,12 +172,12 @@ func TestStickyPickDoesNotAllocate(t *testing.T) {
 			panic("not the cookie's endpoint")
 		}
 		pk.release()
-		p.stick(h, req.Header, 3) // named already: nothing to set
+		p.set.Load().all[3].stick(h, req.Header) // named already: nothing to set
 		clear(h)
-		p.stick(h, req.Header, 2) // a move: the precomputed value
+		p.set.Load().all[2].stick(h, req.Header) // a move: the precomputed value
 	})
 	assert.LessOrEqual(t, allocs, limit)
-	assert.Equal(t, p.sticky.setCookie[2], h["Set-Cookie"])
+	assert.Equal(t, p.set.Load().sticky.setCookie[2], h["Set-Cookie"])
 }
 
 // The answer carries the cookie on both forwarding paths, and only when
