@@ -171,7 +171,7 @@ type Checker struct {
 	log   *zap.Logger
 
 	started atomic.Bool
-	pending atomic.Int64 // endpoints of the first round not yet probed
+	pending atomic.Int64 // endpoints in the set not yet probed
 
 	mu     sync.Mutex
 	ctx    context.Context // the probes' parent, once started
@@ -185,8 +185,8 @@ type Checker struct {
 type probeRun struct {
 	url    string
 	cancel context.CancelFunc // nil until started
-	// first is set for the endpoints of the first round, until their first
-	// probe ends (or they are removed before it): FirstRoundDone counts them.
+	// first is set from the run's start until its first probe ends (or
+	// the endpoint is removed before that): pending counts these.
 	first atomic.Bool
 }
 
@@ -243,16 +243,16 @@ func (c *Checker) Start(ctx context.Context) {
 		return
 	}
 	c.ctx, c.cancel = context.WithCancel(ctx)
-	c.pending.Store(int64(len(c.runs)))
-	c.started.Store(true)
 	for e, run := range c.runs {
-		run.first.Store(true)
 		c.launchLocked(e, run)
 	}
+	c.started.Store(true)
 }
 
-// launchLocked starts the probing of e; c.mu is held and c started.
+// launchLocked starts the probing of e; c.mu is held and c.ctx set.
 func (c *Checker) launchLocked(e *Endpoint, run *probeRun) {
+	run.first.Store(true)
+	c.pending.Add(1)
 	ctx, cancel := context.WithCancel(c.ctx)
 	run.cancel = cancel
 	c.wg.Add(1)
@@ -262,8 +262,7 @@ func (c *Checker) launchLocked(e *Endpoint, run *probeRun) {
 // SetEndpoints makes endpoints the set probed, which must belong to the
 // Checker's group: endpoints new to the set are probed at once (when the
 // Checker runs), those no longer in it stop being probed, and the others go
-// on undisturbed. An endpoint added after Start does not hold
-// FirstRoundDone back: the first round is the one of the set Start found.
+// on undisturbed.
 func (c *Checker) SetEndpoints(endpoints []*Endpoint) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -275,7 +274,7 @@ func (c *Checker) SetEndpoints(endpoints []*Endpoint) {
 		}
 		run := &probeRun{url: c.probe.Scheme + "://" + e.addr + c.probe.Path}
 		c.runs[e] = run
-		if c.started.Load() && !c.closed {
+		if c.ctx != nil && !c.closed {
 			c.launchLocked(e, run)
 		}
 	}
@@ -293,9 +292,9 @@ func (c *Checker) SetEndpoints(endpoints []*Endpoint) {
 	}
 }
 
-// FirstRoundDone reports whether every endpoint has been probed at least
-// once since Start: the condition of the proxy's /readyz. A Checker that
-// was never started has not.
+// FirstRoundDone reports whether every endpoint in the set has been probed
+// at least once since Start (or since it was added): the condition of the
+// proxy's /readyz at startup. A Checker that was never started has not.
 func (c *Checker) FirstRoundDone() bool {
 	return c.started.Load() && c.pending.Load() == 0
 }

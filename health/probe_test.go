@@ -489,7 +489,7 @@ func TestCheckerSetEndpoints(t *testing.T) {
 	// ready within the deadline.
 	ch.SetEndpoints([]*Endpoint{a, c})
 	require.Eventually(t, c.Ready, waitFor, time.Millisecond, "an added endpoint is probed at once")
-	assert.True(t, ch.FirstRoundDone(), "an added endpoint does not hold the first round back")
+	assert.True(t, ch.FirstRoundDone(), "every endpoint of the set has had its first probe")
 	reg.Forget("p", []string{srvB.addr()}, "no longer discovered")
 
 	// B's probes have stopped: its count stands still while A's grows.
@@ -514,8 +514,13 @@ func TestCheckerSetEndpoints(t *testing.T) {
 		t.Cleanup(ch.Close)
 		ch.Start(context.Background())
 		require.Eventually(t, ok.Ready, waitFor, time.Millisecond)
+		assert.False(t, ch.FirstRoundDone(), "the silent endpoint has not had its first probe")
 		ch.SetEndpoints([]*Endpoint{ok})
 		assert.True(t, ch.FirstRoundDone(), "the first round no longer waits for a removed endpoint")
+		// One added later holds the round back until its first probe.
+		late := reg.Endpoint("q", silentListener(t))
+		ch.SetEndpoints([]*Endpoint{ok, late})
+		assert.False(t, ch.FirstRoundDone(), "an added endpoint's first probe is part of the round")
 	})
 }
 
