@@ -83,8 +83,10 @@ type Resolver struct {
 	// counted in Set.OverLimit. Default DefaultMaxEndpoints.
 	MaxEndpoints int
 	// OnResult, if set, is called after every resolution a Source makes,
-	// with the target's text and whether it succeeded: the hook for a
-	// resolutions counter. It must be fast and safe for concurrent use.
+	// with the target's text and whether it succeeded, once the Source's
+	// State and Current show it (and its onChange, if any, has returned):
+	// the hook for a resolutions counter and a log of failures. It must be
+	// fast and safe for concurrent use.
 	OnResult func(target string, ok bool)
 
 	once    sync.Once

@@ -121,9 +121,6 @@ func (s *Source) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return // cancelled mid-query: neither a result nor an error
 		}
-		if s.r.OnResult != nil {
-			s.r.OnResult(s.target.String(), err == nil)
-		}
 		var wait time.Duration
 		if err != nil {
 			backoff = min(max(backoff*2, s.r.minTTL()), s.r.maxTTL())
@@ -135,6 +132,11 @@ func (s *Source) run(ctx context.Context) {
 		changed := s.record(set, err, wait)
 		if changed && s.onChange != nil {
 			s.onChange(set)
+		}
+		// After the change is applied, so that the hook sees the State
+		// and Current of this resolution.
+		if s.r.OnResult != nil {
+			s.r.OnResult(s.target.String(), err == nil)
 		}
 		timer.Reset(wait)
 	}
