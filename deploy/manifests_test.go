@@ -35,9 +35,7 @@ import (
 // yet. They are still strict-decoded as Kubernetes objects, and the test
 // checks that they still fail to parse: once discovery lands, that check
 // fails, and the entry must be removed so that the config is validated.
-var needsDiscovery = map[string]string{
-	"sharded/configmap.yaml sekisho.yaml": "dns+srv:// shard pools (issue 17, discovery/)",
-}
+var needsDiscovery = map[string]string{}
 
 // discovered matches an endpoint of the discovery release.
 var discovered = regexp.MustCompile(`dns(\+srv)?://[^\s,\]}]+`)

@@ -10,9 +10,12 @@ package config
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"sekisho/discovery"
 )
 
 // Config is the root of a sekisho config file (version 1). Load fills it,
@@ -24,6 +27,11 @@ type Config struct {
 	ShutdownGrace Duration         `yaml:"shutdown_grace,omitempty"` // default 15s
 	Listeners     []Listener       `yaml:"listeners,omitempty"`      // at least one; no default
 	Pools         map[string]*Pool `yaml:"pools,omitempty"`          // by name; default none
+	// Discovery is the default discovery settings of every pool with
+	// dns:// or dns+srv:// endpoints; a pool's own discovery section
+	// overrides it field by field (see DiscoveryFor). Default nil: the
+	// defaults of Discovery.
+	Discovery *Discovery `yaml:"discovery,omitempty"`
 
 	file string
 	pos  map[string]Pos
@@ -340,13 +348,113 @@ type Pool struct {
 	Forwarded string `yaml:"forwarded,omitempty"`
 	// SetRealIP sends X-Real-IP with the client address (default false).
 	SetRealIP bool `yaml:"set_real_ip,omitempty"`
+	// Discovery overrides, field by field, the top-level discovery
+	// settings for this pool's dns:// and dns+srv:// endpoints; only
+	// allowed in a pool that has one. Default nil: the top level's.
+	Discovery *Discovery `yaml:"discovery,omitempty"`
+}
+
+// DiscoveredScheme is the scheme of the endpoints a pool discovers: https
+// when the pool has a tls section, http otherwise (a DNS record carries no
+// scheme).
+func (p *Pool) DiscoveredScheme() string {
+	if p.TLS != nil {
+		return "https"
+	}
+	return "http"
 }
 
 // Endpoint is one replica: `host:port`, `http://host:port`,
-// `https://host:port`, or {address, weight}.
+// `https://host:port`, a discovered set `dns://NAME:PORT` or
+// `dns+srv://NAME`, or {address, weight}.
 type Endpoint struct {
 	Address string `yaml:"address,omitempty"`
-	Weight  int    `yaml:"weight,omitempty"` // default 1
+	// Weight is the endpoint's relative share (default 1); for dns:// it
+	// is the weight of each address found. A dns+srv:// endpoint takes
+	// its weights from the SRV records, so it has none (0).
+	Weight int `yaml:"weight,omitempty"`
+}
+
+// Discovered reports whether the endpoint is a set found by DNS (a dns://
+// or dns+srv:// address) rather than one static address; ParseEndpoint
+// refuses those, discovery.ParseTarget parses them.
+func (e Endpoint) Discovered() bool { return discovery.IsTarget(e.Address) }
+
+// srv reports whether the endpoint is a dns+srv:// set.
+func (e Endpoint) srv() bool { return strings.HasPrefix(e.Address, discovery.SchemeDNSSRV) }
+
+// Discovery sets how pools resolve their dns:// and dns+srv:// endpoints.
+// A zero field takes the top level's value, then its default.
+type Discovery struct {
+	// Resolvers are the DNS servers asked, in order: IP or IP:port (port
+	// 53 by default). Default: the nameservers of /etc/resolv.conf.
+	Resolvers []string `yaml:"resolvers,omitempty"`
+	// MinTTL and MaxTTL clamp the records' TTL into the re-resolution
+	// interval. Defaults discovery.DefaultMinTTL (1s) and
+	// discovery.DefaultMaxTTL (30s).
+	MinTTL Duration `yaml:"min_ttl,omitempty"`
+	MaxTTL Duration `yaml:"max_ttl,omitempty"`
+	// Timeout bounds one query to one server. Default
+	// discovery.DefaultTimeout (2s).
+	Timeout Duration `yaml:"timeout,omitempty"`
+	// MaxEndpoints bounds the endpoints kept from one name's answer.
+	// Default discovery.DefaultMaxEndpoints (1024).
+	MaxEndpoints int `yaml:"max_endpoints,omitempty"`
+}
+
+// over returns d with each field that o sets replaced by o's.
+func (d Discovery) over(o *Discovery) Discovery {
+	if o == nil {
+		return d
+	}
+	if len(o.Resolvers) > 0 {
+		d.Resolvers = o.Resolvers
+	}
+	if o.MinTTL != 0 {
+		d.MinTTL = o.MinTTL
+	}
+	if o.MaxTTL != 0 {
+		d.MaxTTL = o.MaxTTL
+	}
+	if o.Timeout != 0 {
+		d.Timeout = o.Timeout
+	}
+	if o.MaxEndpoints != 0 {
+		d.MaxEndpoints = o.MaxEndpoints
+	}
+	return d
+}
+
+// withDefaults fills the zero fields of d but Resolvers, whose nil means
+// resolv.conf.
+func (d Discovery) withDefaults() Discovery {
+	if d.MinTTL == 0 {
+		d.MinTTL = Duration(discovery.DefaultMinTTL)
+	}
+	if d.MaxTTL == 0 {
+		d.MaxTTL = Duration(discovery.DefaultMaxTTL)
+	}
+	if d.Timeout == 0 {
+		d.Timeout = Duration(discovery.DefaultTimeout)
+	}
+	if d.MaxEndpoints == 0 {
+		d.MaxEndpoints = discovery.DefaultMaxEndpoints
+	}
+	return d
+}
+
+// DiscoveryFor returns the discovery settings in force for the named pool:
+// its own section over the top-level one, field by field, with every
+// default filled but Resolvers (nil: the nameservers of /etc/resolv.conf).
+// The Resolvers slice is a copy.
+func (c *Config) DiscoveryFor(pool string) Discovery {
+	var own *Discovery
+	if p := c.Pools[pool]; p != nil {
+		own = p.Discovery
+	}
+	d := Discovery{}.over(c.Discovery).over(own).withDefaults()
+	d.Resolvers = slices.Clone(d.Resolvers)
+	return d
 }
 
 func (*Endpoint) scalarField() string { return ".address" }

@@ -178,7 +178,9 @@ func (c *Config) applyDefaults() {
 			defInt(&r.Budget.MinConcurrency, 3)
 		}
 		for i := range p.Endpoints {
-			if p.Endpoints[i].Weight == 0 {
+			// A dns+srv endpoint's weights are its records': it has none
+			// of its own, so the effective config reads back as valid.
+			if p.Endpoints[i].Weight == 0 && !p.Endpoints[i].srv() {
 				p.Endpoints[i].Weight = 1
 			}
 		}

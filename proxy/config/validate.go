@@ -170,6 +170,7 @@ func (c *Config) validate() Errors {
 	for _, name := range slices.Sorted(maps.Keys(c.Pools)) {
 		v.pool(name, c.Pools[name], "pools."+name)
 	}
+	v.discoveryRules()
 	return v.errs
 }
 
@@ -371,8 +372,13 @@ func (v *validation) pool(name string, pc *Pool, p string) {
 		v.at(p, "pool %q has no endpoints", name)
 	}
 	seen := map[string]bool{}
+	targets := map[targetKey]bool{}
 	for i, e := range pc.Endpoints {
 		ep := fmt.Sprintf("%s.endpoints[%d]", p, i)
+		if e.Discovered() {
+			v.discoveredEndpoint(name, pc, e, ep, targets)
+			continue
+		}
 		u, err := ParseEndpoint(e.Address)
 		if err != nil {
 			v.at(ep, "endpoint: %v", err)
@@ -470,6 +476,7 @@ func (v *validation) pool(name string, pc *Pool, p string) {
 	if pc.Sticky != nil {
 		v.sticky(pc.Sticky, p+".sticky")
 	}
+	v.poolDiscovery(name, pc, p)
 }
 
 // ParseEndpoint accepts host:port, http://host:port and https://host:port.
