@@ -34,7 +34,7 @@ func StartAdmin(addr string, d *Daemon, pprofOn bool) (*Admin, error) {
 	d.probeRoutes(mux)
 	mux.HandleFunc("GET /config", d.serveConfig)
 	mux.HandleFunc("GET /pools", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, d.shared.Registry.Snapshot())
+		writeJSON(w, http.StatusOK, d.pools())
 	})
 	mux.HandleFunc("GET /shards", func(w http.ResponseWriter, _ *http.Request) {
 		reports := []any{}

@@ -34,6 +34,7 @@ type Shared struct {
 	transports transportCache
 	rings      ringCache
 	buffers    *upstream.BufferPool
+	discovery  *discoveryHub
 }
 
 // NewShared returns a Shared with a fresh registry and metrics; log may be nil.
@@ -42,6 +43,7 @@ func NewShared(log *zap.Logger) *Shared {
 		log = zap.NewNop()
 	}
 	shared := &Shared{Registry: health.NewRegistry(log), Metrics: metrics.New(), Log: log, buffers: upstream.NewBufferPool()}
+	shared.discovery = newDiscoveryHub(shared)
 	shared.Registry.SetNotify(shared.endpointEvent)
 	return shared
 }
@@ -72,7 +74,10 @@ type Runtime struct {
 	cfg       *config.Config
 	listeners map[string]*listenerRuntime // by listen address
 	pools     map[string]*upstream.Pool
-	closers   []io.Closer
+	// discovered are the pools with dns:// or dns+srv:// endpoints, by
+	// name.
+	discovered map[string]*discoveredPool
+	closers    []io.Closer
 	shards    []hotKeyReporter
 	loadedAt  time.Time
 	access    *accessLog // nil when off; set by Server.Apply
@@ -269,12 +274,23 @@ func (c *compiler) pool(name string, pc *config.Pool) (*upstream.Pool, error) {
 		Registry:           shared.Registry, Metrics: shared.Metrics, Log: shared.Log, Buffers: shared.buffers,
 		Sticky: stickyOptions(pc.Sticky)}
 	o.Forwarded, o.SetRealIP = pc.Forwarded == "rfc7239", pc.SetRealIP
-	for _, e := range pc.Endpoints {
-		u, err := config.ParseEndpoint(e.Address)
-		if err != nil {
-			return nil, err
+	dp, err := c.discoveredParts(name, pc)
+	if err != nil {
+		return nil, err
+	}
+	if dp != nil {
+		c.rt.closers = append(c.rt.closers, closerFunc(func() { shared.discovery.release(dp) }))
+		// What the Sources already know (a reload that keeps a target
+		// shares its Source): the pool starts with it rather than empty.
+		o.Endpoints, _, _ = dp.endpoints()
+	} else {
+		for _, e := range pc.Endpoints {
+			u, err := config.ParseEndpoint(e.Address)
+			if err != nil {
+				return nil, err
+			}
+			o.Endpoints = append(o.Endpoints, upstream.Endpoint{Scheme: u.Scheme, Addr: u.Host, Weight: e.Weight})
 		}
-		o.Endpoints = append(o.Endpoints, upstream.Endpoint{Scheme: u.Scheme, Addr: u.Host, Weight: e.Weight})
 	}
 	t, commit, err := shared.transports.get(name, pc)
 	if err != nil {
@@ -296,6 +312,14 @@ func (c *compiler) pool(name string, pc *config.Pool) (*upstream.Pool, error) {
 	p, err := upstream.New(o)
 	if err != nil {
 		return nil, err
+	}
+	if dp != nil {
+		dp.pool = p
+		shared.discovery.attach(dp)
+		if c.rt.discovered == nil {
+			c.rt.discovered = map[string]*discoveredPool{}
+		}
+		c.rt.discovered[name] = dp
 	}
 	// The pool's health settings are shared with the Runtime in force:
 	// they change only when this one is put in force (Runtime.commit).
@@ -320,17 +344,45 @@ func (rt *Runtime) Start(ctx context.Context) {
 		for _, p := range rt.pools {
 			p.Start(ctx)
 		}
+		for _, dp := range rt.discovered {
+			dp.hub.start(dp)
+		}
 	})
 }
 
-// Ready reports whether every pool with probes has finished its first round.
-func (rt *Runtime) Ready() bool {
-	for _, p := range rt.pools {
-		if !p.FirstRoundDone() {
-			return false
+// Ready reports whether every pool with discovered endpoints has resolved
+// them, and every pool with probes has finished its first round (over the
+// discovered endpoints too).
+func (rt *Runtime) Ready() bool { return rt.notReady() == "" }
+
+// notReady says why the Runtime is not Ready, or returns "".
+func (rt *Runtime) notReady() string {
+	for _, name := range slices.Sorted(maps.Keys(rt.discovered)) {
+		if dp := rt.discovered[name]; !dp.ready() {
+			return dp.waiting()
 		}
 	}
-	return true
+	for _, name := range slices.Sorted(maps.Keys(rt.pools)) {
+		if !rt.pools[name].FirstRoundDone() {
+			return fmt.Sprintf("waiting for the first readiness probe round of pool %q", name)
+		}
+	}
+	return ""
+}
+
+// warm waits, for up to limit, until every discovered pool has resolved:
+// a reload that adds a target puts the new Runtime in force with its
+// endpoints rather than none.
+func (rt *Runtime) warm(limit time.Duration) {
+	timer := time.NewTimer(limit)
+	defer timer.Stop()
+	for _, dp := range rt.discovered {
+		select {
+		case <-dp.applied:
+		case <-timer.C:
+			return
+		}
+	}
 }
 
 // closedGate names a pool whose readiness gates /readyz and that has no

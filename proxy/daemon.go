@@ -141,8 +141,8 @@ func (d *Daemon) Ready() (bool, string) {
 		return false, "no config in force"
 	}
 	if !d.wasReady.Load() {
-		if !rt.Ready() {
-			return false, "waiting for the first readiness probe round"
+		if why := rt.notReady(); why != "" {
+			return false, why
 		}
 		d.wasReady.Store(true)
 	}

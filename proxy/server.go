@@ -60,6 +60,13 @@ type boundListener struct {
 // at the end of the grace period.
 const forcedStopWait = 5 * time.Second
 
+// reloadWarmLimit bounds how long a reload waits for the first resolution
+// of a dns:// or dns+srv:// target the config in force did not have,
+// before it puts the new config in force anyway (the pool then fills in
+// when the answer comes). A target the config in force has is shared and
+// costs no wait.
+const reloadWarmLimit = 5 * time.Second
+
 // errShuttingDown refuses an Apply once Shutdown has begun.
 var errShuttingDown = errors.New("shutting down")
 
@@ -117,6 +124,9 @@ func (s *Server) Apply(cfg *config.Config) error {
 	s.retiring.Add(1) // done by closeRuntime
 	rt.commit()
 	rt.Start(s.ctx)
+	if cur != nil {
+		rt.warm(reloadWarmLimit)
+	}
 
 	// A listener the new config drops keeps serving the requests that
 	// still arrive on its open connections with the Runtime that had it.
@@ -245,6 +255,10 @@ func (s *Server) retain(rt *Runtime) {
 	if rt == nil {
 		rt = &Runtime{}
 	}
+	// Under the discovery lock: a discovered set applied between reading
+	// the pools' endpoints and Retain would otherwise lose its new
+	// endpoints' state.
+	s.shared.discovery.mu.Lock()
 	pools := map[string][]string{}
 	for name, p := range rt.pools {
 		addrs := make([]string, 0, len(p.Targets()))
@@ -254,6 +268,7 @@ func (s *Server) retain(rt *Runtime) {
 		pools[name] = addrs
 	}
 	s.shared.Registry.Retain(pools)
+	s.shared.discovery.mu.Unlock()
 	var cfgPools map[string]*config.Pool
 	if rt.cfg != nil {
 		cfgPools = rt.cfg.Pools

@@ -51,6 +51,13 @@ type Metrics struct {
 	// UpstreamRetryBudgetExhausted, the retries its budget refused.
 	UpstreamRetries              *prometheus.CounterVec // pool, reason
 	UpstreamRetryBudgetExhausted *prometheus.CounterVec // pool
+	// DiscoveryResolutions counts the DNS resolutions of each pool's
+	// discovered endpoints by result; DiscoveryEndpoints is how many
+	// discovered endpoints the pool has in force; DiscoveryIgnored counts
+	// the records an answer held but the pool could not use.
+	DiscoveryResolutions *prometheus.CounterVec // pool, result
+	DiscoveryEndpoints   *prometheus.GaugeVec   // pool
+	DiscoveryIgnored     *prometheus.CounterVec // pool, reason
 }
 
 // New registers every metric, with the Go runtime and process
@@ -111,6 +118,11 @@ func New() *Metrics {
 	m.ClientWriteTimeouts = counter("client_write_timeouts_total", "Answers whose write to the client missed the listener's timeouts.write; the answer was cut.", "listener")
 	m.UpstreamRetries = counter("upstream_retries_total", "Attempts sent again to another endpoint, by pool and the reason (connect-failure, reset, refused-stream, 502, 503, 504, timeout).", "pool", "reason")
 	m.UpstreamRetryBudgetExhausted = counter("upstream_retry_budget_exhausted_total", "Retries not sent because the pool's retry budget was spent.", "pool")
+	m.DiscoveryResolutions = counter("discovery_resolutions_total", "DNS resolutions of a pool's dns:// and dns+srv:// endpoints, by result (success, nxdomain, no_records, timeout, error); a failure keeps the last good set.", "pool", "result")
+	m.DiscoveryEndpoints = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "sekisho", Name: "discovery_endpoints",
+		Help: "Endpoints of the pool that came from DNS discovery, in force now."}, []string{"pool"})
+	f(m.DiscoveryEndpoints)
+	m.DiscoveryIgnored = counter("discovery_ignored_records_total", "Records of a DNS answer left out of the pool, by reason (srv_port_zero, over_max_endpoints).", "pool", "reason")
 	m.ReloadOK.Set(1)
 	return m
 }
