@@ -10,6 +10,8 @@ import (
 	"github.com/miekg/dns"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"sekisho/internal/dnstest"
 )
 
 func TestResolveNextServer(t *testing.T) {
@@ -17,17 +19,17 @@ func TestResolveNextServer(t *testing.T) {
 	require.NoError(t, err)
 	for _, tc := range []struct {
 		name  string
-		spoil func(*dnsServer)
+		spoil func(*dnstest.Server)
 	}{
-		{"first silent", func(s *dnsServer) { s.silent.Store(true) }},
-		{"first SERVFAIL", func(s *dnsServer) { s.rcode.Store(dns.RcodeServerFailure) }},
-		{"first REFUSED", func(s *dnsServer) { s.rcode.Store(dns.RcodeRefused) }},
+		{"first silent", func(s *dnstest.Server) { s.SetSilent(true) }},
+		{"first SERVFAIL", func(s *dnstest.Server) { s.SetRcode(dns.RcodeServerFailure) }},
+		{"first REFUSED", func(s *dnstest.Server) { s.SetRcode(dns.RcodeRefused) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			bad, good := startDNS(t), startDNS(t)
+			bad, good := dnstest.Start(t), dnstest.Start(t)
 			tc.spoil(bad)
-			good.set(t, "web.test.", "5 IN A 10.0.0.1")
-			r := &Resolver{Servers: []string{bad.addr, good.addr}, Timeout: 200 * time.Millisecond}
+			good.Set(t, "web.test.", "5 IN A 10.0.0.1")
+			r := &Resolver{Servers: []string{bad.Addr(), good.Addr()}, Timeout: 200 * time.Millisecond}
 			set, err := r.Resolve(context.Background(), tg)
 			require.NoError(t, err)
 			assert.Equal(t, []string{"10.0.0.1:80"}, set.Addrs())
@@ -35,10 +37,10 @@ func TestResolveNextServer(t *testing.T) {
 	}
 
 	t.Run("all fail", func(t *testing.T) {
-		a, b := startDNS(t), startDNS(t)
-		a.silent.Store(true)
-		b.rcode.Store(dns.RcodeServerFailure)
-		r := &Resolver{Servers: []string{a.addr, b.addr}, Timeout: 200 * time.Millisecond}
+		a, b := dnstest.Start(t), dnstest.Start(t)
+		a.SetSilent(true)
+		b.SetRcode(dns.RcodeServerFailure)
+		r := &Resolver{Servers: []string{a.Addr(), b.Addr()}, Timeout: 200 * time.Millisecond}
 		_, err := r.Resolve(context.Background(), tg)
 		var rc *RcodeError
 		require.ErrorAs(t, err, &rc)
@@ -49,9 +51,9 @@ func TestResolveNextServer(t *testing.T) {
 	})
 
 	t.Run("cancelled", func(t *testing.T) {
-		s := startDNS(t)
-		s.silent.Store(true)
-		r := &Resolver{Servers: []string{s.addr}, Timeout: time.Minute}
+		s := dnstest.Start(t)
+		s.SetSilent(true)
+		r := &Resolver{Servers: []string{s.Addr()}, Timeout: time.Minute}
 		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		defer cancel()
 		start := time.Now()

@@ -2,14 +2,18 @@ package discovery
 
 import (
 	"context"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"sekisho/internal/dnstest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -68,10 +72,10 @@ func hasAddrs(s *Source, want ...string) func() bool {
 }
 
 func TestSourceFollowsARecords(t *testing.T) {
-	srv := startDNS(t)
-	srv.set(t, "web.test.", "1 IN A 10.0.0.1", "1 IN A 10.0.0.2", "1 IN A 10.0.0.3")
+	srv := dnstest.Start(t)
+	srv.Set(t, "web.test.", "1 IN A 10.0.0.1", "1 IN A 10.0.0.2", "1 IN A 10.0.0.3")
 	var okN, failN atomic.Int64
-	r := &Resolver{Servers: []string{srv.addr}, Timeout: 500 * time.Millisecond,
+	r := &Resolver{Servers: []string{srv.Addr()}, Timeout: 500 * time.Millisecond,
 		OnResult: func(target string, ok bool) {
 			assert.Equal(t, "dns://web.test:8080", target)
 			if ok {
@@ -91,14 +95,14 @@ func TestSourceFollowsARecords(t *testing.T) {
 	assert.Equal(t, time.Second, s.Current().TTL)
 
 	// A 4th record (and an AAAA) is seen within TTL + 1 s.
-	srv.set(t, "web.test.", "1 IN A 10.0.0.1", "1 IN A 10.0.0.2", "1 IN A 10.0.0.3", "1 IN A 10.0.0.4", "1 IN AAAA fd00::1")
+	srv.Set(t, "web.test.", "1 IN A 10.0.0.1", "1 IN A 10.0.0.2", "1 IN A 10.0.0.3", "1 IN A 10.0.0.4", "1 IN AAAA fd00::1")
 	added := time.Now()
 	require.Eventually(t, hasAddrs(s, "10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080", "10.0.0.4:8080", "[fd00::1]:8080"),
 		2*time.Second, 10*time.Millisecond)
 	t.Logf("added record seen after %v", time.Since(added))
 
 	// One removed.
-	srv.set(t, "web.test.", "1 IN A 10.0.0.1", "1 IN A 10.0.0.3", "1 IN A 10.0.0.4", "1 IN AAAA fd00::1")
+	srv.Set(t, "web.test.", "1 IN A 10.0.0.1", "1 IN A 10.0.0.3", "1 IN A 10.0.0.4", "1 IN AAAA fd00::1")
 	require.Eventually(t, hasAddrs(s, "10.0.0.1:8080", "10.0.0.3:8080", "10.0.0.4:8080", "[fd00::1]:8080"), 2*time.Second, 10*time.Millisecond)
 
 	assert.Equal(t, 3, c.count(), "onChange only on a change")
@@ -110,12 +114,12 @@ func TestSourceFollowsARecords(t *testing.T) {
 func TestSourceKeepsLastSet(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
-		breakIt func(t *testing.T, srv *dnsServer)
+		breakIt func(t *testing.T, srv *dnstest.Server)
 		wantErr func(t *testing.T, err error)
 	}{
 		{
 			name:    "server silent",
-			breakIt: func(t *testing.T, srv *dnsServer) { srv.silent.Store(true) },
+			breakIt: func(t *testing.T, srv *dnstest.Server) { srv.SetSilent(true) },
 			wantErr: func(t *testing.T, err error) {
 				var re *ResolveError
 				assert.ErrorAs(t, err, &re)
@@ -124,20 +128,20 @@ func TestSourceKeepsLastSet(t *testing.T) {
 		},
 		{
 			name:    "zero records",
-			breakIt: func(t *testing.T, srv *dnsServer) { srv.set(t, "web.test.") },
+			breakIt: func(t *testing.T, srv *dnstest.Server) { srv.Set(t, "web.test.") },
 			wantErr: func(t *testing.T, err error) { assert.ErrorIs(t, err, ErrNoRecords) },
 		},
 		{
 			name:    "name gone",
-			breakIt: func(t *testing.T, srv *dnsServer) { srv.remove("web.test.") },
+			breakIt: func(t *testing.T, srv *dnstest.Server) { srv.Remove("web.test.") },
 			wantErr: func(t *testing.T, err error) { assert.ErrorIs(t, err, ErrNXDomain) },
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := startDNS(t)
-			srv.set(t, "web.test.", "1 IN A 10.0.0.1", "1 IN A 10.0.0.2", "1 IN A 10.0.0.3")
+			srv := dnstest.Start(t)
+			srv.Set(t, "web.test.", "1 IN A 10.0.0.1", "1 IN A 10.0.0.2", "1 IN A 10.0.0.3")
 			var failN atomic.Int64
-			r := &Resolver{Servers: []string{srv.addr}, Timeout: 200 * time.Millisecond,
+			r := &Resolver{Servers: []string{srv.Addr()}, Timeout: 200 * time.Millisecond,
 				OnResult: func(_ string, ok bool) {
 					if !ok {
 						failN.Add(1)
@@ -161,8 +165,8 @@ func TestSourceKeepsLastSet(t *testing.T) {
 }
 
 func TestSourceNXDomainNeverResolves(t *testing.T) {
-	srv := startDNS(t)
-	r := &Resolver{Servers: []string{srv.addr}, Timeout: 200 * time.Millisecond}
+	srv := dnstest.Start(t)
+	r := &Resolver{Servers: []string{srv.Addr()}, Timeout: 200 * time.Millisecond}
 	s, c := startSource(t, r, "dns://missing.test:80")
 	require.Eventually(t, func() bool { return s.State().LastError != nil }, 2*time.Second, 10*time.Millisecond)
 	st := s.State()
@@ -174,17 +178,17 @@ func TestSourceNXDomainNeverResolves(t *testing.T) {
 }
 
 func TestResolveSRV(t *testing.T) {
-	srv := startDNS(t)
-	srv.set(t, "_http._tcp.users.test.",
+	srv := dnstest.Start(t)
+	srv.Set(t, "_http._tcp.users.test.",
 		"5 IN SRV 0 10 8080 a.users.test.",
 		"5 IN SRV 0 30 8081 b.users.test.",
 		"5 IN SRV 1 0 9000 c.users.test.", // weight 0, no glue: the name is kept
 		"5 IN SRV 0 50 0 d.users.test.",   // port 0: ignored and counted
 	)
-	srv.set(t, "a.users.test.", "3 IN A 10.0.1.1")
-	srv.set(t, "b.users.test.", "5 IN A 10.0.1.2", "5 IN AAAA fd00::2")
-	srv.set(t, "d.users.test.", "5 IN A 10.0.1.4")
-	r := &Resolver{Servers: []string{srv.addr}, Timeout: time.Second}
+	srv.Set(t, "a.users.test.", "3 IN A 10.0.1.1")
+	srv.Set(t, "b.users.test.", "5 IN A 10.0.1.2", "5 IN AAAA fd00::2")
+	srv.Set(t, "d.users.test.", "5 IN A 10.0.1.4")
+	r := &Resolver{Servers: []string{srv.Addr()}, Timeout: time.Second}
 	tg, err := ParseTarget("dns+srv://_http._tcp.users.test")
 	require.NoError(t, err)
 
@@ -200,18 +204,18 @@ func TestResolveSRV(t *testing.T) {
 	assert.Equal(t, 3*time.Second, set.TTL)
 
 	// Only port-0 records: no usable record.
-	srv.set(t, "_http._tcp.users.test.", "5 IN SRV 0 50 0 d.users.test.")
+	srv.Set(t, "_http._tcp.users.test.", "5 IN SRV 0 50 0 d.users.test.")
 	_, err = r.Resolve(context.Background(), tg)
 	assert.ErrorIs(t, err, ErrNoRecords)
 }
 
 func TestResolveLargeAnswerBounded(t *testing.T) {
-	srv := startDNS(t)
+	srv := dnstest.Start(t)
 	// 10,000 records do not fit one DNS message (at most 64 KiB, ~4,000 A
 	// records): the server truncates over UDP, sends what fits over TCP,
 	// and the resolver keeps MaxEndpoints of those.
-	srv.setRR("big.test.", aRecords("big.test.", 30, 10_000))
-	r := &Resolver{Servers: []string{srv.addr}, Timeout: 2 * time.Second}
+	srv.SetRR("big.test.", aRecords("big.test.", 30, 10_000))
+	r := &Resolver{Servers: []string{srv.Addr()}, Timeout: 2 * time.Second}
 	tg, err := ParseTarget("dns://big.test:80")
 	require.NoError(t, err)
 
@@ -219,7 +223,8 @@ func TestResolveLargeAnswerBounded(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, set.Endpoints, DefaultMaxEndpoints)
 	assert.Positive(t, set.OverLimit)
-	assert.Positive(t, srv.tcpQueries.Load(), "a truncated answer is asked again over TCP")
+	_, tcp := srv.Queries()
+	assert.Positive(t, tcp, "a truncated answer is asked again over TCP")
 	t.Logf("kept %d, ignored %d", len(set.Endpoints), set.OverLimit)
 	for i := 1; i < len(set.Endpoints); i++ {
 		require.Less(t, set.Endpoints[i-1].Addr, set.Endpoints[i].Addr)
@@ -227,10 +232,10 @@ func TestResolveLargeAnswerBounded(t *testing.T) {
 }
 
 func TestSourceFlappingRecords(t *testing.T) {
-	srv := startDNS(t)
-	srv.set(t, "flap.test.", "0 IN A 10.0.0.1")
+	srv := dnstest.Start(t)
+	srv.Set(t, "flap.test.", "0 IN A 10.0.0.1")
 	const minTTL = 50 * time.Millisecond
-	r := &Resolver{Servers: []string{srv.addr}, Timeout: time.Second, MinTTL: minTTL}
+	r := &Resolver{Servers: []string{srv.Addr()}, Timeout: time.Second, MinTTL: minTTL}
 	s, c := startSource(t, r, "dns://flap.test:80")
 	require.Eventually(t, func() bool { return c.count() == 1 }, 2*time.Second, 5*time.Millisecond)
 
@@ -245,7 +250,7 @@ func TestSourceFlappingRecords(t *testing.T) {
 				return
 			case <-time.After(time.Millisecond):
 			}
-			srv.setRR("flap.test.", aRecords("flap.test.", 0, 1+i%3))
+			srv.SetRR("flap.test.", aRecords("flap.test.", 0, 1+i%3))
 		}
 	}()
 	require.Eventually(t, func() bool { return c.count() >= 6 }, 3*time.Second, 5*time.Millisecond)
@@ -259,15 +264,18 @@ func TestSourceFlappingRecords(t *testing.T) {
 }
 
 func TestSourceCloseDoesNotWaitForDNS(t *testing.T) {
-	srv := startDNS(t)
-	srv.silent.Store(true)
-	r := &Resolver{Servers: []string{srv.addr}, Timeout: time.Minute}
+	srv := dnstest.Start(t)
+	srv.SetSilent(true)
+	r := &Resolver{Servers: []string{srv.Addr()}, Timeout: time.Minute}
 	tg, err := ParseTarget("dns://slow.test:80")
 	require.NoError(t, err)
 	s := NewSource(r, tg, nil)
 	require.NoError(t, s.Start(context.Background()))
 	require.ErrorIs(t, s.Start(context.Background()), ErrStarted)
-	require.Eventually(t, func() bool { return srv.udpQueries.Load() > 0 }, 2*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool {
+		udp, _ := srv.Queries()
+		return udp > 0
+	}, 2*time.Second, 5*time.Millisecond)
 
 	assert.Empty(t, s.Current().Endpoints, "Current never waits on DNS")
 	closed := make(chan struct{})
@@ -291,4 +299,16 @@ func TestResolveIPLiteral(t *testing.T) {
 	set, err := r.Resolve(context.Background(), tg)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"10.1.2.3:80"}, set.Addrs())
+}
+
+// aRecords returns n A records with the given TTL, 10.x.y.z from 10.0.0.1.
+func aRecords(name string, ttl uint32, n int) []dns.RR {
+	out := make([]dns.RR, n)
+	for i := range n {
+		out[i] = &dns.A{
+			Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: ttl},
+			A:   net.IPv4(10, byte((i+1)>>16), byte((i+1)>>8), byte(i+1)),
+		}
+	}
+	return out
 }

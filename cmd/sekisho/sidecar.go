@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 
@@ -16,8 +17,8 @@ import (
 // read from SEKISHO_<FLAG> (upper case, dashes as underscores); a flag on
 // the command line wins over the environment.
 type sidecarFlags struct {
-	listen, upstream, tlsCert, tlsKey, clientCA, readinessPath, admin string
-	printConfig                                                       bool
+	listen, upstream, tlsCert, tlsKey, clientCA, readinessPath, admin, adminPublic string
+	printConfig                                                                    bool
 }
 
 // sidecarEnv is the environment variable that stands for a sidecar flag.
@@ -44,7 +45,8 @@ func sidecarSetup(fs *flag.FlagSet) func([]string, io.Writer, io.Writer) int {
 	str(&f.tlsKey, "tls-key", "", "key file (PEM)")
 	str(&f.clientCA, "client-ca", "", "CA file: clients must present a certificate it signed (mTLS); the verified subject goes upstream as X-Client-Cert-Subject")
 	str(&f.readinessPath, "readiness-path", "", "probe this path of the upstream; ready on 2xx (empty: ready on any HTTP answer to /)")
-	str(&f.admin, "admin", "127.0.0.1:9901", "admin address (/readyz, /metrics); in a pod, 0.0.0.0:PORT lets kubelet probe it")
+	str(&f.admin, "admin", "127.0.0.1:9901", "admin address (the full admin API: /readyz, /metrics, POST /reload, /config); keep it on loopback")
+	str(&f.adminPublic, "admin-public", "", "read-only admin address for the pod network, serving only GET/HEAD /healthz, /readyz and /metrics: in a pod, :PORT lets the kubelet probe and Prometheus scrape (empty: none)")
 	fs.BoolVar(&f.printConfig, "print-config", false, "print the config the flags stand for and exit (1 if it is not valid)")
 	return func(args []string, stdout, stderr io.Writer) int {
 		if len(args) > 0 {
@@ -77,6 +79,18 @@ func sidecarCmd(f sidecarFlags, stdout, stderr io.Writer) int {
 	return serve(cfg, proxy.Options{}, false, stderr)
 }
 
+// sameListener reports whether host:port would bind what the address other
+// binds: the same port on the same host, or on all addresses (":9901" and
+// "127.0.0.1:9901" cannot both be served). Port 0 never clashes.
+func sameListener(host, port, other string) bool {
+	h, p, err := net.SplitHostPort(other)
+	if err != nil || p != port || port == "0" {
+		return false
+	}
+	allAddrs := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	return h == host || allAddrs(h) || allAddrs(host)
+}
+
 // printSidecarError reports the problems of the generated config without
 // their positions, which mean nothing to someone who wrote flags.
 func printSidecarError(w io.Writer, err error) {
@@ -104,10 +118,25 @@ func sidecarConfig(f sidecarFlags) ([]byte, error) {
 	if f.readinessPath != "" && !strings.HasPrefix(f.readinessPath, "/") {
 		return nil, fmt.Errorf("--readiness-path %q must start with /", f.readinessPath)
 	}
+	public := f.adminPublic != "" && f.adminPublic != "off"
+	if public {
+		// The config's validation says more (a bad port, a host name); these
+		// two are told here in terms of the flags.
+		host, port, err := net.SplitHostPort(f.adminPublic)
+		if err != nil {
+			return nil, fmt.Errorf("--admin-public %q is not host:port", f.adminPublic)
+		}
+		if sameListener(host, port, f.admin) {
+			return nil, fmt.Errorf("--admin-public %q is also --admin %q; the read-only listener needs an address of its own", f.adminPublic, f.admin)
+		}
+	}
 	var b strings.Builder
 	q := func(s string) string { return fmt.Sprintf("%q", s) }
 	fmt.Fprintf(&b, "# sekisho sidecar: generated from flags; save it and run `sekisho run -config FILE` to graduate.\n")
 	fmt.Fprintf(&b, "version: 1\nadmin:\n  listen: %s\n", q(f.admin))
+	if public {
+		fmt.Fprintf(&b, "  public_listen: %s\n", q(f.adminPublic))
+	}
 	fmt.Fprintf(&b, "listeners:\n  - name: sidecar\n    listen: %s\n", q(f.listen))
 	if f.tlsCert != "" {
 		fmt.Fprintf(&b, "    tls:\n      certificates:\n        - {cert_file: %s, key_file: %s}\n", q(f.tlsCert), q(f.tlsKey))

@@ -29,7 +29,7 @@ import (
 )
 
 // sidecarFlagNames are the flags that have an environment twin.
-var sidecarFlagNames = []string{"listen", "upstream", "tls-cert", "tls-key", "client-ca", "readiness-path", "admin"}
+var sidecarFlagNames = []string{"listen", "upstream", "tls-cert", "tls-key", "client-ca", "readiness-path", "admin", "admin-public"}
 
 // clearSidecarEnv makes sure the environment of the test run does not leak
 // into the flags' defaults.
@@ -49,9 +49,9 @@ func TestSidecarConfig(t *testing.T) {
 	caFile := ca.WriteCAFile(t, dir)
 
 	type want struct {
-		listen, upstream, cert, key, clientCA, readiness, admin string
-		expect                                                  []string
-		forward                                                 bool
+		listen, upstream, cert, key, clientCA, readiness, admin, adminPublic string
+		expect                                                               []string
+		forward                                                              bool
 	}
 	cases := []struct {
 		name    string
@@ -68,16 +68,17 @@ func TestSidecarConfig(t *testing.T) {
 		{
 			name: "flags",
 			args: []string{"--listen", ":9443", "--upstream", "127.0.0.1:3000", "--tls-cert", pair.CertFile, "--tls-key", pair.KeyFile,
-				"--client-ca", caFile, "--readiness-path", "/healthz", "--admin", "0.0.0.0:9901"},
+				"--client-ca", caFile, "--readiness-path", "/healthz", "--admin", "0.0.0.0:9901", "--admin-public", "0.0.0.0:9902"},
 			want: want{listen: ":9443", upstream: "127.0.0.1:3000", cert: pair.CertFile, key: pair.KeyFile, clientCA: caFile,
-				forward: true, readiness: "/healthz", expect: []string{"200-299"}, admin: "0.0.0.0:9901"},
+				forward: true, readiness: "/healthz", expect: []string{"200-299"}, admin: "0.0.0.0:9901", adminPublic: "0.0.0.0:9902"},
 		},
 		{
 			name: "environment alone",
 			env: map[string]string{"SEKISHO_LISTEN": ":9443", "SEKISHO_UPSTREAM": "http://127.0.0.1:3000", "SEKISHO_TLS_CERT": pair.CertFile,
-				"SEKISHO_TLS_KEY": pair.KeyFile, "SEKISHO_CLIENT_CA": caFile, "SEKISHO_READINESS_PATH": "/healthz", "SEKISHO_ADMIN": "0.0.0.0:9901"},
+				"SEKISHO_TLS_KEY": pair.KeyFile, "SEKISHO_CLIENT_CA": caFile, "SEKISHO_READINESS_PATH": "/healthz", "SEKISHO_ADMIN": "0.0.0.0:9901",
+				"SEKISHO_ADMIN_PUBLIC": ":9902"},
 			want: want{listen: ":9443", upstream: "http://127.0.0.1:3000", cert: pair.CertFile, key: pair.KeyFile, clientCA: caFile,
-				forward: true, readiness: "/healthz", expect: []string{"200-299"}, admin: "0.0.0.0:9901"},
+				forward: true, readiness: "/healthz", expect: []string{"200-299"}, admin: "0.0.0.0:9901", adminPublic: ":9902"},
 		},
 		{
 			name: "flags win over the environment",
@@ -85,6 +86,26 @@ func TestSidecarConfig(t *testing.T) {
 			env:  map[string]string{"SEKISHO_UPSTREAM": "127.0.0.1:3000", "SEKISHO_ADMIN": "0.0.0.0:9901", "SEKISHO_LISTEN": ":9443"},
 			want: want{listen: ":9443", upstream: "127.0.0.1:4000", readiness: "/", expect: []string{"100-499"}, admin: "127.0.0.1:9902"},
 		},
+		{
+			name: "public admin, off in the environment",
+			args: []string{"--admin-public", ":9902"},
+			env:  map[string]string{"SEKISHO_ADMIN_PUBLIC": "off"},
+			want: want{listen: ":8443", upstream: "127.0.0.1:8080", readiness: "/", expect: []string{"100-499"}, admin: "127.0.0.1:9901",
+				adminPublic: ":9902"},
+		},
+		{
+			name: "public admin off",
+			env:  map[string]string{"SEKISHO_ADMIN_PUBLIC": "off"},
+			want: want{listen: ":8443", upstream: "127.0.0.1:8080", readiness: "/", expect: []string{"100-499"}, admin: "127.0.0.1:9901"},
+		},
+		{name: "public admin is the admin", args: []string{"--admin-public", "127.0.0.1:9901"}, code: 2,
+			wantErr: "sekisho sidecar: --admin-public \"127.0.0.1:9901\" is also --admin \"127.0.0.1:9901\"; the read-only listener needs an address of its own\n"},
+		{name: "public admin on all addresses of the admin's port", args: []string{"--admin-public", ":9901"}, code: 2,
+			wantErr: "sekisho sidecar: --admin-public \":9901\" is also --admin \"127.0.0.1:9901\""},
+		{name: "public admin without a port", args: []string{"--admin-public", "9902"}, code: 2,
+			wantErr: "sekisho sidecar: --admin-public \"9902\" is not host:port\n"},
+		{name: "public admin on a bad port", args: []string{"--admin-public", ":99999"}, code: 1,
+			wantErr: "sekisho sidecar: admin.public_listen: \":99999\": bad port \"99999\"\n"},
 		{name: "cert without key", args: []string{"--tls-cert", pair.CertFile}, code: 2, wantErr: "sekisho sidecar: --tls-cert and --tls-key go together\n"},
 		{name: "client CA without TLS", args: []string{"--client-ca", caFile}, code: 2, wantErr: "sekisho sidecar: --client-ca needs --tls-cert and --tls-key\n"},
 		{name: "relative readiness path", args: []string{"--readiness-path", "healthz"}, code: 2,
@@ -116,6 +137,7 @@ func TestSidecarConfig(t *testing.T) {
 			l := cfg.Listeners[0]
 			assert.Equal(t, tc.want.listen, l.Listen)
 			assert.Equal(t, tc.want.admin, cfg.Admin.Listen)
+			assert.Equal(t, tc.want.adminPublic, cfg.Admin.PublicListen)
 			if tc.want.cert == "" {
 				assert.Nil(t, l.TLS)
 			} else {
@@ -396,11 +418,65 @@ func TestSidecarNotReadyWhileUpstreamFails(t *testing.T) {
 	p.stop(t)
 }
 
+// TestSidecarPublicAdmin runs the real binary with the full admin on
+// loopback and --admin-public beside it, as a pod does: the public address
+// serves /readyz, /healthz and /metrics, and refuses POST /reload and
+// /config, which only the loopback admin serves.
+func TestSidecarPublicAdmin(t *testing.T) {
+	opt := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+	legacy := legacyService(t)
+	listen, admin, public := freePort(t), freePort(t), freePort(t)
+	p := startSidecar(t, admin, []string{"--listen=" + listen, "--upstream=" + strings.TrimPrefix(legacy.URL, "http://"),
+		"--readiness-path=/healthz", "--admin=" + admin}, map[string]string{"SEKISHO_ADMIN_PUBLIC": public})
+	do := func(method, addr, path string) (int, string) {
+		req, err := http.NewRequest(method, "http://"+addr+path, nil)
+		require.NoError(t, err)
+		resp, err := p.client.Do(req)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	require.Eventually(t, func() bool {
+		status, _ := do(http.MethodGet, public, "/readyz")
+		return status == http.StatusOK
+	}, 15*time.Second, 25*time.Millisecond, "the public address answers /readyz once the service is ready")
+
+	status, _ := do(http.MethodGet, public, "/healthz")
+	assert.Equal(t, http.StatusOK, status)
+	status, body := do(http.MethodGet, public, "/metrics")
+	assert.Equal(t, http.StatusOK, status)
+	assert.Contains(t, body, "sekisho_", "Prometheus scrapes the public address")
+	for _, tc := range []struct{ method, path string }{
+		{http.MethodPost, "/reload"},
+		{http.MethodGet, "/config"},
+		{http.MethodPost, "/readyz"},
+	} {
+		status, _ := do(tc.method, public, tc.path)
+		assert.Contains(t, []int{http.StatusNotFound, http.StatusMethodNotAllowed}, status, "%s %s on the public address", tc.method, tc.path)
+	}
+	status, _ = do(http.MethodGet, admin, "/config")
+	assert.Equal(t, http.StatusOK, status, "the loopback admin still serves everything")
+	p.client.CloseIdleConnections()
+	p.stop(t)
+}
+
 // podManifest is the part of a Kubernetes manifest that
 // TestSidecarManifest checks.
 type podManifest struct {
 	Kind string       `yaml:"kind"`
 	Spec manifestSpec `yaml:"spec"`
+}
+
+// manifestProbe is a container's httpGet probe.
+type manifestProbe struct {
+	HTTPGet struct {
+		Path string `yaml:"path"`
+		Port string `yaml:"port"`
+	} `yaml:"httpGet"`
 }
 
 // manifestSpec is a Pod's, a Deployment's (its pod template's) or a
@@ -416,13 +492,9 @@ type manifestSpec struct {
 			Name          string `yaml:"name"`
 			ContainerPort int    `yaml:"containerPort"`
 		} `yaml:"ports"`
-		ReadinessProbe struct {
-			HTTPGet struct {
-				Path string `yaml:"path"`
-				Port string `yaml:"port"`
-			} `yaml:"httpGet"`
-		} `yaml:"readinessProbe"`
-		VolumeMounts []struct {
+		ReadinessProbe manifestProbe `yaml:"readinessProbe"`
+		LivenessProbe  manifestProbe `yaml:"livenessProbe"`
+		VolumeMounts   []struct {
 			Name      string `yaml:"name"`
 			MountPath string `yaml:"mountPath"`
 			SubPath   string `yaml:"subPath"`
@@ -441,10 +513,11 @@ type manifestSpec struct {
 
 // TestSidecarManifest checks deploy/sidecar/deployment.yaml against the binary:
 // the sekisho container's args make a valid sidecar config once the
-// Secret's files are in place, its ports and readiness probe name what
-// sekisho really listens on, the admin is reachable from the kubelet, the
-// upstream is the legacy container's loopback port, and the certificate
-// comes from a whole-directory Secret mount, which rotation can reach.
+// Secret's files are in place, its ports and probes name what sekisho
+// really listens on, the full admin stays on loopback while the read-only
+// one is reachable from the kubelet, the upstream is the legacy
+// container's loopback port, and the certificate comes from a
+// whole-directory Secret mount, which rotation can reach.
 func TestSidecarManifest(t *testing.T) {
 	f, err := os.Open(filepath.Join("..", "..", "deploy", "sidecar", "deployment.yaml"))
 	require.NoError(t, err)
@@ -505,12 +578,17 @@ func TestSidecarManifest(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, ports["https"], listenPort, "the https container port is sekisho's listener")
 	require.NotNil(t, cfg.Listeners[0].TLS)
-	adminHost, adminPort, err := net.SplitHostPort(cfg.Admin.Listen)
+	adminHost, _, err := net.SplitHostPort(cfg.Admin.Listen)
 	require.NoError(t, err)
-	assert.Equal(t, "0.0.0.0", adminHost, "the kubelet probes the pod IP, not loopback")
-	assert.Equal(t, ports["admin"], adminPort)
-	assert.Equal(t, "admin", side.ReadinessProbe.HTTPGet.Port)
+	assert.Equal(t, "127.0.0.1", adminHost, "the full admin API stays off the pod network")
+	publicHost, publicPort, err := net.SplitHostPort(cfg.Admin.PublicListen)
+	require.NoError(t, err, "a read-only admin listener for the kubelet")
+	assert.Contains(t, []string{"", "0.0.0.0", "::"}, publicHost, "the kubelet probes the pod IP, not loopback")
+	assert.Equal(t, ports["probes"], publicPort)
+	assert.Equal(t, "probes", side.ReadinessProbe.HTTPGet.Port)
 	assert.Equal(t, "/readyz", side.ReadinessProbe.HTTPGet.Path)
+	assert.Equal(t, "probes", side.LivenessProbe.HTTPGet.Port)
+	assert.Equal(t, "/healthz", side.LivenessProbe.HTTPGet.Path)
 
 	upHost, upPort, err := net.SplitHostPort(cfg.Pools["local"].Endpoints[0].Address)
 	require.NoError(t, err)
