@@ -78,10 +78,10 @@ type Runtime struct {
 	// name.
 	discovered map[string]*discoveredPool
 	closers    []io.Closer
-	shards    []hotKeyReporter
-	loadedAt  time.Time
-	access    *accessLog // nil when off; set by Server.Apply
-	commits   []func()   // changes to shared state, made when put in force
+	shards     []hotKeyReporter
+	loadedAt   time.Time
+	access     *accessLog // nil when off; set by Server.Apply
+	commits    []func()   // changes to shared state, made when put in force
 
 	refs      atomic.Int64 // the Server's own reference plus one per request
 	startOnce sync.Once
