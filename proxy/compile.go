@@ -304,6 +304,11 @@ func (c *compiler) pool(name string, pc *config.Pool) (*upstream.Pool, error) {
 		}
 		o.Readiness = &health.Probe{Path: r.Path, Interval: r.Interval.D(), Timeout: r.Timeout.D(),
 			Rise: r.Rise, Fall: r.Fall, Expect: expect, Host: r.Host}
+		if dp != nil {
+			// The first endpoint may not be known yet: the pool's first
+			// entry says which scheme its endpoints speak.
+			o.Readiness.Scheme = dp.firstScheme()
+		}
 		o.GatesReadyz = r.GatesReadyz
 	}
 	if b := rc.Backoff; b != nil {

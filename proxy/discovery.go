@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -271,6 +272,15 @@ func (dp *discoveredPool) refreshLocked() {
 	if resolved {
 		dp.appliedOnce.Do(func() { close(dp.applied) })
 	}
+}
+
+// firstScheme is the scheme of the pool's first entry, static or
+// discovered.
+func (dp *discoveredPool) firstScheme() string {
+	if part := dp.parts[0]; part.w != nil {
+		return part.scheme
+	}
+	return cmp.Or(dp.parts[0].static.Scheme, "http")
 }
 
 // ready reports whether every Source of the pool has resolved and its set

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"sekisho/internal/dnstest"
+	"sekisho/proxy/certs/certstest"
 )
 
 // Tests of pools whose endpoints come from DNS: a real miekg/dns server on
@@ -344,4 +345,35 @@ pools:
 	assert.Equal(t, http.StatusOK, resp.StatusCode, body)
 	assert.Positive(t, td.metric("sekisho_discovery_resolutions_total", "pool", "web", "result", "nxdomain"))
 	assert.Positive(t, td.metric("sekisho_discovery_resolutions_total", "pool", "web", "result", "success"))
+}
+
+// TestDiscoveryHTTPSEndpoints: a pool with a tls section speaks https to
+// the endpoints it discovers, its readiness probes included.
+func TestDiscoveryHTTPSEndpoints(t *testing.T) {
+	noLeaks(t)
+	dir := t.TempDir()
+	ca := certstest.NewCA(t)
+	caFile := ca.WriteCAFile(t, dir)
+	client := ca.IssueClient(t, dir, "sekisho-proxy")
+	up := tlsUpstream(t, ca, dir)
+	host, port, _ := net.SplitHostPort(strings.TrimPrefix(up.URL, "https://"))
+	dns := dnstest.Start(t)
+	dns.SetA("secure.shop.test.", 1, host)
+	td := startDaemon(t, fmt.Sprintf(edgePreamble+`    routes:
+      - {name: all, pipeline: [{proxy: secure}]}
+pools:
+  secure:
+    endpoints: ["dns://secure.shop.test:%s"]
+    discovery: {resolvers: [%q]}
+    tls: {ca_file: %q, server_name: upstream.internal, cert_file: %q, key_file: %q}
+    readiness: {path: /, interval: 100ms, rise: 1}
+`, port, dns.Addr(), caFile, client.CertFile, client.KeyFile))
+	waitReady(t, td)
+	resp, body := td.get(td.url("edge") + "/")
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Equal(t, "client=sekisho-proxy proto=1", body)
+	e, ok := endpointState(td, "secure", net.JoinHostPort(host, port))
+	require.True(t, ok)
+	require.NotNil(t, e.LastProbe)
+	assert.True(t, e.LastProbe.OK, "the probe spoke https: %+v", e.LastProbe)
 }

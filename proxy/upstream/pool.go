@@ -65,8 +65,8 @@ type Options struct {
 	// SetRealIP sends X-Real-IP with the resolved client address. Default
 	// false: a client's X-Real-IP is dropped at entry and none is sent.
 	SetRealIP bool
-	// Readiness is the active readiness probe; its Scheme is set to the
-	// first endpoint's. Default nil: no probe, and an endpoint is ready
+	// Readiness is the active readiness probe; its Scheme, when empty, is
+	// set to the first endpoint's. Default nil: no probe, and an endpoint is ready
 	// until ejected.
 	Readiness *health.Probe
 	// GatesReadyz holds the admin /readyz at 503 while no endpoint is
@@ -260,9 +260,11 @@ func New(o Options) (*Pool, error) {
 	}
 	if r := o.Readiness; r != nil {
 		probe := *r
-		probe.Scheme = "http"
-		if len(set.all) > 0 {
-			probe.Scheme = set.all[0].scheme
+		if probe.Scheme == "" {
+			probe.Scheme = "http"
+			if len(set.all) > 0 {
+				probe.Scheme = set.all[0].scheme
+			}
 		}
 		p.checker = health.NewChecker(p.group, set.endpoints(), probe, o.Transport, logger)
 	}
