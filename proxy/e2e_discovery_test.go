@@ -377,3 +377,43 @@ pools:
 	require.NotNil(t, e.LastProbe)
 	assert.True(t, e.LastProbe.OK, "the probe spoke https: %+v", e.LastProbe)
 }
+
+// TestDiscoveryNewEndpointSlowStarts: an endpoint discovered into a pool
+// with slow_start enters with a fraction of its share.
+func TestDiscoveryNewEndpointSlowStarts(t *testing.T) {
+	noLeaks(t)
+	dns := dnstest.Start(t)
+	port, bs := backendsOnOnePort(t, 4)
+	dns.SetA("web.shop.test.", 1, "127.0.0.1", "127.0.0.2", "127.0.0.3")
+	td := startDaemon(t, edgePreamble+`    routes:
+      - {name: all, pipeline: [{proxy: web}]}
+pools:
+  web:
+    endpoints: ["dns://web.shop.test:`+strconv.Itoa(port)+`"]
+    discovery: {resolvers: ["`+dns.Addr()+`"]}
+    slow_start: 3s
+`)
+	waitReady(t, td)
+	base := td.url("edge")
+	// The first three were new at startup too: wait until their ramp is
+	// over, then compare the newcomer with them over the same window.
+	for _, b := range bs[:3] {
+		require.Eventually(t, func() bool {
+			e, ok := endpointState(td, "web", b.addr)
+			return ok && !e.ReadySince.IsZero() && time.Since(e.ReadySince) > 3*time.Second
+		}, 10*time.Second, 50*time.Millisecond)
+	}
+	dns.SetA("web.shop.test.", 1, "127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")
+	require.Eventually(t, func() bool {
+		return metricNow(td, "sekisho_discovery_endpoints", "pool", "web") == 4
+	}, 3*time.Second, 5*time.Millisecond)
+	before := make([]int64, 4)
+	for i, b := range bs {
+		before[i] = b.hits.Load()
+	}
+	burst(t, td, base+"/", 400, 4)
+	newcomer := bs[3].hits.Load() - before[3]
+	old := bs[0].hits.Load() - before[0]
+	assert.Positive(t, newcomer, "the new endpoint takes some traffic at once")
+	assert.Less(t, newcomer*3, old, "the new endpoint ramps up: %d requests against %d for an old one", newcomer, old)
+}
