@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -151,6 +152,10 @@ func (h *discoveryHub) release(dp *discoveredPool) {
 			delete(h.sources, w.key)
 			closing = append(closing, w.src)
 		}
+	}
+	if !slices.ContainsFunc(slices.Collect(maps.Keys(h.sources)), func(k sourceKey) bool { return k.pool == dp.name }) {
+		// No Runtime discovers endpoints for the pool any more.
+		h.shared.Metrics.DiscoveryEndpoints.DeleteLabelValues(dp.name)
 	}
 	h.mu.Unlock()
 	// Outside the lock: Close waits for the Source's goroutine, which may
