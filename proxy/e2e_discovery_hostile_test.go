@@ -8,8 +8,8 @@ import (
 	"net/http"
 	"runtime"
 	"slices"
-	"strings"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -444,4 +444,198 @@ pools:
 	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
 	assert.Less(t, time.Since(start), timeout/5)
 	assert.Equal(t, 1, td.logs.FilterMessage("discovery failed; the target has no endpoints yet").Len())
+}
+
+// hubSources returns the Sources the daemon holds, by key.
+func hubSources(td *testDaemon) map[sourceKey]*watchedSource {
+	h := td.d.shared.discovery
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return maps.Clone(h.sources)
+}
+
+func queries(s *dnstest.Server) int64 {
+	udp, tcp := s.Queries()
+	return udp + tcp
+}
+
+// TestDiscoveryHostileReloads runs a steady load across reloads that keep
+// a pool's target (its Source is kept: no query, no 503 window), change it
+// (the reload waits for the new name's first answer), remove a pool (its
+// Source closes: the DNS server hears no more from it) and change the
+// resolvers (a new Source). No request fails.
+func TestDiscoveryHostileReloads(t *testing.T) {
+	noLeaks(t)
+	srv, srv2, srv3 := dnstest.Start(t), dnstest.Start(t), dnstest.Start(t)
+	port, bs := hostileBackends(t, 4)
+	for _, s := range []*dnstest.Server{srv, srv2} {
+		s.SetA("a.shop.test.", 30, ips(1, 2)...)
+		s.SetA("b.shop.test.", 30, ips(3, 4)...)
+	}
+	srv3.SetA("gone.shop.test.", 0, ips(1)...)
+	config := func(target, resolver string, gone bool, retries int) string {
+		text := edgePreamble + `    routes:
+`
+		if gone {
+			text += `      - {name: gone, match: {path_prefix: /gone}, pipeline: [{proxy: gone}]}
+`
+		}
+		text += fmt.Sprintf(`      - {name: all, pipeline: [{proxy: web}]}
+pools:
+  web:
+    endpoints: ["dns://%s:%d"]
+    discovery: {resolvers: ["%s"]}
+    retries: %d
+`, target, port, resolver, retries)
+		if gone {
+			text += fmt.Sprintf(`  gone:
+    endpoints: ["dns://gone.shop.test:%d"]
+    discovery: {resolvers: ["%s"], min_ttl: 20ms, max_ttl: 50ms}
+`, port, srv3.Addr())
+		}
+		return text
+	}
+	td := startDaemon(t, config("a.shop.test", srv.Addr(), true, 0))
+	waitReady(t, td)
+	stats, stop := steadyLoad(td, td.url("edge")+"/", 3, nil, nil)
+	defer stop()
+	webSource := func() *watchedSource {
+		for k, w := range hubSources(td) {
+			if k.pool == "web" {
+				return w
+			}
+		}
+		return nil
+	}
+	// checkServedBy sends requests right after a reload: each is served,
+	// by one of names.
+	checkServedBy := func(step string, names ...string) {
+		for i := range 20 {
+			o := fetch(td, mustRequest(http.MethodGet, td.url("edge")+"/", nil))
+			require.NoError(t, o.err, "%s: request %d", step, i)
+			require.Equal(t, http.StatusOK, o.status, "%s: request %d", step, i)
+			require.Contains(t, names, o.name, "%s: request %d", step, i)
+		}
+	}
+
+	t.Run("same target keeps its Source", func(t *testing.T) {
+		w, q := webSource(), queries(srv)
+		require.NotNil(t, w)
+		td.rewrite(config("a.shop.test", srv.Addr(), true, 1))
+		checkServedBy("same target", "b1", "b2")
+		assert.Same(t, w, webSource(), "the reload shares the Source")
+		assert.Equal(t, q, queries(srv), "no query to serve the new Runtime")
+	})
+	t.Run("changed target swaps over", func(t *testing.T) {
+		q := queries(srv)
+		td.rewrite(config("b.shop.test", srv.Addr(), true, 1))
+		checkServedBy("changed target", "b3", "b4")
+		assert.Equal(t, q+2, queries(srv), "one A and one AAAA query of the new name")
+		require.Eventually(t, func() bool { return len(hubSources(td)) == 2 }, 5*time.Second, 10*time.Millisecond,
+			"the old name's Source closes with the old Runtime")
+	})
+	t.Run("removed pool closes its Source", func(t *testing.T) {
+		require.Positive(t, queries(srv3))
+		td.rewrite(config("b.shop.test", srv.Addr(), false, 1))
+		require.Eventually(t, func() bool {
+			for k := range hubSources(td) {
+				if k.pool == "gone" {
+					return false
+				}
+			}
+			return true
+		}, 5*time.Second, 10*time.Millisecond)
+		q := queries(srv3)
+		assert.Never(t, func() bool { return queries(srv3) != q }, 500*time.Millisecond, 10*time.Millisecond,
+			"the removed pool's name is still resolved")
+		resp, _ := td.get(td.url("edge") + "/gone")
+		assert.Contains(t, []string{"b3", "b4"}, resp.Header.Get("X-Echo-Name"), "the route went with its pool: web serves /gone")
+	})
+	t.Run("changed resolvers make a new Source", func(t *testing.T) {
+		w, q2 := webSource(), queries(srv2)
+		td.rewrite(config("b.shop.test", srv2.Addr(), false, 1))
+		checkServedBy("changed resolvers", "b3", "b4")
+		assert.NotSame(t, w, webSource())
+		assert.Equal(t, q2+2, queries(srv2), "the new resolver answered the new Source")
+		require.Eventually(t, func() bool { return len(hubSources(td)) == 1 }, 5*time.Second, 10*time.Millisecond)
+	})
+	byName := requireNoFailures(t, stats, stop)
+	for _, b := range bs {
+		assert.Positive(t, byName[b.name], b.name)
+	}
+}
+
+// TestDiscoveryHostileOldRuntimeDoesNotForgetTheNewOnesEndpoints: a reload
+// moves pool web from one name to another that lists the same addresses,
+// or to the same address listed statically, while a slow request keeps the
+// old Runtime alive; the old name then drops an address. The old Runtime's
+// pool lets it go, but the pool in force still has it: it must stay in the
+// registry (/pools, sekisho_endpoint_ready) and in /metrics.
+func TestDiscoveryHostileOldRuntimeDoesNotForgetTheNewOnesEndpoints(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		next func(port int) string // the new config's endpoints of web
+	}{
+		{"another name", func(port int) string { return fmt.Sprintf(`["dns://b.shop.test:%d"]`, port) }},
+		{"static", func(port int) string {
+			return fmt.Sprintf(`["127.0.0.1:%d", "127.0.0.2:%d", "127.0.0.3:%d"]`, port, port, port)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			noLeaks(t)
+			srv := dnstest.Start(t)
+			port, bs := hostileBackends(t, 3)
+			srv.SetA("a.shop.test.", 0, ips(1, 2, 3)...)
+			srv.SetA("b.shop.test.", 0, ips(1, 2, 3)...)
+			config := func(endpoints string) string {
+				return edgePreamble + `    routes:
+      - {name: all, pipeline: [{proxy: web}]}
+discovery: {resolvers: ["` + srv.Addr() + `"], min_ttl: 20ms, max_ttl: 50ms}
+pools:
+  web:
+    endpoints: ` + endpoints + `
+    ` + probes + `
+`
+			}
+			td := startDaemon(t, config(fmt.Sprintf(`["dns://a.shop.test:%d"]`, port)))
+			waitReady(t, td)
+			// A slow request holds the old Runtime.
+			slow := make(chan outcome, 1)
+			go func() { slow <- fetch(td, mustRequest(http.MethodGet, td.url("edge")+"/slow", nil)) }()
+			require.Eventually(t, func() bool {
+				return bs[0].held.Load()+bs[1].held.Load()+bs[2].held.Load() == 1
+			}, 5*time.Second, time.Millisecond)
+			td.rewrite(config(tc.next(port)))
+			waitReady(t, td)
+			srv.SetA("a.shop.test.", 0, ips(1, 3)...)
+			// The old pool applies the change (its Source runs while its
+			// Runtime drains); give it a few resolutions.
+			q := queries(srv)
+			require.Eventually(t, func() bool { return queries(srv) > q+6 }, 5*time.Second, 5*time.Millisecond)
+			for _, o := range burst(t, td, td.url("edge")+"/", 30, 3) {
+				assert.Equal(t, 10, o)
+			}
+			got := poolAddrs(t, td, "web")
+			assert.Len(t, got, 3, "the pool in force still has 127.0.0.2: %v", got)
+			assert.Contains(t, got, bs[1].addr)
+			assert.Equal(t, 1.0, td.metric("sekisho_endpoint_ready", "pool", "web", "endpoint", bs[1].addr))
+			assert.Positive(t, td.metric("sekisho_upstream_requests_total", "pool", "web", "endpoint", bs[1].addr, "code", "200"))
+			// The old name gains an address the pool in force never had:
+			// once the old Runtime is gone, nothing of it is left.
+			srv.SetA("a.shop.test.", 0, ips(1, 3, 4)...)
+			q = queries(srv)
+			require.Eventually(t, func() bool { return queries(srv) > q+6 }, 5*time.Second, 5*time.Millisecond)
+			for _, b := range bs {
+				close(b.release)
+			}
+			o := <-slow
+			assert.NoError(t, o.err)
+			assert.Equal(t, http.StatusOK, o.status)
+			require.Eventually(t, func() bool { return len(hubSources(td)) <= 1 }, 5*time.Second, 10*time.Millisecond,
+				"the old Runtime closes")
+			got = poolAddrs(t, td, "web")
+			assert.Len(t, got, 3, "only the pool in force's endpoints: %v", got)
+			assert.NotContains(t, got, "127.0.0.4:"+strconv.Itoa(port))
+		})
+	}
 }
