@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
@@ -638,4 +639,217 @@ pools:
 			assert.NotContains(t, got, "127.0.0.4:"+strconv.Itoa(port))
 		})
 	}
+}
+
+// TestDiscoveryHostileMixedStaticAndDiscovered: a pool lists a static
+// endpoint and a name whose records include the same address. The address
+// is one endpoint, its source static, whatever the name does; the name's
+// other addresses come and go.
+func TestDiscoveryHostileMixedStaticAndDiscovered(t *testing.T) {
+	noLeaks(t)
+	srv := dnstest.Start(t)
+	port, bs := hostileBackends(t, 3)
+	const name = "mixed.shop.test."
+	target := "dns://mixed.shop.test:" + strconv.Itoa(port)
+	srv.SetA(name, 0, ips(1, 2)...)
+	td := startDaemon(t, edgePreamble+`    routes:
+      - {name: all, pipeline: [{proxy: web}]}
+pools:
+  web:
+    endpoints: ["`+bs[0].addr+`", "`+target+`"]
+    discovery: {resolvers: ["`+srv.Addr()+`"], min_ttl: 20ms, max_ttl: 50ms}
+`)
+	waitReady(t, td)
+	assert.Equal(t, map[string]string{bs[0].addr: "static", bs[1].addr: target}, poolAddrs(t, td, "web"),
+		"the address in both is listed once, as static")
+	assert.Equal(t, map[string]int{"b1": 10, "b2": 10}, burst(t, td, td.url("edge")+"/", 20, 4),
+		"the address in both takes one share, not two")
+	assert.Equal(t, 1.0, td.metric("sekisho_discovery_endpoints", "pool", "web"))
+
+	stats, stop := steadyLoad(td, td.url("edge")+"/", 2, nil, nil)
+	defer stop()
+	// The name drops the static address and adds another: the static one
+	// stays.
+	srv.SetA(name, 0, ips(2, 3)...)
+	require.Eventually(t, func() bool { return bs[2].hits.Load() > 0 }, 5*time.Second, 5*time.Millisecond)
+	assert.Equal(t, map[string]string{bs[0].addr: "static", bs[1].addr: target, bs[2].addr: target}, poolAddrs(t, td, "web"))
+	// The name then lists only the static address: the discovered ones go.
+	srv.SetA(name, 0, ips(1)...)
+	require.Eventually(t, func() bool { return len(poolAddrs(t, td, "web")) == 1 }, 5*time.Second, 5*time.Millisecond)
+	assert.Equal(t, map[string]string{bs[0].addr: "static"}, poolAddrs(t, td, "web"))
+	assert.Equal(t, 0.0, td.metric("sekisho_discovery_endpoints", "pool", "web"))
+	// And the name failing changes nothing.
+	srv.Remove(name)
+	require.Eventually(t, func() bool {
+		return metricNow(td, "sekisho_discovery_resolutions_total", "pool", "web", "result", "nxdomain") >= 2
+	}, 5*time.Second, 5*time.Millisecond)
+	assert.Equal(t, map[string]string{bs[0].addr: "static"}, poolAddrs(t, td, "web"))
+	h := bs[0].hits.Load()
+	require.Eventually(t, func() bool { return bs[0].hits.Load() > h+20 }, 5*time.Second, 5*time.Millisecond)
+	requireNoFailures(t, stats, stop)
+}
+
+// TestDiscoveryHostileStickyAndHashPools: cookie affinity and hashing over
+// discovered endpoints. A sticky client stays on its endpoint while an
+// unrelated record comes and goes, and moves, with a new cookie, when its
+// own endpoint's record goes; a hash pool moves keys only to an added
+// endpoint, and only the moved keys back when it leaves.
+func TestDiscoveryHostileStickyAndHashPools(t *testing.T) {
+	noLeaks(t)
+	srv := dnstest.Start(t)
+	port, bs := hostileBackends(t, 4)
+	srv.SetA("sticky.shop.test.", 0, ips(1, 2, 3)...)
+	srv.SetA("hash.shop.test.", 0, ips(1, 2, 3)...)
+	td := startPoolDaemon(t, edgePreamble+`    routes:
+      - {name: hash, match: {path_prefix: /hash}, pipeline: [{proxy: hashed}]}
+      - {name: sticky, pipeline: [{proxy: sticky}]}
+discovery: {resolvers: ["`+srv.Addr()+`"], min_ttl: 20ms, max_ttl: 50ms}
+pools:
+  sticky:
+    endpoints: ["dns://sticky.shop.test:`+strconv.Itoa(port)+`"]
+    sticky: {cookie: SRV, key: "`+stickyKey+`"}
+    {{PROBES}}
+  hashed:
+    endpoints: ["dns://hash.shop.test:`+strconv.Itoa(port)+`"]
+    balance: hash
+    hash_key: header:X-User
+    {{PROBES}}
+`)
+	waitReady(t, td)
+	url := td.url("edge") + "/cart"
+
+	t.Run("sticky", func(t *testing.T) {
+		c := &stickyClient{td: td}
+		first := c.do(url, false)
+		require.NoError(t, first.err)
+		require.Equal(t, http.StatusOK, first.status)
+		require.NotEmpty(t, first.set)
+		mine := first.name
+		var others []string
+		for _, ip := range ips(1, 2, 3, 4) {
+			if b := bs[ip[len(ip)-1]-'1']; b.name != mine {
+				others = append(others, ip)
+			}
+		}
+		// An unrelated record comes (127.0.0.4) and goes, twice.
+		for _, set := range [][]string{append(ips(1, 2, 3), "127.0.0.4"), ips(1, 2, 3), append(ips(1, 2, 3), "127.0.0.4")} {
+			srv.SetA("sticky.shop.test.", 0, set...)
+			want := len(set)
+			require.Eventually(t, func() bool { return len(poolAddrs(t, td, "sticky")) == want }, 5*time.Second, 5*time.Millisecond)
+			for range 5 {
+				a := c.do(url, false)
+				require.NoError(t, a.err)
+				assert.Equal(t, mine, a.name, "the sticky client stays on its endpoint")
+				assert.Empty(t, a.set, "and gets no new cookie")
+			}
+		}
+		// Its own endpoint's record goes: it moves, with a new cookie, and
+		// stays on the new one.
+		srv.SetA("sticky.shop.test.", 0, others...)
+		require.Eventually(t, func() bool { return len(poolAddrs(t, td, "sticky")) == 3 }, 5*time.Second, 5*time.Millisecond)
+		moved := c.do(url, false)
+		require.NoError(t, moved.err)
+		require.Equal(t, http.StatusOK, moved.status)
+		assert.NotEqual(t, mine, moved.name)
+		assert.NotEmpty(t, moved.set)
+		assert.NotEqual(t, first.set, moved.set)
+		for range 5 {
+			a := c.do(url, false)
+			assert.Equal(t, moved.name, a.name)
+			assert.Empty(t, a.set)
+		}
+	})
+	t.Run("hash", func(t *testing.T) {
+		place := func() map[string]string {
+			out := map[string]string{}
+			for i := range 60 {
+				user := "user-" + strconv.Itoa(i)
+				req := mustRequest(http.MethodGet, td.url("edge")+"/hash", nil)
+				req.Header.Set("X-User", user)
+				o := fetch(td, req)
+				require.NoError(t, o.err)
+				require.Equal(t, http.StatusOK, o.status)
+				out[user] = o.name
+			}
+			return out
+		}
+		before := place()
+		assert.Equal(t, before, place(), "hashing is stable")
+		srv.SetA("hash.shop.test.", 0, ips(1, 2, 3, 4)...)
+		// The new endpoint takes traffic once its probes pass.
+		var after map[string]string
+		require.Eventually(t, func() bool {
+			after = place()
+			for _, n := range after {
+				if n == "b4" {
+					return true
+				}
+			}
+			return false
+		}, 5*time.Second, 20*time.Millisecond, "keys reach the added endpoint")
+		moved := 0
+		for user, n := range after {
+			if n != before[user] {
+				moved++
+				assert.Equal(t, "b4", n, "%s moved to an old endpoint", user)
+			}
+		}
+		assert.Less(t, moved, 35, "about a quarter of the keys move")
+		srv.SetA("hash.shop.test.", 0, ips(1, 2, 3)...)
+		require.Eventually(t, func() bool { return len(poolAddrs(t, td, "hashed")) == 3 }, 5*time.Second, 5*time.Millisecond)
+		assert.Equal(t, before, place(), "the keys go back where they were")
+	})
+}
+
+// TestDiscoveryHostileScatterLeaves: a scatter stage whose leaf pools are
+// discovered (a headless Service per shard): a replica added to a leaf
+// takes that leaf's requests at once, without a reload; no request fails.
+func TestDiscoveryHostileScatterLeaves(t *testing.T) {
+	noLeaks(t)
+	srv := dnstest.Start(t)
+	port, bs := hostileBackends(t, 3)
+	srv.SetSRV("_http._tcp.leaf-0.shop.test.", 0, dnstest.SRV{Target: "l0-0.shop.test.", IP: "127.0.0.1", Port: uint16(port)})
+	srv.SetSRV("_http._tcp.leaf-1.shop.test.", 0, dnstest.SRV{Target: "l1-0.shop.test.", IP: "127.0.0.2", Port: uint16(port)})
+	td := startDaemon(t, edgePreamble+`    routes:
+      - name: search
+        pipeline:
+          - scatter:
+              leaves: [leaf-0, leaf-1]
+              timeout: 2s
+              min_success: 2
+              merge: {array: results}
+discovery: {resolvers: ["`+srv.Addr()+`"], min_ttl: 20ms, max_ttl: 50ms}
+pools:
+  leaf-0: {endpoints: ["dns+srv://_http._tcp.leaf-0.shop.test"]}
+  leaf-1: {endpoints: ["dns+srv://_http._tcp.leaf-1.shop.test"]}
+`)
+	waitReady(t, td)
+	search := func() []string {
+		resp, body := td.get(td.url("edge") + "/search")
+		require.Equal(t, http.StatusOK, resp.StatusCode, body)
+		assert.Equal(t, "2/2", resp.Header.Get("X-Sekisho-Leaves"))
+		var ans struct {
+			Results []struct{ ID string } `json:"results"`
+		}
+		require.NoError(t, json.Unmarshal([]byte(body), &ans))
+		var ids []string
+		for _, r := range ans.Results {
+			ids = append(ids, r.ID)
+		}
+		return ids
+	}
+	assert.Equal(t, []string{"b1", "b2"}, search())
+	srv.SetSRV("_http._tcp.leaf-1.shop.test.", 0,
+		dnstest.SRV{Target: "l1-0.shop.test.", IP: "127.0.0.2", Port: uint16(port)},
+		dnstest.SRV{Target: "l1-1.shop.test.", IP: "127.0.0.3", Port: uint16(port)})
+	require.Eventually(t, func() bool { return len(poolAddrs(t, td, "leaf-1")) == 2 }, 5*time.Second, 5*time.Millisecond)
+	seen := map[string]int{}
+	for range 20 {
+		ids := search()
+		require.Len(t, ids, 2)
+		assert.Equal(t, "b1", ids[0], "leaf-0 keeps its one replica")
+		seen[ids[1]]++
+	}
+	assert.Equal(t, map[string]int{"b2": 10, "b3": 10}, seen, "leaf-1's new replica takes half its requests")
+	assert.Positive(t, bs[2].hits.Load())
 }
