@@ -120,9 +120,12 @@ type Endpoint struct {
 // set may change in place (SetEndpoints), and endpoint state lives in the
 // health.Registry.
 type Pool struct {
-	name    string
-	set     atomic.Pointer[members] // the endpoint set in force
-	setMu   sync.Mutex              // serialises SetEndpoints
+	name  string
+	set   atomic.Pointer[members] // the endpoint set in force
+	setMu sync.Mutex              // serialises SetEndpoints
+	// closed is set by Close, which released the endpoints' holds: the
+	// set no longer changes. Guarded by setMu.
+	closed  bool
 	policy  balance.Policy
 	again   balance.Repicker // policy, when it has a separate turn for later attempts
 	group   *health.Group
@@ -161,6 +164,47 @@ type Pool struct {
 	// registry and metrics build the members of a new endpoint set.
 	registry *health.Registry
 	metrics  *metrics.Metrics
+}
+
+// holders counts, for each (pool name, address), the live Pools whose
+// endpoint set holds the address: the Pool of the Runtime in force and
+// those of Runtimes still draining, which may follow DNS changes of their
+// own. Only the last Pool to let an address go drops its state from the
+// registry, so that a draining Runtime's pool neither forgets an endpoint
+// the pool in force still has nor leaves one behind that only it had
+// added. Its lock is held across a registry lookup and the count it
+// changes, so that a lookup never returns an endpoint being forgotten.
+var holders = struct {
+	sync.Mutex
+	n map[holdKey]int
+}{n: map[holdKey]int{}}
+
+// holdKey is an address of a pool by name, not by health.Group: a pool
+// removed by one reload and added back by the next gets a new Group, but
+// its registry entries are looked up by name.
+type holdKey struct {
+	reg        *health.Registry
+	pool, addr string
+}
+
+// release drops p's hold on addrs and forgets in the registry those no
+// other live Pool of p's name holds; it returns them.
+func (p *Pool) release(addrs []string, reason string) []string {
+	holders.Lock()
+	defer holders.Unlock()
+	var gone []string
+	for _, addr := range addrs {
+		k := holdKey{p.registry, p.name, addr}
+		if holders.n[k]--; holders.n[k] > 0 {
+			continue
+		}
+		delete(holders.n, k)
+		gone = append(gone, addr)
+	}
+	if len(gone) > 0 {
+		p.registry.Forget(p.name, gone, reason)
+	}
+	return gone
 }
 
 // members is one endpoint set of a pool. It is never modified once built: a
@@ -281,6 +325,8 @@ func (p *Pool) build(eps []Endpoint, old *members) *members {
 		}
 	}
 	set := &members{targets: make([]balance.Target, 0, len(eps)), all: make([]member, len(eps))}
+	holders.Lock()
+	defer holders.Unlock()
 	for i, e := range eps {
 		scheme := e.Scheme
 		if scheme == "" {
@@ -292,6 +338,7 @@ func (p *Pool) build(eps []Endpoint, old *members) *members {
 			mb.ep, mb.attempts = was.ep, was.attempts
 		} else {
 			mb.ep = p.registry.EndpointFor(p.name, e.Addr, p.probed)
+			holders.n[holdKey{p.registry, p.name, e.Addr}]++
 			mb.attempts = metrics.NewCodeCounters(p.metrics.Upstream.MustCurryWith(prometheus.Labels{"pool": p.name, "endpoint": e.Addr}))
 		}
 		mb.bodyEnd = bodyEnd{ep: mb.ep, idleTimeouts: p.bodyTimeouts}
@@ -327,6 +374,9 @@ func (m *members) endpoints() []*health.Endpoint {
 func (p *Pool) SetEndpoints(eps []Endpoint) (added, removed []string) {
 	p.setMu.Lock()
 	defer p.setMu.Unlock()
+	if p.closed {
+		return nil, nil
+	}
 	old := p.set.Load()
 	set := p.build(eps, old)
 	have := make(map[string]bool, len(set.all))
@@ -353,8 +403,7 @@ func (p *Pool) SetEndpoints(eps []Endpoint) (added, removed []string) {
 		p.checker.SetEndpoints(set.endpoints())
 	}
 	if len(removed) > 0 {
-		p.registry.Forget(p.name, removed, "no longer discovered")
-		for _, addr := range removed {
+		for _, addr := range p.release(removed, "no longer discovered") {
 			p.metrics.Upstream.DeletePartialMatch(prometheus.Labels{"pool": p.name, "endpoint": addr})
 		}
 	}
@@ -412,11 +461,26 @@ func (p *Pool) Start(ctx context.Context) {
 	}
 }
 
-// Close stops the pool's probes and waits for them.
+// Close stops the pool's probes and waits for them, and lets go of its
+// endpoints: those no other live pool of its name holds (one a draining
+// Runtime's pool alone had discovered) leave the registry. It is
+// idempotent.
 func (p *Pool) Close() {
 	if p.checker != nil {
 		p.checker.Close()
 	}
+	p.setMu.Lock()
+	defer p.setMu.Unlock()
+	if p.closed {
+		return
+	}
+	p.closed = true
+	set := p.set.Load()
+	addrs := make([]string, len(set.all))
+	for i := range set.all {
+		addrs[i] = set.all[i].addr
+	}
+	p.release(addrs, "pool closed")
 }
 
 // FirstRoundDone reports whether the probes have finished their first
