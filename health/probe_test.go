@@ -490,7 +490,7 @@ func TestCheckerSetEndpoints(t *testing.T) {
 	ch.SetEndpoints([]*Endpoint{a, c})
 	require.Eventually(t, c.Ready, waitFor, time.Millisecond, "an added endpoint is probed at once")
 	assert.True(t, ch.FirstRoundDone(), "every endpoint of the set has had its first probe")
-	reg.Forget("p", []string{srvB.addr()}, "no longer discovered")
+	reg.Release("p", []string{srvB.addr()}, "no longer discovered")
 
 	// B's probes have stopped: its count stands still while A's grows.
 	stopped := srvB.answered()

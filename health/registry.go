@@ -48,6 +48,7 @@ type Registry struct {
 
 	mu    sync.Mutex
 	pools map[string]*Group
+	holds map[holdKey]int // see Hold
 }
 
 // NewRegistry returns an empty Registry. log may be nil (nothing is logged).
@@ -55,7 +56,7 @@ func NewRegistry(log *zap.Logger) *Registry {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Registry{log: log, now: time.Now, pools: map[string]*Group{}}
+	return &Registry{log: log, now: time.Now, pools: map[string]*Group{}, holds: map[holdKey]int{}}
 }
 
 // SetNotify sets the function called on every state change: an endpoint
@@ -163,31 +164,60 @@ func (r *Registry) Retain(pools map[string][]string) {
 	}
 }
 
-// Forget drops the state of pool's endpoints at addrs, as Retain drops what
-// a new configuration no longer lists: for endpoints that left the pool
-// without a reload (DNS discovery removed them). Each emits its Removed
-// event, with reason; an address the pool does not have is ignored.
-func (r *Registry) Forget(pool string, addrs []string, reason string) {
+// Hold is EndpointFor for a holder that may let the endpoint go without a
+// reload (a pool whose endpoints DNS discovery changes): it counts one more
+// hold on (pool, addr), which Release gives back.
+func (r *Registry) Hold(pool, addr string, probed bool) *Endpoint {
+	e := r.endpoint(pool, addr, &probed)
+	r.mu.Lock()
+	r.holds[holdKey{pool, addr}]++
+	r.mu.Unlock()
+	return e
+}
+
+// Release gives back one hold on each of pool's addrs and drops the state
+// of those no holder has any more, as Retain drops what a new configuration
+// no longer lists: several pools of one name may live at once (the one in
+// force and those of Runtimes still draining, each following DNS on its
+// own), and only the last to let an address go removes it. Each endpoint
+// dropped emits its Removed event, with reason; Release returns their
+// addresses.
+func (r *Registry) Release(pool string, addrs []string, reason string) []string {
+	var removed []*Endpoint
+	var gone []string
 	r.mu.Lock()
 	g := r.pools[pool]
-	r.mu.Unlock()
-	if g == nil {
-		return
-	}
-	var removed []*Endpoint
-	g.mu.Lock()
 	for _, addr := range addrs {
+		k := holdKey{pool, addr}
+		if r.holds[k]--; r.holds[k] > 0 {
+			continue
+		}
+		delete(r.holds, k)
+		gone = append(gone, addr)
+		if g == nil {
+			continue
+		}
+		// Under r.mu, so that a Hold cannot find the endpoint between
+		// the count reaching zero and its removal.
+		g.mu.Lock()
 		if e, ok := g.eps[addr]; ok {
 			delete(g.eps, addr)
 			removed = append(removed, e)
 		}
+		g.mu.Unlock()
 	}
-	g.mu.Unlock()
+	r.mu.Unlock()
 	slices.SortFunc(removed, func(a, b *Endpoint) int { return cmp.Compare(a.addr, b.addr) })
 	for _, e := range removed {
 		e.remove(reason)
 	}
+	return gone
 }
+
+// holdKey is an address of a pool by name: a pool removed by one reload
+// and added back by the next gets a new Group, and its holders look it up
+// by name.
+type holdKey struct{ pool, addr string }
 
 // PoolStatus is the state of one pool, for GET /pools.
 type PoolStatus struct {

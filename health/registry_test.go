@@ -200,3 +200,19 @@ func TestHotPathDoesNotAllocate(t *testing.T) {
 		})
 	}
 }
+
+// TestHoldAndRelease: an endpoint held by two pools of one name (the one in
+// force and a draining one) stays until the last lets it go; held again
+// after that, it starts anew.
+func TestHoldAndRelease(t *testing.T) {
+	reg, rec := newTestRegistry(nil)
+	a := reg.Hold("p", "10.0.0.1:80", false)
+	assert.Same(t, a, reg.Hold("p", "10.0.0.1:80", false))
+	assert.Empty(t, reg.Release("p", []string{"10.0.0.1:80"}, "no longer discovered"), "one holder is left")
+	assert.Len(t, reg.Snapshot()[0].Endpoints, 1)
+	assert.Equal(t, []string{"10.0.0.1:80"}, reg.Release("p", []string{"10.0.0.1:80"}, "pool closed"))
+	assert.Empty(t, reg.Snapshot()[0].Endpoints)
+	assert.Equal(t, []string{"added", "pool closed"}, rec.reasons("10.0.0.1:80"))
+	b := reg.Hold("p", "10.0.0.1:80", false)
+	assert.NotSame(t, a, b, "held again after its release, an endpoint starts anew")
+}

@@ -632,11 +632,14 @@ pools:
 			o := <-slow
 			assert.NoError(t, o.err)
 			assert.Equal(t, http.StatusOK, o.status)
-			require.Eventually(t, func() bool { return len(hubSources(td)) <= 1 }, 5*time.Second, 10*time.Millisecond,
-				"the old Runtime closes")
-			got = poolAddrs(t, td, "web")
-			assert.Len(t, got, 3, "only the pool in force's endpoints: %v", got)
-			assert.NotContains(t, got, "127.0.0.4:"+strconv.Itoa(port))
+			// The old Runtime closes once its last request has ended: a
+			// moment after the client saw the answer.
+			require.Eventually(t, func() bool {
+				got = poolAddrs(t, td, "web")
+				_, left := got["127.0.0.4:"+strconv.Itoa(port)]
+				return len(got) == 3 && !left
+			}, 5*time.Second, 10*time.Millisecond, "only the pool in force's endpoints once the old Runtime closed: %v", got)
+			assert.Contains(t, got, bs[1].addr)
 		})
 	}
 }

@@ -166,47 +166,6 @@ type Pool struct {
 	metrics  *metrics.Metrics
 }
 
-// holders counts, for each (pool name, address), the live Pools whose
-// endpoint set holds the address: the Pool of the Runtime in force and
-// those of Runtimes still draining, which may follow DNS changes of their
-// own. Only the last Pool to let an address go drops its state from the
-// registry, so that a draining Runtime's pool neither forgets an endpoint
-// the pool in force still has nor leaves one behind that only it had
-// added. Its lock is held across a registry lookup and the count it
-// changes, so that a lookup never returns an endpoint being forgotten.
-var holders = struct {
-	sync.Mutex
-	n map[holdKey]int
-}{n: map[holdKey]int{}}
-
-// holdKey is an address of a pool by name, not by health.Group: a pool
-// removed by one reload and added back by the next gets a new Group, but
-// its registry entries are looked up by name.
-type holdKey struct {
-	reg        *health.Registry
-	pool, addr string
-}
-
-// release drops p's hold on addrs and forgets in the registry those no
-// other live Pool of p's name holds; it returns them.
-func (p *Pool) release(addrs []string, reason string) []string {
-	holders.Lock()
-	defer holders.Unlock()
-	var gone []string
-	for _, addr := range addrs {
-		k := holdKey{p.registry, p.name, addr}
-		if holders.n[k]--; holders.n[k] > 0 {
-			continue
-		}
-		delete(holders.n, k)
-		gone = append(gone, addr)
-	}
-	if len(gone) > 0 {
-		p.registry.Forget(p.name, gone, reason)
-	}
-	return gone
-}
-
 // members is one endpoint set of a pool. It is never modified once built: a
 // request reads the set in force once and keeps it for all its attempts, so
 // the indexes its balance policy returns stay valid while SetEndpoints puts
@@ -325,8 +284,6 @@ func (p *Pool) build(eps []Endpoint, old *members) *members {
 		}
 	}
 	set := &members{targets: make([]balance.Target, 0, len(eps)), all: make([]member, len(eps))}
-	holders.Lock()
-	defer holders.Unlock()
 	for i, e := range eps {
 		scheme := e.Scheme
 		if scheme == "" {
@@ -337,8 +294,9 @@ func (p *Pool) build(eps []Endpoint, old *members) *members {
 		if was := prev[e.Addr]; was != nil {
 			mb.ep, mb.attempts = was.ep, was.attempts
 		} else {
-			mb.ep = p.registry.EndpointFor(p.name, e.Addr, p.probed)
-			holders.n[holdKey{p.registry, p.name, e.Addr}]++
+			// Held, not just looked up: several pools of this name may
+			// live at once (see health.Registry.Release).
+			mb.ep = p.registry.Hold(p.name, e.Addr, p.probed)
 			mb.attempts = metrics.NewCodeCounters(p.metrics.Upstream.MustCurryWith(prometheus.Labels{"pool": p.name, "endpoint": e.Addr}))
 		}
 		mb.bodyEnd = bodyEnd{ep: mb.ep, idleTimeouts: p.bodyTimeouts}
@@ -403,7 +361,7 @@ func (p *Pool) SetEndpoints(eps []Endpoint) (added, removed []string) {
 		p.checker.SetEndpoints(set.endpoints())
 	}
 	if len(removed) > 0 {
-		for _, addr := range p.release(removed, "no longer discovered") {
+		for _, addr := range p.registry.Release(p.name, removed, "no longer discovered") {
 			p.metrics.Upstream.DeletePartialMatch(prometheus.Labels{"pool": p.name, "endpoint": addr})
 		}
 	}
@@ -480,7 +438,7 @@ func (p *Pool) Close() {
 	for i := range set.all {
 		addrs[i] = set.all[i].addr
 	}
-	p.release(addrs, "pool closed")
+	p.registry.Release(p.name, addrs, "pool closed")
 }
 
 // FirstRoundDone reports whether the probes have finished their first
