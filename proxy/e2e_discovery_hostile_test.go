@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -64,47 +63,13 @@ func (b *hostileBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // 127.0.0.n, all on one port (the pods behind a headless Service).
 func hostileBackends(t *testing.T, n int) (port int, bs []*hostileBackend) {
 	t.Helper()
-	for range 50 {
-		first, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		port = first.Addr().(*net.TCPAddr).Port
-		lns := []net.Listener{first}
-		for i := 2; i <= n; i++ {
-			ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.%d:%d", i, port))
-			if err != nil {
-				break
-			}
-			lns = append(lns, ln)
-		}
-		if len(lns) < n {
-			for _, ln := range lns {
-				ln.Close()
-			}
-			continue
-		}
-		for i, ln := range lns {
-			b := &hostileBackend{name: fmt.Sprintf("b%d", i+1), addr: ln.Addr().String(), release: make(chan struct{})}
-			srv := &http.Server{Handler: b}
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				srv.Serve(ln)
-			}()
-			t.Cleanup(func() {
-				select {
-				case <-b.release:
-				default:
-					close(b.release)
-				}
-				srv.Close()
-				<-done
-			})
-			bs = append(bs, b)
-		}
-		return port, bs
+	port, lns := loopbackListeners(t, n)
+	for i, ln := range lns {
+		b := &hostileBackend{name: fmt.Sprintf("b%d", i+1), addr: ln.Addr().String(), release: make(chan struct{})}
+		serveHeld(t, ln, b, b.release)
+		bs = append(bs, b)
 	}
-	t.Fatal("no port free on every loopback address")
-	return 0, nil
+	return port, bs
 }
 
 // ips returns 127.0.0.i for each i.
@@ -423,17 +388,7 @@ pools:
 		assert.Equal(t, http.StatusOK, resp.StatusCode, "another pool is unaffected")
 		assert.Less(t, time.Since(start), timeout/5)
 	}
-	var why string
-	require.Eventually(t, func() bool {
-		resp, err := td.client.Get(td.admin() + "/readyz")
-		if err != nil {
-			return false
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		why = string(body)
-		return resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(why, "did not answer in time")
-	}, 5*time.Second, 10*time.Millisecond, "readyz: %s", why)
+	why := waitNotReady(t, td, "did not answer in time")
 	assert.Contains(t, why, `pool "web"`)
 	assert.Contains(t, why, "dns://web.shop.test:80")
 	web := poolsView(t, td)["web"]

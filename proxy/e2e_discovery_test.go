@@ -54,7 +54,14 @@ func (b *dnsBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // serveDNSBackend serves a dnsBackend named name on ln until the test ends.
 func serveDNSBackend(t *testing.T, name string, ln net.Listener) *dnsBackend {
 	b := &dnsBackend{name: name, addr: ln.Addr().String(), release: make(chan struct{})}
-	srv := &http.Server{Handler: b}
+	serveHeld(t, ln, b, b.release)
+	return b
+}
+
+// serveHeld serves h on ln until the test ends, when it first closes
+// release (unless the test did) so that held requests end.
+func serveHeld(t *testing.T, ln net.Listener, h http.Handler, release chan struct{}) {
+	srv := &http.Server{Handler: h}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -62,25 +69,24 @@ func serveDNSBackend(t *testing.T, name string, ln net.Listener) *dnsBackend {
 	}()
 	t.Cleanup(func() {
 		select {
-		case <-b.release:
+		case <-release:
 		default:
-			close(b.release)
+			close(release)
 		}
 		srv.Close()
 		<-done
 	})
-	return b
 }
 
-// backendsOnOnePort starts n backends on 127.0.0.1 .. 127.0.0.n, all on one
-// port, as the pods behind a headless Service are: an A record names each.
-func backendsOnOnePort(t *testing.T, n int) (port int, bs []*dnsBackend) {
+// loopbackListeners listens on 127.0.0.1 .. 127.0.0.n, all on one port, as
+// the pods behind a headless Service are: an A record names each.
+func loopbackListeners(t *testing.T, n int) (port int, lns []net.Listener) {
 	t.Helper()
 	for range 50 {
 		first, err := net.Listen("tcp", "127.0.0.1:0")
 		require.NoError(t, err)
 		port = first.Addr().(*net.TCPAddr).Port
-		lns := []net.Listener{first}
+		lns = []net.Listener{first}
 		for i := 2; i <= n; i++ {
 			ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.%d:%d", i, port))
 			if err != nil {
@@ -88,19 +94,25 @@ func backendsOnOnePort(t *testing.T, n int) (port int, bs []*dnsBackend) {
 			}
 			lns = append(lns, ln)
 		}
-		if len(lns) < n {
-			for _, ln := range lns {
-				ln.Close()
-			}
-			continue
+		if len(lns) == n {
+			return port, lns
 		}
-		for i, ln := range lns {
-			bs = append(bs, serveDNSBackend(t, fmt.Sprintf("b%d", i+1), ln))
+		for _, ln := range lns {
+			ln.Close()
 		}
-		return port, bs
 	}
 	t.Fatal("no port free on every loopback address")
 	return 0, nil
+}
+
+// backendsOnOnePort starts n dnsBackends b1..bn on loopbackListeners.
+func backendsOnOnePort(t *testing.T, n int) (port int, bs []*dnsBackend) {
+	t.Helper()
+	port, lns := loopbackListeners(t, n)
+	for i, ln := range lns {
+		bs = append(bs, serveDNSBackend(t, fmt.Sprintf("b%d", i+1), ln))
+	}
+	return port, bs
 }
 
 // loadStats is what a steady load saw.
@@ -178,6 +190,24 @@ func poolsView(t *testing.T, td *testDaemon) map[string]poolView {
 		out[p.Pool] = p
 	}
 	return out
+}
+
+// waitNotReady waits until /readyz answers 503 with a reason that contains
+// want, and returns the reason.
+func waitNotReady(t *testing.T, td *testDaemon, want string) string {
+	t.Helper()
+	var why string
+	require.Eventually(t, func() bool {
+		resp, err := td.client.Get(td.admin() + "/readyz")
+		if err != nil {
+			return false
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		why = string(body)
+		return resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(why, want)
+	}, 5*time.Second, 10*time.Millisecond, "readyz: %s", why)
+	return why
 }
 
 func waitReady(t *testing.T, td *testDaemon) {
@@ -320,17 +350,7 @@ pools:
     endpoints: ["dns://web.shop.test:`+port+`"]
     discovery: {resolvers: ["`+dns.Addr()+`"], min_ttl: 100ms, max_ttl: 200ms}
 `)
-	var why string
-	require.Eventually(t, func() bool {
-		resp, err := td.client.Get(td.admin() + "/readyz")
-		if err != nil {
-			return false
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		why = string(body)
-		return resp.StatusCode == http.StatusServiceUnavailable && strings.Contains(why, "NXDOMAIN")
-	}, 5*time.Second, 10*time.Millisecond, "readyz: %s", why)
+	why := waitNotReady(t, td, "NXDOMAIN")
 	assert.Contains(t, why, `pool "web"`)
 	resp, _ := td.get(td.url("edge") + "/")
 	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
