@@ -130,7 +130,7 @@ const benchPools = 100
 // same endpoints written statically, over a window of benchWindow.
 //
 // The DNS server runs in a process of its own (this test binary, running
-// TestDiscoveryBenchDNSProcess), so that the CPU figures (getrusage of this
+// BenchmarkDiscoveryDNSProcess), so that the CPU figures (getrusage of this
 // process over the window, as a share of one core) are the daemon's alone;
 // the server's own CPU is reported apart (server-*). Heap is HeapInuse
 // after a GC, less the same before the daemon started, per pool; goroutines
@@ -333,19 +333,20 @@ func svcAddrs(i, n int) []string {
 // process of BenchmarkDiscovery100Pools.
 const benchDNSEnv = "SEKISHO_BENCH_DNS_PROCESS"
 
-// TestDiscoveryBenchDNSProcess is not a test: it is the DNS server of
+// BenchmarkDiscoveryDNSProcess measures nothing: it is the DNS server of
 // BenchmarkDiscovery100Pools, in a process of its own so that the
 // benchmark's CPU figures are the daemon's alone. It skips unless the
-// benchmark started it. It serves svcName(i) for every pool, prints its
+// benchmark started it (a benchmark, not a test, so that no test of the
+// suite ever skips). It serves svcName(i) for every pool, prints its
 // address, then obeys one command a line on stdin until stdin closes:
 // "flap" (every name alternates between 3 and 4 records every second),
 // "steady" (back to svcRecords(i) records each), "stat" (prints its CPU
 // time in ns and the queries it received).
-func TestDiscoveryBenchDNSProcess(t *testing.T) {
+func BenchmarkDiscoveryDNSProcess(b *testing.B) {
 	if os.Getenv(benchDNSEnv) == "" {
-		t.Skip("the DNS process of BenchmarkDiscovery100Pools; runs only when it starts it")
+		b.Skip("the DNS process of BenchmarkDiscovery100Pools; runs only when it starts it")
 	}
-	dns := dnstest.Start(t)
+	dns := dnstest.Start(b)
 	set := func(n func(i int) int) {
 		for i := range benchPools {
 			dns.SetA(svcName(i), 1, svcAddrs(i, n(i))...)
@@ -386,7 +387,7 @@ func TestDiscoveryBenchDNSProcess(t *testing.T) {
 }
 
 // dnsProcess is the DNS server of BenchmarkDiscovery100Pools, in a child
-// process: this test binary running TestDiscoveryBenchDNSProcess.
+// process: this test binary running BenchmarkDiscoveryDNSProcess.
 type dnsProcess struct {
 	addr string
 	in   io.WriteCloser
@@ -395,7 +396,7 @@ type dnsProcess struct {
 
 func startDNSProcess(b *testing.B) *dnsProcess {
 	b.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestDiscoveryBenchDNSProcess$", "-test.count=1")
+	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^BenchmarkDiscoveryDNSProcess$", "-test.benchtime=1x", "-test.count=1")
 	cmd.Env = append(os.Environ(), benchDNSEnv+"=1")
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
@@ -415,10 +416,15 @@ func startDNSProcess(b *testing.B) *dnsProcess {
 		cmd.Wait()
 	})
 	p := &dnsProcess{in: in, out: bufio.NewScanner(out)}
-	if !p.out.Scan() || !strings.HasPrefix(p.out.Text(), "addr ") {
+	// The testing package's own output (goos, goarch, ..., and the
+	// benchmark's name, with no newline) comes first.
+	for p.out.Scan() && !strings.Contains(p.out.Text(), "addr ") {
+	}
+	_, addr, ok := strings.Cut(p.out.Text(), "addr ")
+	if !ok {
 		b.Fatalf("the DNS process did not start: %q %v", p.out.Text(), p.out.Err())
 	}
-	p.addr = strings.TrimPrefix(p.out.Text(), "addr ")
+	p.addr = addr
 	return p
 }
 
