@@ -2,7 +2,7 @@ GO      ?= go
 BIN     ?= bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build run test bench lint fuzz clean testssl
+.PHONY: all build run test bench bench-discovery lint fuzz clean testssl
 
 all: build
 
@@ -25,6 +25,13 @@ test:
 # End-to-end load against nginx, haproxy and caddy (installs them from Debian if missing).
 bench: build
 	bash bench/run.sh
+
+# The Go benchmarks behind bench/RESULTS.md's "Discovery" section: a DNS
+# change to traffic (20 rounds, without and with probes), and the CPU and
+# memory of re-resolving 100 pools every second. About 100 s; safe to run
+# while nothing else loads the machine.
+bench-discovery:
+	$(GO) test -run '^$$' -bench 'DiscoveryChangeToTraffic|Discovery100Pools' -benchtime=1x -timeout 5m ./proxy/
 
 # testssl.sh's protocol, cipher and vulnerability checks against TLS listeners on
 # 127.0.0.1 (installs Debian's testssl.sh if missing); see docs/tls.md.
