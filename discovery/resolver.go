@@ -175,11 +175,7 @@ func (r *Resolver) Resolve(ctx context.Context, t Target) (Set, error) {
 			if err != nil {
 				return Set{}, &ResolveError{Target: t.String(), Qtype: dns.TypeToString[qt], Err: err}
 			}
-			for _, rr := range in.Answer {
-				if ip, ok := rrAddr(rr); ok {
-					c.add(Endpoint{Addr: addrPort(ip, t.Port), Weight: 1}, rr.Header().Ttl)
-				}
-			}
+			addAddrs(&c, in, t.Port)
 		}
 	case KindSRV:
 		in, err := r.query(ctx, t.Name, dns.TypeSRV)
@@ -201,6 +197,16 @@ func kindQtype(k Kind) string {
 		return "SRV"
 	}
 	return "A/AAAA"
+}
+
+// addAddrs adds an endpoint at port for each A and AAAA record of the
+// answer.
+func addAddrs(c *collector, in *dns.Msg, port uint16) {
+	for _, rr := range in.Answer {
+		if ip, ok := rrAddr(rr); ok {
+			c.add(Endpoint{Addr: addrPort(ip, port), Weight: 1}, rr.Header().Ttl)
+		}
+	}
 }
 
 // addSRV adds one endpoint per address of each SRV target found in the
