@@ -3,14 +3,12 @@ package proxy
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"maps"
 	"net"
 	"net/http"
 	"runtime"
 	"slices"
 	"strconv"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,51 +24,6 @@ import (
 // authors who reload, mix and remove, and a steady load through it all. A
 // real miekg/dns server on loopback, real backends on 127.0.0.x, the real
 // daemon.
-
-// hostileBackend answers with its name (as a scatter leaf would: a JSON
-// object with a results array), counts its probes apart from its traffic,
-// and holds GET /slow until release is closed.
-type hostileBackend struct {
-	name    string
-	addr    string
-	hits    atomic.Int64
-	probes  atomic.Int64
-	held    atomic.Int64
-	release chan struct{}
-}
-
-func (b *hostileBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path == "/ready" {
-		b.probes.Add(1)
-		io.WriteString(w, "ready")
-		return
-	}
-	if r.URL.Path == "/slow" {
-		b.held.Add(1)
-		select {
-		case <-b.release:
-		case <-r.Context().Done():
-			return
-		}
-	}
-	b.hits.Add(1)
-	w.Header().Set("X-Echo-Name", b.name)
-	w.Header().Set("Content-Type", "application/json")
-	fmt.Fprintf(w, `{"results":[{"id":%q}]}`, b.name)
-}
-
-// hostileBackends starts n backends named b1..bn on 127.0.0.1 ..
-// 127.0.0.n, all on one port (the pods behind a headless Service).
-func hostileBackends(t *testing.T, n int) (port int, bs []*hostileBackend) {
-	t.Helper()
-	port, lns := loopbackListeners(t, n)
-	for i, ln := range lns {
-		b := &hostileBackend{name: fmt.Sprintf("b%d", i+1), addr: ln.Addr().String(), release: make(chan struct{})}
-		serveHeld(t, ln, b, b.release)
-		bs = append(bs, b)
-	}
-	return port, bs
-}
 
 // ips returns 127.0.0.i for each i.
 func ips(is ...int) []string {
@@ -111,7 +64,7 @@ func requireNoFailures(t *testing.T, stats *loadStats, stop func()) map[string]i
 func TestDiscoveryHostileFlappingRecords(t *testing.T) {
 	noLeaks(t)
 	srv := dnstest.Start(t)
-	port, bs := hostileBackends(t, 5)
+	port, bs := backendsOnOnePort(t, 5)
 	const name = "flap.shop.test."
 	a, b := ips(1, 2, 3), ips(1, 4, 5)
 	srv.SetA(name, 0, a...)
@@ -253,7 +206,7 @@ pools:
 func TestDiscoveryHostileSRVPortZero(t *testing.T) {
 	noLeaks(t)
 	srv := dnstest.Start(t)
-	port, bs := hostileBackends(t, 3)
+	port, bs := backendsOnOnePort(t, 3)
 	const name = "_http._tcp.users.shop.test."
 	p := uint16(port)
 	srv.SetSRV(name, 30,
@@ -297,7 +250,7 @@ pools:
 func TestDiscoveryHostileFailuresKeepTheLastSet(t *testing.T) {
 	noLeaks(t)
 	srv := dnstest.Start(t)
-	port, bs := hostileBackends(t, 3)
+	port, bs := backendsOnOnePort(t, 3)
 	const name = "web.shop.test."
 	srv.SetA(name, 0, ips(1, 2)...)
 	td := startDaemon(t, edgePreamble+`    routes:
@@ -423,7 +376,7 @@ func queries(s *dnstest.Server) int64 {
 func TestDiscoveryHostileReloads(t *testing.T) {
 	noLeaks(t)
 	srv, srv2, srv3 := dnstest.Start(t), dnstest.Start(t), dnstest.Start(t)
-	port, bs := hostileBackends(t, 4)
+	port, bs := backendsOnOnePort(t, 4)
 	for _, s := range []*dnstest.Server{srv, srv2} {
 		s.SetA("a.shop.test.", 30, ips(1, 2)...)
 		s.SetA("b.shop.test.", 30, ips(3, 4)...)
@@ -540,7 +493,7 @@ func TestDiscoveryHostileOldRuntimeDoesNotForgetTheNewOnesEndpoints(t *testing.T
 		t.Run(tc.name, func(t *testing.T) {
 			noLeaks(t)
 			srv := dnstest.Start(t)
-			port, bs := hostileBackends(t, 3)
+			port, bs := backendsOnOnePort(t, 3)
 			srv.SetA("a.shop.test.", 0, ips(1, 2, 3)...)
 			srv.SetA("b.shop.test.", 0, ips(1, 2, 3)...)
 			config := func(endpoints string) string {
@@ -606,7 +559,7 @@ pools:
 func TestDiscoveryHostileMixedStaticAndDiscovered(t *testing.T) {
 	noLeaks(t)
 	srv := dnstest.Start(t)
-	port, bs := hostileBackends(t, 3)
+	port, bs := backendsOnOnePort(t, 3)
 	const name = "mixed.shop.test."
 	target := "dns://mixed.shop.test:" + strconv.Itoa(port)
 	srv.SetA(name, 0, ips(1, 2)...)
@@ -655,7 +608,7 @@ pools:
 func TestDiscoveryHostileStickyAndHashPools(t *testing.T) {
 	noLeaks(t)
 	srv := dnstest.Start(t)
-	port, bs := hostileBackends(t, 4)
+	port, bs := backendsOnOnePort(t, 4)
 	srv.SetA("sticky.shop.test.", 0, ips(1, 2, 3)...)
 	srv.SetA("hash.shop.test.", 0, ips(1, 2, 3)...)
 	td := startPoolDaemon(t, edgePreamble+`    routes:
@@ -765,7 +718,7 @@ pools:
 func TestDiscoveryHostileScatterLeaves(t *testing.T) {
 	noLeaks(t)
 	srv := dnstest.Start(t)
-	port, bs := hostileBackends(t, 3)
+	port, bs := backendsOnOnePort(t, 3)
 	srv.SetSRV("_http._tcp.leaf-0.shop.test.", 0, dnstest.SRV{Target: "l0-0.shop.test.", IP: "127.0.0.1", Port: uint16(port)})
 	srv.SetSRV("_http._tcp.leaf-1.shop.test.", 0, dnstest.SRV{Target: "l1-0.shop.test.", IP: "127.0.0.2", Port: uint16(port)})
 	td := startDaemon(t, edgePreamble+`    routes:

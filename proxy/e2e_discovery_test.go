@@ -23,12 +23,15 @@ import (
 // Tests of pools whose endpoints come from DNS: a real miekg/dns server on
 // loopback whose records the test changes, real backends, the real daemon.
 
-// dnsBackend is a backend for discovery tests: it answers with its name,
-// and holds GET /slow until release is closed.
+// dnsBackend is a backend for discovery tests: it answers with its name
+// (in X-Echo-Name, and as a scatter leaf would: a JSON object with a
+// results array), counts its probes apart from its traffic, and holds GET
+// /slow until release is closed.
 type dnsBackend struct {
 	name    string
 	addr    string
 	hits    atomic.Int64
+	probes  atomic.Int64
 	held    atomic.Int64
 	release chan struct{}
 }
@@ -36,6 +39,7 @@ type dnsBackend struct {
 func (b *dnsBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case "/ready":
+		b.probes.Add(1)
 		io.WriteString(w, "ready")
 		return
 	case "/slow":
@@ -48,7 +52,8 @@ func (b *dnsBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	b.hits.Add(1)
 	w.Header().Set("X-Echo-Name", b.name)
-	io.WriteString(w, b.name)
+	w.Header().Set("Content-Type", "application/json")
+	fmt.Fprintf(w, `{"results":[{"id":%q}]}`, b.name)
 }
 
 // serveDNSBackend serves a dnsBackend named name on ln until the test ends.
