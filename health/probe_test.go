@@ -151,12 +151,25 @@ func TestProbeRiseAndFall(t *testing.T) {
 	t.Cleanup(c.Close)
 	require.False(t, e.Ready(), "a new endpoint of a probed pool starts unready")
 
+	// Each flip waits for the event itself, not only the state: the
+	// event is delivered just after the state changes, and it reads the
+	// server's count of answers of the current kind.
+	delivered := func(n int) func() bool {
+		return func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return len(events) >= n
+		}
+	}
 	c.Start(context.Background())
-	require.Eventually(t, e.Ready, waitFor, time.Millisecond)
+	require.Eventually(t, delivered(2), waitFor, time.Millisecond)
+	require.True(t, e.Ready())
 	srv.set(http.StatusServiceUnavailable)
-	require.Eventually(t, func() bool { return !e.Ready() }, waitFor, time.Millisecond)
+	require.Eventually(t, delivered(3), waitFor, time.Millisecond)
+	require.False(t, e.Ready())
 	srv.set(http.StatusNoContent)
-	require.Eventually(t, e.Ready, waitFor, time.Millisecond)
+	require.Eventually(t, delivered(4), waitFor, time.Millisecond)
+	require.True(t, e.Ready())
 	c.Close()
 
 	mu.Lock()
