@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -153,8 +152,7 @@ func (h *discoveryHub) release(dp *discoveredPool) {
 			closing = append(closing, w.src)
 		}
 	}
-	if !slices.ContainsFunc(slices.Collect(maps.Keys(h.sources)), func(k sourceKey) bool { return k.pool == dp.name }) {
-		// No Runtime discovers endpoints for the pool any more.
+	if !h.discoversLocked(dp.name) {
 		h.shared.Metrics.DiscoveryEndpoints.DeleteLabelValues(dp.name)
 	}
 	h.mu.Unlock()
@@ -163,6 +161,17 @@ func (h *discoveryHub) release(dp *discoveredPool) {
 	for _, src := range closing {
 		src.Close()
 	}
+}
+
+// discoversLocked reports whether a Runtime still discovers endpoints for
+// pool; hub.mu is held.
+func (h *discoveryHub) discoversLocked(pool string) bool {
+	for k := range h.sources {
+		if k.pool == pool {
+			return true
+		}
+	}
+	return false
 }
 
 // changed applies a new set of w to every pool that uses it.

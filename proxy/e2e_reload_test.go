@@ -27,6 +27,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"sekisho/internal/rawclient"
 	"sekisho/proxy/config"
 	"sekisho/sharding"
 )
@@ -368,12 +369,10 @@ type upgraded struct {
 
 func dialUpgrade(t *testing.T, addr string) *upgraded {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
+	rc := rawclient.Dial(t, addr)
+	c, br := rc.Conn, rc.BR
+	_, err := io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: echo.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
 	require.NoError(t, err)
-	t.Cleanup(func() { c.Close() })
-	_, err = io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: echo.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-	require.NoError(t, err)
-	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, nil)
 	require.NoError(t, err)
 	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)

@@ -33,9 +33,40 @@ func tlsAddr(td *testDaemon, name string) string {
 	return addr.String()
 }
 
+// startPlainAndTLS starts a daemon with two listeners that route everything
+// to pool up: "plain" (cleartext, h2c with prior knowledge too) and
+// "secure" (TLS, with a certificate for serverName from a fresh CA), each
+// with listenerKeys added (indented as a listener's keys, or ""); up is
+// poolKeys (its endpoints and the rest, indented as a pool's keys). It
+// returns the daemon and a client TLS config that trusts the listener.
+func startPlainAndTLS(t *testing.T, serverName, listenerKeys, poolKeys string) (*testDaemon, *tls.Config) {
+	t.Helper()
+	dir := t.TempDir()
+	ca := certstest.NewCA(t)
+	cert := ca.Issue(t, dir, serverName)
+	td := startDaemon(t, fmt.Sprintf(`
+version: 1
+admin: {listen: "127.0.0.1:0"}
+log: {access: off}
+listeners:
+  - name: plain
+    listen: 127.0.0.1:0
+%[1]s    routes: [{name: all, pipeline: [{proxy: up}]}]
+  - name: secure
+    listen: %[2]q
+%[1]s    tls:
+      certificates: [{cert_file: %[3]q, key_file: %[4]q}]
+    routes: [{name: all, pipeline: [{proxy: up}]}]
+pools:
+  up:
+%[5]s`, listenerKeys, freeAddr(t), cert.CertFile, cert.KeyFile, poolKeys))
+	return td, &tls.Config{RootCAs: ca.Pool(), ServerName: serverName}
+}
+
 // tlsTransport is a client Transport with TLS config tc that speaks only
 // HTTP/2 when h2 is set, else only HTTP/1.1; its connections close with the
-// test.
+// test. It takes a copy of tc: http.Transport writes its ALPN protocols into
+// the config it is given, which would leak into the next Transport.
 func tlsTransport(t *testing.T, tc *tls.Config, h2 bool) *http.Transport {
 	var protos http.Protocols
 	if h2 {
@@ -43,7 +74,7 @@ func tlsTransport(t *testing.T, tc *tls.Config, h2 bool) *http.Transport {
 	} else {
 		protos.SetHTTP1(true)
 	}
-	tr := &http.Transport{TLSClientConfig: tc, Protocols: &protos, ForceAttemptHTTP2: h2}
+	tr := &http.Transport{TLSClientConfig: tc.Clone(), Protocols: &protos, ForceAttemptHTTP2: h2}
 	t.Cleanup(tr.CloseIdleConnections)
 	return tr
 }
@@ -640,28 +671,8 @@ func (g *grpcLike) last() *http.Request {
 // trailers both arrive.
 func TestH2CBackendTrailers(t *testing.T) {
 	noLeaks(t)
-	dir := t.TempDir()
-	ca := certstest.NewCA(t)
-	server := ca.Issue(t, dir, "grpc.test")
 	g := newGRPCLike(t)
-	td := startDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: plain
-    listen: 127.0.0.1:0
-    routes: [{name: grpc, pipeline: [{proxy: grpc}]}]
-  - name: secure
-    listen: %q
-    tls:
-      certificates: [{cert_file: %q, key_file: %q}]
-    routes: [{name: grpc, pipeline: [{proxy: grpc}]}]
-pools:
-  grpc:
-    endpoints: [%s]
-    protocol: h2c
-`, freeAddr(t), server.CertFile, server.KeyFile, g.addr))
+	td, secure := startPlainAndTLS(t, "grpc.test", "", fmt.Sprintf("    endpoints: [%s]\n    protocol: h2c\n", g.addr))
 
 	var h2c http.Protocols
 	h2c.SetUnencryptedHTTP2(true)
@@ -675,9 +686,9 @@ pools:
 	}{
 		{name: "h2c prior knowledge", url: "http://" + tlsAddr(td, "plain"), rt: priorKnowledge, proto: 2},
 		{name: "h2 over TLS", url: "https://" + tlsAddr(td, "secure"), proto: 2,
-			rt: tlsTransport(t, &tls.Config{RootCAs: ca.Pool(), ServerName: "grpc.test"}, true)},
+			rt: tlsTransport(t, secure, true)},
 		{name: "HTTP/1.1 chunked over TLS", url: "https://" + tlsAddr(td, "secure"), proto: 1,
-			rt: tlsTransport(t, &tls.Config{RootCAs: ca.Pool(), ServerName: "grpc.test"}, false)},
+			rt: tlsTransport(t, secure, false)},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

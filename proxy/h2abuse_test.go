@@ -1,9 +1,7 @@
 package proxy
 
 import (
-	"bufio"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -51,23 +49,7 @@ pools:
 		t.Run(tc.name, func(t *testing.T) {
 			conns := up.opened.Load()
 			c := h2RawConn(t, tlsAddr(td, "plain"), nil)
-			seen := h2ReadAll(c, 10*time.Second)
-			block := h2GetBlock("http", "/")
-			bw := bufio.NewWriterSize(c, 64<<10)
-			for i := 0; i < 10000; i++ {
-				stream := uint32(2*i + 1)
-				bw.Write(h2Frame(h2FrameHeaders, h2FlagEndHeaders|h2FlagEndStream, stream, block))
-				bw.Write(tc.provoke(stream))
-				if i%50 == 49 && bw.Flush() != nil {
-					break // closed on us
-				}
-			}
-			bw.Flush()
-			got := <-seen
-			assert.True(t, got.goAway, "a GOAWAY arrived (read ended with %v)", got.err)
-			assert.Equal(t, uint32(h2ErrEnhanceYourCalm), got.code, "ENHANCE_YOUR_CALM")
-			var ne net.Error
-			assert.False(t, errors.As(got.err, &ne) && ne.Timeout(), "the connection was closed, not left open: %v", got.err)
+			h2ResetFlood(t, c, "http", tc.provoke)
 			t.Logf("%d upstream connections opened", up.opened.Load()-conns)
 			assert.LessOrEqual(t, up.opened.Load()-conns, int64(2*h2ResetBurst), "upstream connections opened")
 		})

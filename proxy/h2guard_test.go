@@ -3,7 +3,6 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -15,8 +14,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"sekisho/proxy/certs/certstest"
 )
 
 // TestHTTP2HeaderBlockOverMaxHeaderBytes: on HTTP/2 a stream whose field
@@ -24,29 +21,8 @@ import (
 // on serving; one under it reaches the upstream, with X-Forwarded-Proto
 // telling TLS from h2c (Request.TLS is right behind the guard).
 func TestHTTP2HeaderBlockOverMaxHeaderBytes(t *testing.T) {
-	dir := t.TempDir()
-	ca := certstest.NewCA(t)
-	cert := ca.Issue(t, dir, "edge.test")
 	b := newBackend(t, "up")
-	td := startDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: plain
-    listen: 127.0.0.1:0
-    max_header_bytes: 4096
-    routes: [{name: all, pipeline: [{proxy: up}]}]
-  - name: secure
-    listen: %q
-    max_header_bytes: 4096
-    tls:
-      certificates: [{cert_file: %q, key_file: %q}]
-    routes: [{name: all, pipeline: [{proxy: up}]}]
-pools:
-  up:
-    endpoints: [%s]
-`, freeAddr(t), cert.CertFile, cert.KeyFile, b.addr()))
+	td, secure := startPlainAndTLS(t, "edge.test", "    max_header_bytes: 4096\n", fmt.Sprintf("    endpoints: [%s]\n", b.addr()))
 
 	var h2c http.Protocols
 	h2c.SetUnencryptedHTTP2(true)
@@ -57,7 +33,7 @@ pools:
 		rt               http.RoundTripper
 	}{
 		{listener: "plain", scheme: "http", rt: plain},
-		{listener: "secure", scheme: "https", rt: tlsTransport(t, &tls.Config{RootCAs: ca.Pool(), ServerName: "edge.test"}, true)},
+		{listener: "secure", scheme: "https", rt: tlsTransport(t, secure, true)},
 	}
 	many := make([]string, 0, 120)
 	for i := range 60 {

@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -133,4 +135,29 @@ func h2ReadAll(c net.Conn, deadline time.Duration) <-chan h2Seen {
 		}
 	}()
 	return ch
+}
+
+// h2ResetFlood opens 10,000 streams on c, each followed by provoke(stream)
+// (a RST_STREAM, or a frame that makes the server reset it), and checks
+// that the server ends the connection with GOAWAY(ENHANCE_YOUR_CALM) and
+// closes it rather than leaving it open.
+func h2ResetFlood(t *testing.T, c net.Conn, scheme string, provoke func(stream uint32) []byte) {
+	t.Helper()
+	seen := h2ReadAll(c, 10*time.Second)
+	block := h2GetBlock(scheme, "/")
+	bw := bufio.NewWriterSize(c, 64<<10)
+	for i := 0; i < 10000; i++ {
+		stream := uint32(2*i + 1)
+		bw.Write(h2Frame(h2FrameHeaders, h2FlagEndHeaders|h2FlagEndStream, stream, block))
+		bw.Write(provoke(stream))
+		if i%50 == 49 && bw.Flush() != nil {
+			break // closed on us
+		}
+	}
+	bw.Flush()
+	got := <-seen
+	assert.True(t, got.goAway, "a GOAWAY arrived (read ended with %v)", got.err)
+	assert.Equal(t, uint32(h2ErrEnhanceYourCalm), got.code, "ENHANCE_YOUR_CALM")
+	var ne net.Error
+	assert.False(t, errors.As(got.err, &ne) && ne.Timeout(), "the connection was closed, not left open: %v", got.err)
 }

@@ -1,10 +1,8 @@
 package proxy
 
 import (
-	"bufio"
 	"crypto/tls"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -16,8 +14,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"sekisho/proxy/certs/certstest"
 )
 
 // TestHTTP2RapidResetIsClosed: a client that opens and resets streams in
@@ -29,29 +25,8 @@ import (
 // way leaves its connection to the idle pool). Over h2c with prior
 // knowledge and over TLS with ALPN h2, with the upstream pool cold and warm.
 func TestHTTP2RapidResetIsClosed(t *testing.T) {
-	dir := t.TempDir()
-	ca := certstest.NewCA(t)
-	cert := ca.Issue(t, dir, "edge.test")
 	up := newCountingUpstream(t)
-	td := startDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: plain
-    listen: 127.0.0.1:0
-    routes: [{name: all, pipeline: [{proxy: up}]}]
-  - name: secure
-    listen: %q
-    tls:
-      certificates: [{cert_file: %q, key_file: %q}]
-    routes: [{name: all, pipeline: [{proxy: up}]}]
-pools:
-  up:
-    endpoints: [%s]
-`, freeAddr(t), cert.CertFile, cert.KeyFile, up.addr()))
-
-	secure := &tls.Config{RootCAs: ca.Pool(), ServerName: "edge.test"}
+	td, secure := startPlainAndTLS(t, "edge.test", "", fmt.Sprintf("    endpoints: [%s]\n", up.addr()))
 	cases := []struct {
 		name, listener, scheme string
 		tls                    *tls.Config
@@ -64,25 +39,11 @@ pools:
 		t.Run(tc.name, func(t *testing.T) {
 			conns, closed := up.opened.Load(), up.closed.Load()
 			c := h2RawConn(t, tlsAddr(td, tc.listener), tc.tls)
-			seen := h2ReadAll(c, 10*time.Second)
-			block := h2GetBlock(tc.scheme, "/")
 			var cancel [4]byte
 			binary.BigEndian.PutUint32(cancel[:], 0x8) // CANCEL
-			bw := bufio.NewWriterSize(c, 64<<10)
-			for i := 0; i < 10000; i++ {
-				stream := uint32(2*i + 1)
-				bw.Write(h2Frame(h2FrameHeaders, h2FlagEndHeaders|h2FlagEndStream, stream, block))
-				bw.Write(h2Frame(h2FrameRSTStream, 0, stream, cancel[:]))
-				if i%50 == 49 && bw.Flush() != nil {
-					break // closed on us
-				}
-			}
-			bw.Flush()
-			got := <-seen
-			assert.True(t, got.goAway, "a GOAWAY arrived (read ended with %v)", got.err)
-			assert.Equal(t, uint32(h2ErrEnhanceYourCalm), got.code, "ENHANCE_YOUR_CALM")
-			var ne net.Error
-			assert.False(t, errors.As(got.err, &ne) && ne.Timeout(), "the connection was closed, not left open: %v", got.err)
+			h2ResetFlood(t, c, tc.scheme, func(stream uint32) []byte {
+				return h2Frame(h2FrameRSTStream, 0, stream, cancel[:])
+			})
 			require.Eventually(t, func() bool {
 				n := 0.0
 				for _, l := range []string{"plain", "secure"} {

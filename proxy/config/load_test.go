@@ -44,17 +44,7 @@ func TestBrokenConfigs(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.file, func(t *testing.T) {
-			path := filepath.Join(dir, tc.file)
-			_, err := Load(path)
-			require.Error(t, err)
-			var ce Errors
-			require.ErrorAs(t, err, &ce)
-			got := make([]string, len(ce))
-			for i, e := range ce {
-				assert.Equal(t, path, e.File)
-				got[i] = strings.TrimPrefix(e.Error(), path+":")
-			}
-			assert.Equal(t, tc.want, got)
+			assert.Equal(t, tc.want, loadErrors(t, filepath.Join(dir, tc.file)))
 		})
 	}
 }
@@ -106,4 +96,20 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatal("nil config without error")
 		}
 	})
+}
+
+// loadErrors loads the config file at path, which must fail, and returns
+// its errors as LINE:COL: message, each checked to name path.
+func loadErrors(t *testing.T, path string) []string {
+	t.Helper()
+	_, err := Load(path)
+	require.Error(t, err)
+	var ce Errors
+	require.ErrorAs(t, err, &ce)
+	got := make([]string, len(ce))
+	for i, e := range ce {
+		assert.Equal(t, path, e.File)
+		got[i] = strings.TrimPrefix(e.Error(), path+":")
+	}
+	return got
 }

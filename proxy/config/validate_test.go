@@ -34,13 +34,6 @@ pools:
     endpoints: [127.0.0.1:2]
     overflow_retry_after: 2s
 `), 0o644))
-	_, err := Load(path)
-	var ce Errors
-	require.ErrorAs(t, err, &ce)
-	got := make([]string, len(ce))
-	for i, e := range ce {
-		got[i] = strings.TrimPrefix(e.Error(), path+":")
-	}
 	assert.Equal(t, []string{
 		`5:21: max_body_bytes: must not be negative (0: no limit)`,
 		`6:22: max_connections: must not be negative (0: no limit)`,
@@ -49,7 +42,7 @@ pools:
 		`15:20: max_in_flight: must not be negative (0: no limit)`,
 		`16:27: overflow_retry_after: must not be negative`,
 		`19:27: overflow_retry_after is only used with max_in_flight`,
-	}, got)
+	}, loadErrors(t, path))
 }
 
 // A route's upgrades are protocol names, and h2c is never one of them; an

@@ -167,16 +167,7 @@ pools:
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "sekisho.yaml")
 			require.NoError(t, os.WriteFile(path, []byte(files.Replace(tc.text)), 0o644))
-			_, err := Load(path)
-			require.Error(t, err)
-			var ce Errors
-			require.ErrorAs(t, err, &ce)
-			got := make([]string, len(ce))
-			for i, e := range ce {
-				assert.Equal(t, path, e.File)
-				got[i] = strings.TrimPrefix(e.Error(), path+":")
-			}
-			assert.Equal(t, tc.want, got)
+			assert.Equal(t, tc.want, loadErrors(t, path))
 		})
 	}
 }
