@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -9,6 +10,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"sekisho/internal/dnstest"
+	"sekisho/internal/rawupstream"
 )
 
 // Tests of the DNS discovery wiring against hostile input: a DNS server
@@ -763,4 +766,106 @@ pools:
 	}
 	assert.Equal(t, map[string]int{"b2": 10, "b3": 10}, seen, "leaf-1's new replica takes half its requests")
 	assert.Positive(t, bs[2].hits.Load())
+}
+
+// srvOf is the SRV record of a raw upstream on 127.0.0.1.
+func srvOf(t *testing.T, target, addr string) dnstest.SRV {
+	_, port, err := net.SplitHostPort(addr)
+	require.NoError(t, err)
+	p, err := strconv.Atoi(port)
+	require.NoError(t, err)
+	return dnstest.SRV{Target: target, IP: "127.0.0.1", Port: uint16(p), Weight: 1}
+}
+
+// TestDiscoveryHostileUpstreamPoisonAcrossRemoval: a discovered upstream
+// sends an extra, unsolicited answer after its first one, leaving it on the
+// idle connection; then it leaves the SRV answer and comes back. Its idle
+// connection outlived both changes (the transport is the pool's, not the
+// set's): the next client it serves must still never get the extra answer.
+func TestDiscoveryHostileUpstreamPoisonAcrossRemoval(t *testing.T) {
+	noLeaks(t)
+	var served atomic.Int64
+	const poison = "HTTP/1.1 200 OK\r\nSet-Cookie: victim=1\r\nContent-Length: 0\r\n\r\n"
+	bad := rawupstream.NewScripted(t, func(string) string {
+		answer := "HTTP/1.1 200 OK\r\nX-Echo-Name: bad\r\nContent-Length: 2\r\n\r\nok"
+		if served.Add(1) == 1 {
+			return answer + poison
+		}
+		return answer
+	})
+	good := newBackend(t, "good")
+	srv := dnstest.Start(t)
+	const name = "_http._tcp.web.shop.test."
+	both := []dnstest.SRV{srvOf(t, "bad.shop.test.", bad.Addr()), srvOf(t, "good.shop.test.", good.addr())}
+	srv.SetSRV(name, 0, both...)
+	td := startDaemon(t, edgePreamble+`    routes:
+      - {name: all, pipeline: [{proxy: web}]}
+pools:
+  web:
+    endpoints: ["dns+srv://`+name+`"]
+    discovery: {resolvers: ["`+srv.Addr()+`"], min_ttl: 20ms, max_ttl: 50ms}
+`)
+	waitReady(t, td)
+	get := func() *http.Response {
+		resp, _ := td.get(td.url("edge") + "/")
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		return resp
+	}
+	require.Eventually(t, func() bool { get(); return served.Load() > 0 }, 5*time.Second, time.Millisecond,
+		"the bad upstream answered once")
+	srv.SetSRV(name, 0, both[1])
+	require.Eventually(t, func() bool { return len(poolAddrs(t, td, "web")) == 1 }, 5*time.Second, 5*time.Millisecond)
+	srv.SetSRV(name, 0, both...)
+	require.Eventually(t, func() bool { return len(poolAddrs(t, td, "web")) == 2 }, 5*time.Second, 5*time.Millisecond)
+	before := served.Load()
+	for range 40 {
+		assert.Empty(t, get().Header.Values("Set-Cookie"), "a client got the answer the upstream sent to nobody")
+	}
+	assert.Greater(t, served.Load(), before, "the bad upstream served again after it came back")
+	assert.Greater(t, bad.Conns(), int64(1), "the poisoned connection was retired, not reused")
+}
+
+// TestDiscoveryHostileResettingUpstreamWhileTheSetFlips: one discovered
+// upstream resets every connection before it answers, while the SRV answer
+// swaps its healthy peers every few resolutions. Each reset is retried on
+// another endpoint of the set the request started with, which stays alive
+// through the swap: no GET fails.
+func TestDiscoveryHostileResettingUpstreamWhileTheSetFlips(t *testing.T) {
+	noLeaks(t)
+	reset := rawupstream.New(t, func(c net.Conn, br *bufio.Reader) {
+		br.ReadString('\n') // the request line arrives; nothing answers it
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.SetLinger(0) // a reset, not an orderly close
+		}
+	})
+	b, c := newBackend(t, "b"), newBackend(t, "c")
+	srv := dnstest.Start(t)
+	const name = "_http._tcp.web.shop.test."
+	rs := srvOf(t, "r.shop.test.", reset.Addr())
+	sets := [][]dnstest.SRV{{rs, srvOf(t, "b.shop.test.", b.addr())}, {rs, srvOf(t, "c.shop.test.", c.addr())}}
+	srv.SetSRV(name, 0, sets[0]...)
+	td := startDaemon(t, edgePreamble+`    routes:
+      - {name: all, pipeline: [{proxy: web}]}
+pools:
+  web:
+    endpoints: ["dns+srv://`+name+`"]
+    discovery: {resolvers: ["`+srv.Addr()+`"], min_ttl: 20ms, max_ttl: 50ms}
+    outlier: {enabled: false}
+`)
+	waitReady(t, td)
+	stats, stop := steadyLoad(td, td.url("edge")+"/", 4, nil, nil)
+	defer stop()
+	for i := 1; i <= 10; i++ {
+		changes := metricNow(td, "sekisho_discovery_resolutions_total", "pool", "web", "result", "success")
+		srv.SetSRV(name, 0, sets[i%2]...)
+		require.Eventually(t, func() bool {
+			return metricNow(td, "sekisho_discovery_resolutions_total", "pool", "web", "result", "success") > changes+1
+		}, 5*time.Second, 5*time.Millisecond)
+	}
+	byName := requireNoFailures(t, stats, stop)
+	assert.Positive(t, byName["b"])
+	assert.Positive(t, byName["c"])
+	assert.Positive(t, reset.Conns(), "the resetting upstream was tried")
+	assert.Positive(t, td.metric("sekisho_upstream_retries_total", "pool", "web", "reason", "reset")+
+		td.metric("sekisho_upstream_retries_total", "pool", "web", "reason", "connect-failure"), "resets were retried")
 }
