@@ -79,18 +79,6 @@ func sidecarCmd(f sidecarFlags, stdout, stderr io.Writer) int {
 	return serve(cfg, proxy.Options{}, false, stderr)
 }
 
-// sameListener reports whether host:port would bind what the address other
-// binds: the same port on the same host, or on all addresses (":9901" and
-// "127.0.0.1:9901" cannot both be served). Port 0 never clashes.
-func sameListener(host, port, other string) bool {
-	h, p, err := net.SplitHostPort(other)
-	if err != nil || p != port || port == "0" {
-		return false
-	}
-	allAddrs := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
-	return h == host || allAddrs(h) || allAddrs(host)
-}
-
 // printSidecarError reports the problems of the generated config without
 // their positions, which mean nothing to someone who wrote flags.
 func printSidecarError(w io.Writer, err error) {
@@ -122,11 +110,10 @@ func sidecarConfig(f sidecarFlags) ([]byte, error) {
 	if public {
 		// The config's validation says more (a bad port, a host name); these
 		// two are told here in terms of the flags.
-		host, port, err := net.SplitHostPort(f.adminPublic)
-		if err != nil {
+		if _, _, err := net.SplitHostPort(f.adminPublic); err != nil {
 			return nil, fmt.Errorf("--admin-public %q is not host:port", f.adminPublic)
 		}
-		if sameListener(host, port, f.admin) {
+		if config.ListenClash(f.adminPublic, f.admin) {
 			return nil, fmt.Errorf("--admin-public %q is also --admin %q; the read-only listener needs an address of its own", f.adminPublic, f.admin)
 		}
 	}

@@ -231,7 +231,7 @@ func TestMarshalHidesEnv(t *testing.T) {
 	env := map[string]string{"TOKEN": "s3cr3t-token", "PORT": "8081", "BACKEND": "10.9.8.7:80", "POOL": "web", "KEY": "header:X-Secret-User", "R": "3", "AFTER": "25ms"}
 	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
 	text := `version: 1
-admin: {listen: "127.0.0.1:${PORT}"SHOW}
+admin: {listen: "127.0.0.2:${PORT}"SHOW}
 listeners:
   - name: edge
     listen: 127.0.0.1:${PORT}

@@ -118,16 +118,19 @@ func (c *Config) validate() Errors {
 	if c.Version != 1 {
 		v.at("version", "version: want 1, got %d", c.Version)
 	}
+	var bound []socket // every address the daemon binds, for clashes
 	if c.Admin.Listen != "off" {
 		if err := checkListenAddr(c.Admin.Listen); err != nil {
 			v.at("admin.listen", "admin.listen: %v", err)
+		} else {
+			bound = append(bound, socket{"admin.listen", "admin.listen", "admin.listen", c.Admin.Listen})
 		}
 	}
 	if pl := c.Admin.PublicListen; pl != "" && pl != "off" {
 		if err := checkListenAddr(pl); err != nil {
 			v.at("admin.public_listen", "admin.public_listen: %v", err)
-		} else if pl == c.Admin.Listen && !strings.HasSuffix(pl, ":0") {
-			v.at("admin.public_listen", "admin.public_listen: %q is also admin.listen; the public listener needs an address of its own", pl)
+		} else {
+			bound = append(bound, socket{"admin.public_listen", "admin.public_listen", "admin.public_listen", pl})
 		}
 	}
 	switch c.Log.Level {
@@ -146,7 +149,7 @@ func (c *Config) validate() Errors {
 	if len(c.Listeners) == 0 {
 		v.at("listeners", "listeners: at least one listener is needed")
 	}
-	names, addrs := map[string]string{}, map[string]string{}
+	names := map[string]string{}
 	for i := range c.Listeners {
 		l := &c.Listeners[i]
 		p := fmt.Sprintf("listeners[%d]", i)
@@ -160,13 +163,12 @@ func (c *Config) validate() Errors {
 		}
 		if err := checkListenAddr(l.Listen); err != nil {
 			v.at(p+".listen", "listen: %v", err)
-		} else if first := addrs[l.Listen]; first != "" {
-			v.at(p+".listen", "listen address %q is used by two listeners (first at %s)", l.Listen, first)
 		} else {
-			addrs[l.Listen] = posString(c.at(p + ".listen"))
+			bound = append(bound, socket{p + ".listen", "listen", fmt.Sprintf("listener %q", l.Name), l.Listen})
 		}
 		v.listener(l, p)
 	}
+	v.sockets(bound)
 	for _, name := range slices.Sorted(maps.Keys(c.Pools)) {
 		v.pool(name, c.Pools[name], "pools."+name)
 	}
