@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -27,8 +28,10 @@ import (
 //
 // The zero Transport is usable. Its fields must not change once it is in
 // use; it must not be copied after first use; it is safe for concurrent
-// use. Its idle connections are closed by CloseIdleConnections and after
-// IdleConnTimeout.
+// use. Its idle connections are closed by CloseIdleConnections, by
+// CloseIdleConnectionsTo for one address, and once idle for
+// IdleConnTimeout (by a timer, as http.Transport's: a connection to an
+// address no request asks for again is closed too).
 type Transport struct {
 	// DialContext dials the TCP connections. If nil, a net.Dialer's with
 	// a 30-second keep-alive.
@@ -102,7 +105,8 @@ type conn struct {
 	br      *bufio.Reader
 	bw      *bufio.Writer
 	key     connKey
-	idleAt  time.Time
+	idleAt  time.Time   // when it last went idle; under t.mu
+	expiry  *time.Timer // closes it once idle for IdleConnTimeout; armed while idle
 	reused  bool
 	t       *Transport
 	stopCtx func() bool // stops the context watch of the request in flight
@@ -205,9 +209,13 @@ func (t *Transport) get(ctx context.Context, key connKey) (*conn, error) {
 	for list := t.idle[key]; len(list) > 0; list = t.idle[key] {
 		c := list[len(list)-1]
 		list[len(list)-1] = nil
-		t.idle[key] = list[:len(list)-1]
+		t.idle[key] = list[:len(list)-1] // its capacity kept for the next put
+		idleAt := c.idleAt
 		t.mu.Unlock()
-		if t.IdleConnTimeout > 0 && now.Sub(c.idleAt) > t.IdleConnTimeout || c.unsolicited() {
+		if c.expiry != nil {
+			c.expiry.Stop() // a timer already firing finds c gone from the pool
+		}
+		if t.IdleConnTimeout > 0 && now.Sub(idleAt) > t.IdleConnTimeout || c.unsolicited() {
 			c.conn.Close()
 			t.mu.Lock()
 			continue
@@ -314,7 +322,6 @@ func (t *Transport) connect(ctx context.Context, key connKey) (*conn, error) {
 
 // put returns c to the idle pool, or closes it when the pool is full.
 func (t *Transport) put(c *conn) {
-	c.idleAt = time.Now()
 	limit := t.MaxIdleConnsPerHost
 	if limit == 0 {
 		limit = http.DefaultMaxIdleConnsPerHost
@@ -325,11 +332,60 @@ func (t *Transport) put(c *conn) {
 			t.idle = map[connKey][]*conn{}
 		}
 		t.idle[c.key] = append(list, c)
+		c.idleAt = time.Now()
+		if t.IdleConnTimeout > 0 {
+			if c.expiry == nil {
+				c.expiry = time.AfterFunc(t.IdleConnTimeout, func() { t.expire(c) })
+			} else {
+				c.expiry.Reset(t.IdleConnTimeout)
+			}
+		}
 		t.mu.Unlock()
 		return
 	}
 	t.mu.Unlock()
 	c.conn.Close()
+}
+
+// expire closes c when its idle timer fires, if c is still idle and has
+// been for IdleConnTimeout: a request may have taken it, or taken it and
+// put it back, since the timer was armed.
+func (t *Transport) expire(c *conn) {
+	t.mu.Lock()
+	list := t.idle[c.key]
+	i := slices.Index(list, c)
+	if i < 0 || time.Since(c.idleAt) < t.IdleConnTimeout {
+		t.mu.Unlock()
+		return
+	}
+	if len(list) == 1 {
+		delete(t.idle, c.key) // an address no request asks for leaves nothing behind
+	} else {
+		t.idle[c.key] = slices.Delete(list, i, i+1) // in order: the most recent stays last
+	}
+	t.mu.Unlock()
+	c.conn.Close()
+}
+
+// CloseIdleConnectionsTo closes the idle connections to addr (host:port),
+// of either scheme: a pool calls it for an endpoint it no longer has.
+// Fallback's are left to its own idle timeout.
+func (t *Transport) CloseIdleConnectionsTo(addr string) {
+	var closing []*conn
+	t.mu.Lock()
+	for key, list := range t.idle {
+		if key.addr == addr {
+			closing = append(closing, list...)
+			delete(t.idle, key)
+		}
+	}
+	t.mu.Unlock()
+	for _, c := range closing {
+		if c.expiry != nil {
+			c.expiry.Stop()
+		}
+		c.conn.Close()
+	}
 }
 
 // CloseIdleConnections closes every idle connection, Fallback's included.
@@ -340,6 +396,9 @@ func (t *Transport) CloseIdleConnections() {
 	t.mu.Unlock()
 	for _, list := range idle {
 		for _, c := range list {
+			if c.expiry != nil {
+				c.expiry.Stop()
+			}
 			c.conn.Close()
 		}
 	}
