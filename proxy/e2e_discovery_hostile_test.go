@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"slices"
 	"strconv"
@@ -779,9 +781,10 @@ func srvOf(t *testing.T, target, addr string) dnstest.SRV {
 
 // TestDiscoveryHostileUpstreamPoisonAcrossRemoval: a discovered upstream
 // sends an extra, unsolicited answer after its first one, leaving it on the
-// idle connection; then it leaves the SRV answer and comes back. Its idle
-// connection outlived both changes (the transport is the pool's, not the
-// set's): the next client it serves must still never get the extra answer.
+// idle connection; then it leaves the SRV answer and comes back. Whether
+// its idle connection is closed at the removal or met again after the
+// return (the transport is the pool's, not the set's), the next client it
+// serves must never get the extra answer.
 func TestDiscoveryHostileUpstreamPoisonAcrossRemoval(t *testing.T) {
 	noLeaks(t)
 	var served atomic.Int64
@@ -872,4 +875,69 @@ pools:
 	assert.Zero(t, td.metric("sekisho_upstream_retry_budget_exhausted_total", "pool", "web"))
 	assert.Positive(t, td.metric("sekisho_upstream_retries_total", "pool", "web", "reason", "reset")+
 		td.metric("sekisho_upstream_retries_total", "pool", "web", "reason", "connect-failure"), "resets were retried")
+}
+
+// TestDiscoveryRemovalClosesIdleConnections: an endpoint that leaves the
+// SRV answer has its idle keep-alive connections closed at once, as Envoy
+// drains a removed host's, not at the pool's idle timeout (90s here): a
+// pod scaled away is not held open by the proxy, and a churning set leaves
+// no connections behind. The endpoint that stays keeps its connection.
+func TestDiscoveryRemovalClosesIdleConnections(t *testing.T) {
+	noLeaks(t)
+	type counted struct {
+		srv            *httptest.Server
+		opened, closed atomic.Int64
+	}
+	serve := func(name string) *counted {
+		c := &counted{}
+		c.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("X-Echo-Name", name)
+			io.WriteString(w, "ok")
+		}))
+		c.srv.Config.ConnState = func(_ net.Conn, st http.ConnState) {
+			switch st {
+			case http.StateNew:
+				c.opened.Add(1)
+			case http.StateClosed:
+				c.closed.Add(1)
+			}
+		}
+		c.srv.Start()
+		t.Cleanup(c.srv.Close)
+		return c
+	}
+	gone, stays := serve("gone"), serve("stays")
+	srv := dnstest.Start(t)
+	const name = "_http._tcp.web.shop.test."
+	both := []dnstest.SRV{srvOf(t, "gone.shop.test.", gone.srv.Listener.Addr().String()),
+		srvOf(t, "stays.shop.test.", stays.srv.Listener.Addr().String())}
+	srv.SetSRV(name, 0, both...)
+	td := startDaemon(t, edgePreamble+`    routes:
+      - {name: all, pipeline: [{proxy: web}]}
+pools:
+  web:
+    endpoints: ["dns+srv://`+name+`"]
+    discovery: {resolvers: ["`+srv.Addr()+`"], min_ttl: 20ms, max_ttl: 50ms}
+    timeouts: {idle: 90s}
+`)
+	waitReady(t, td)
+	for range 10 {
+		resp, _ := td.get(td.url("edge") + "/")
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+	}
+	require.Positive(t, gone.opened.Load()-gone.closed.Load(), "the endpoint has an idle connection from the proxy")
+	keptOpen := stays.opened.Load()
+	require.Positive(t, keptOpen-stays.closed.Load())
+
+	srv.SetSRV(name, 0, both[1])
+	require.Eventually(t, func() bool { return len(poolAddrs(t, td, "web")) == 1 }, 5*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return gone.opened.Load() == gone.closed.Load() }, 5*time.Second, 5*time.Millisecond,
+		"the removed endpoint's idle connections were closed at its removal")
+	for range 5 {
+		resp, _ := td.get(td.url("edge") + "/")
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		assert.Equal(t, "stays", resp.Header.Get("X-Echo-Name"))
+	}
+	assert.Zero(t, stays.closed.Load(), "the endpoint that stayed kept its connections")
+	assert.Equal(t, keptOpen, stays.opened.Load(), "and reused them")
 }

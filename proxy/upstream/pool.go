@@ -364,6 +364,15 @@ func (p *Pool) SetEndpoints(eps []Endpoint) (added, removed []string) {
 		for _, addr := range p.registry.Release(p.name, removed, "no longer discovered") {
 			p.metrics.Upstream.DeletePartialMatch(prometheus.Labels{"pool": p.name, "endpoint": addr})
 		}
+		// A removed endpoint's idle connections go now, as Envoy drains a
+		// removed host's: requests under way on it finish, and their
+		// connections close at the idle timeout (h2's, which the Go
+		// Transport cannot close by address, too).
+		if c, ok := p.transport.(interface{ CloseIdleConnectionsTo(addr string) }); ok {
+			for _, addr := range removed {
+				c.CloseIdleConnectionsTo(addr)
+			}
+		}
 	}
 	return added, removed
 }
