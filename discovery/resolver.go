@@ -212,10 +212,22 @@ func addAddrs(c *collector, in *dns.Msg, port uint16) {
 // addSRV adds one endpoint per address of each SRV target found in the
 // additional section (as Kubernetes answers), or the target name itself.
 func addSRV(c *collector, in *dns.Msg) {
+	// A target's glue, each address once: a server that repeats it (once
+	// per SRV record naming the target) must not multiply its weight.
+	type glue struct {
+		name string
+		ip   netip.Addr
+	}
+	seen := make(map[glue]bool)
 	addrs := make(map[string][]dns.RR)
 	for _, rr := range in.Extra {
-		if _, ok := rrAddr(rr); ok {
-			name := strings.ToLower(rr.Header().Name)
+		ip, ok := rrAddr(rr)
+		if !ok {
+			continue
+		}
+		name := strings.ToLower(rr.Header().Name)
+		if g := (glue{name, ip}); !seen[g] {
+			seen[g] = true
 			addrs[name] = append(addrs[name], rr)
 		}
 	}

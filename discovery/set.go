@@ -31,8 +31,9 @@ type Set struct {
 	// PortZero counts SRV records ignored because their port was 0.
 	PortZero int
 	// OverLimit counts endpoints ignored because the answer held more than
-	// Resolver.MaxEndpoints; the ones kept are the first by Addr, so a
-	// server rotating its answer's order does not make the set flap.
+	// Resolver.MaxEndpoints; the ones kept are those of the preferred
+	// priorities, then the first by Addr, so a server rotating its
+	// answer's order does not make the set flap.
 	OverLimit int
 }
 
@@ -70,8 +71,14 @@ func (c *collector) add(e Endpoint, ttl uint32) {
 		c.byAddr = make(map[string]int)
 	}
 	if i, ok := c.byAddr[e.Addr]; ok {
-		c.eps[i].Weight += e.Weight
-		c.eps[i].Priority = min(c.eps[i].Priority, e.Priority)
+		// One address in two records: the preferred priority's weights
+		// count; a backup record does not add to a primary's share.
+		switch had := &c.eps[i]; {
+		case e.Priority == had.Priority:
+			had.Weight += e.Weight
+		case e.Priority < had.Priority:
+			had.Weight, had.Priority = e.Weight, e.Priority
+		}
 		return
 	}
 	c.byAddr[e.Addr] = len(c.eps)
@@ -79,13 +86,19 @@ func (c *collector) add(e Endpoint, ttl uint32) {
 }
 
 func (c *collector) build(limit int) Set {
-	slices.SortFunc(c.eps, func(a, b Endpoint) int { return cmp.Compare(a.Addr, b.Addr) })
+	byAddr := func(a, b Endpoint) int { return cmp.Compare(a.Addr, b.Addr) }
 	s := Set{TTL: c.ttl, PortZero: c.zero}
 	if len(c.eps) > limit {
+		// The preferred priorities are kept first: a bound never drops a
+		// primary for a backup.
+		slices.SortFunc(c.eps, func(a, b Endpoint) int {
+			return cmp.Or(cmp.Compare(a.Priority, b.Priority), byAddr(a, b))
+		})
 		s.OverLimit = len(c.eps) - limit
 		// A copy, so the dropped tail's backing array can be freed.
 		c.eps = slices.Clone(c.eps[:limit])
 	}
+	slices.SortFunc(c.eps, byAddr)
 	s.Endpoints = c.eps
 	return s
 }

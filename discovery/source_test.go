@@ -312,3 +312,37 @@ func aRecords(name string, ttl uint32, n int) []dns.RR {
 	}
 	return out
 }
+
+// SRV priorities: an address named by a preferred and a backup record
+// keeps the preferred record's priority and weight only, and a bound on
+// the endpoints drops backups before any preferred one, whatever their
+// addresses.
+func TestResolveSRVPriorities(t *testing.T) {
+	srv := dnstest.Start(t)
+	srv.Set(t, "_http._tcp.users.test.",
+		"5 IN SRV 10 7 8080 a.users.test.",
+		"5 IN SRV 20 5 8080 a.users.test.", // a backup record for a preferred address
+		"5 IN SRV 20 5 8080 b.users.test.", // sorts before z, but is a backup
+		"5 IN SRV 10 3 8080 z.users.test.",
+	)
+	srv.Set(t, "a.users.test.", "5 IN A 10.0.2.9")
+	srv.Set(t, "b.users.test.", "5 IN A 10.0.2.1")
+	srv.Set(t, "z.users.test.", "5 IN A 10.0.2.200")
+	tg, err := ParseTarget("dns+srv://_http._tcp.users.test")
+	require.NoError(t, err)
+
+	r := &Resolver{Servers: []string{srv.Addr()}, Timeout: time.Second}
+	set, err := r.Resolve(context.Background(), tg)
+	require.NoError(t, err)
+	assert.Equal(t, []Endpoint{
+		{Addr: "10.0.2.1:8080", Weight: 5, Priority: 20},
+		{Addr: "10.0.2.200:8080", Weight: 3, Priority: 10},
+		{Addr: "10.0.2.9:8080", Weight: 7, Priority: 10},
+	}, set.Endpoints)
+
+	r.MaxEndpoints = 2
+	set, err = r.Resolve(context.Background(), tg)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"10.0.2.200:8080", "10.0.2.9:8080"}, set.Addrs(), "the backup went first")
+	assert.Equal(t, 1, set.OverLimit)
+}
