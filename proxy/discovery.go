@@ -62,7 +62,7 @@ type discoveredPool struct {
 	name   string
 	pool   *upstream.Pool
 	parts  []poolPart
-	origin atomic.Pointer[map[string]string] // endpoint address -> "static" or the target
+	origin atomic.Pointer[map[string]endpointOrigin] // by endpoint address
 	// applied is closed once every Source of the pool has resolved and its
 	// set is in the pool; until then the pool is not ready.
 	applied     chan struct{}
@@ -79,6 +79,13 @@ type poolPart struct {
 
 // originStatic is the source /pools names for an endpoint of the config.
 const originStatic = "static"
+
+// endpointOrigin is where an endpoint in force came from, as /pools shows
+// it: "static" or the target that discovered it, and its failover tier.
+type endpointOrigin struct {
+	source   string
+	priority int
+}
 
 func newDiscoveryHub(shared *Shared) *discoveryHub {
 	return &discoveryHub{shared: shared, sources: map[sourceKey]*watchedSource{}}
@@ -237,17 +244,25 @@ func resultLabel(err error) string {
 // endpoints merges the pool's parts, in config order, into its endpoint
 // set, with the origin of each address; an address met twice keeps its
 // first place. It reports whether every Source has resolved.
-func (dp *discoveredPool) endpoints() ([]upstream.Endpoint, map[string]string, bool) {
+//
+// A SRV target's priorities become failover tiers by rank: its most
+// preferred priority is tier 0, beside the static and A/AAAA endpoints,
+// its next one tier 1, and so on. The numbers themselves mean nothing
+// across names (one zone's 10 is another's 0), and ranks keep a SRV name
+// with one priority, as Kubernetes gives, from becoming a backup of the
+// static entries.
+func (dp *discoveredPool) endpoints() ([]upstream.Endpoint, map[string]endpointOrigin, bool) {
 	var eps []upstream.Endpoint
-	origin := map[string]string{}
+	origin := map[string]endpointOrigin{}
 	resolved := true
 	add := func(e upstream.Endpoint, from string) {
 		if _, dup := origin[e.Addr]; dup {
 			return
 		}
-		origin[e.Addr] = from
+		origin[e.Addr] = endpointOrigin{source: from, priority: e.Priority}
 		eps = append(eps, e)
 	}
+	var ranks []uint16
 	for _, part := range dp.parts {
 		if part.w == nil {
 			add(part.static, originStatic)
@@ -256,12 +271,20 @@ func (dp *discoveredPool) endpoints() ([]upstream.Endpoint, map[string]string, b
 		if !part.w.src.State().Resolved {
 			resolved = false
 		}
-		for _, e := range part.w.src.Current().Endpoints {
+		found := part.w.src.Current().Endpoints
+		ranks = ranks[:0]
+		for _, e := range found {
+			ranks = append(ranks, e.Priority)
+		}
+		slices.Sort(ranks)
+		ranks = slices.Compact(ranks)
+		for _, e := range found {
 			weight := e.Weight
 			if part.weight > 0 {
 				weight *= part.weight
 			}
-			add(upstream.Endpoint{Scheme: part.scheme, Addr: e.Addr, Weight: weight}, part.w.key.target)
+			tier, _ := slices.BinarySearch(ranks, e.Priority)
+			add(upstream.Endpoint{Scheme: part.scheme, Addr: e.Addr, Weight: weight, Priority: tier}, part.w.key.target)
 		}
 	}
 	return eps, origin, resolved
@@ -274,7 +297,7 @@ func (dp *discoveredPool) refreshLocked() {
 	dp.origin.Store(&origin)
 	discovered := 0
 	for _, from := range origin {
-		if from != originStatic {
+		if from.source != originStatic {
 			discovered++
 		}
 	}
@@ -362,7 +385,7 @@ func (dp *discoveredPool) status() []sourceStatus {
 }
 
 // origins returns where each endpoint in force came from.
-func (dp *discoveredPool) origins() map[string]string {
+func (dp *discoveredPool) origins() map[string]endpointOrigin {
 	if m := dp.origin.Load(); m != nil {
 		return *m
 	}
@@ -414,6 +437,9 @@ type endpointView struct {
 	// Source is "static" for an endpoint the config lists, or the
 	// dns:// or dns+srv:// target that discovered it.
 	Source string `json:"source"`
+	// Priority is its failover tier, 0 the preferred (see
+	// discoveredPool.endpoints); shown when not 0.
+	Priority int `json:"priority,omitempty"`
 }
 
 // pools returns the state of every pool, as GET /pools shows it.
@@ -426,17 +452,17 @@ func (d *Daemon) pools() []poolView {
 	out := make([]poolView, 0, len(snap))
 	for _, ps := range snap {
 		v := poolView{PoolStatus: ps, Endpoints: make([]endpointView, 0, len(ps.Endpoints))}
-		var origin map[string]string
+		var origin map[string]endpointOrigin
 		if dp := discovered[ps.Pool]; dp != nil {
 			origin = dp.origins()
 			v.Discovery = dp.status()
 		}
 		for _, es := range ps.Endpoints {
-			from := originStatic
+			from := endpointOrigin{source: originStatic}
 			if o, ok := origin[es.Address]; ok {
 				from = o
 			}
-			v.Endpoints = append(v.Endpoints, endpointView{EndpointStatus: es, Source: from})
+			v.Endpoints = append(v.Endpoints, endpointView{EndpointStatus: es, Source: from.source, Priority: from.priority})
 		}
 		out = append(out, v)
 	}

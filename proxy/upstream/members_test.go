@@ -175,3 +175,31 @@ func TestSetEndpointsToNoneAndBack(t *testing.T) {
 	assert.Nil(t, added)
 	assert.Nil(t, removed, "an unchanged set changes nothing")
 }
+
+// A change of priority alone is a change of set: the endpoint moved to a
+// backup tier stops taking traffic while the preferred one is available,
+// under every balance policy, and takes it again once moved back.
+func TestSetEndpointsPriorityAlone(t *testing.T) {
+	a, b := namedBackend(t, "a", nil), namedBackend(t, "b", nil)
+	for _, kind := range []string{balance.RoundRobin, balance.LeastRequest, balance.Random, balance.Hash} {
+		t.Run(kind, func(t *testing.T) {
+			policy, err := balance.New(kind, router.MustParseKey("header:X-User"), 0)
+			require.NoError(t, err)
+			p, _ := membersPool(t, policy, a, b)
+			spread := func() map[string]int {
+				seen := map[string]int{}
+				for i := range 40 {
+					code, who := serveVia(p, fmt.Sprintf("user-%d", i))
+					require.Equal(t, http.StatusOK, code)
+					seen[who]++
+				}
+				return seen
+			}
+			assert.Len(t, spread(), 2, "both take traffic in one tier")
+			p.SetEndpoints([]Endpoint{{Addr: a}, {Addr: b, Priority: 1}})
+			assert.Equal(t, map[string]int{"a": 40}, spread(), "the backup takes none")
+			p.SetEndpoints([]Endpoint{{Addr: a, Priority: 1}, {Addr: b}})
+			assert.Equal(t, map[string]int{"b": 40}, spread(), "the tiers swapped")
+		})
+	}
+}

@@ -22,6 +22,11 @@ type picker struct {
 	local  [4]int // tried's backing array until a request retries more
 	shared *router.Tried
 	rule   pickRule
+	// tier, when tiered, is the one priority a pick of a tiered set
+	// (members.tiered) may choose from: the most preferred one with a
+	// usable endpoint.
+	tier   int
+	tiered bool
 	usable func(int) bool // check, bound once
 }
 
@@ -53,7 +58,7 @@ func (p *Pool) picker() *picker {
 
 func (pk *picker) release() {
 	pk.p, pk.set, pk.shared = nil, nil, nil
-	pk.tried = pk.tried[:0]
+	pk.tried, pk.tiered = pk.tried[:0], false
 	pickers.Put(pk)
 }
 
@@ -86,13 +91,34 @@ func (pk *picker) pick(r *http.Request, info *router.Info) int {
 }
 
 // choose asks the policy; a later attempt of a request (a retry, a hedge)
-// leaves the turns that spread first attempts where they are.
+// leaves the turns that spread first attempts where they are. In a tiered
+// set the policy sees only the most preferred tier with an endpoint the
+// rule allows; panic mode ignores tiers, as it ignores availability.
 func (pk *picker) choose(r *http.Request, later bool) int {
 	p := pk.p
-	if later && p.again != nil {
-		return p.again.PickAgain(pk.set.targets, r, pk.now, pk.usable)
+	if pk.set.tiered && pk.rule != anyUntried {
+		pk.tier, pk.tiered = pk.preferredTier()
 	}
-	return p.policy.Pick(pk.set.targets, r, pk.now, pk.usable)
+	var i int
+	if later && p.again != nil {
+		i = p.again.PickAgain(pk.set.targets, r, pk.now, pk.usable)
+	} else {
+		i = p.policy.Pick(pk.set.targets, r, pk.now, pk.usable)
+	}
+	pk.tiered = false
+	return i
+}
+
+// preferredTier returns the lowest priority of the endpoints the pick's
+// rule allows, and false when it allows none.
+func (pk *picker) preferredTier() (int, bool) {
+	best, found := 0, false
+	for i := range pk.set.all {
+		if pr := pk.set.all[i].priority; (!found || pr < best) && pk.check(i) {
+			best, found = pr, true
+		}
+	}
+	return best, found
 }
 
 // check is the usable filter of the pick under way.
@@ -101,6 +127,9 @@ func (pk *picker) check(i int) bool {
 		if i == j {
 			return false
 		}
+	}
+	if pk.tiered && pk.set.all[i].priority != pk.tier {
+		return false
 	}
 	t := &pk.set.targets[i]
 	switch pk.rule {

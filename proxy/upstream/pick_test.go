@@ -33,12 +33,13 @@ func raceEnabled() bool {
 
 func TestPickDoesNotAllocate(t *testing.T) {
 	reg := health.NewRegistry(nil)
-	build := func(policy string) *Pool {
+	build := func(policy string, tiered bool) *Pool {
 		p := &Pool{name: policy}
-		set := &members{}
+		set := &members{tiered: tiered}
 		for i := 0; i < 4; i++ {
 			addr := fmt.Sprintf("127.0.0.1:%d", 9000+i)
 			set.targets = append(set.targets, balance.Target{Addr: addr, Weight: 1, EP: reg.Endpoint(policy, addr)})
+			set.all = append(set.all, member{addr: addr, priority: i / 2})
 		}
 		p.set.Store(set)
 		var err error
@@ -58,8 +59,12 @@ func TestPickDoesNotAllocate(t *testing.T) {
 	if raceEnabled() {
 		limit = 1
 	}
-	for _, policy := range []string{balance.RoundRobin, balance.LeastRequest, balance.Random, balance.IPHash} {
-		p := build(policy)
+	for _, tc := range []struct {
+		policy string
+		tiered bool // two failover tiers of two endpoints
+	}{{balance.RoundRobin, false}, {balance.LeastRequest, false}, {balance.Random, false}, {balance.IPHash, false},
+		{balance.RoundRobin, true}, {balance.IPHash, true}} {
+		policy, p := tc.policy, build(tc.policy, tc.tiered)
 		for _, r := range []*http.Request{req, hedged} {
 			info := router.InfoFrom(r)
 			allocs := testing.AllocsPerRun(1000, func() {
@@ -71,7 +76,7 @@ func TestPickDoesNotAllocate(t *testing.T) {
 				pk.pick(r, info)
 				pk.release()
 			})
-			assert.LessOrEqual(t, allocs, limit, "%s, shared tried set %v: %v allocations per request", policy, info != nil, allocs)
+			assert.LessOrEqual(t, allocs, limit, "%s (tiered %v), shared tried set %v: %v allocations per request", policy, tc.tiered, info != nil, allocs)
 		}
 	}
 }

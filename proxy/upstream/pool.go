@@ -109,6 +109,12 @@ type Endpoint struct {
 	// Weight is its share of the traffic for the policies that weigh.
 	// Default 0: balance's default (1).
 	Weight int
+	// Priority is its failover tier, lower preferred (an SRV record's
+	// priority, RFC 2782): the pool picks among the available endpoints of
+	// the most preferred tier that has one, and a request's retry moves to
+	// the next tier once its own has no untried available endpoint left.
+	// Default 0.
+	Priority int
 }
 
 // Pool is a set of replicas of one service, as an http.Handler: it picks an
@@ -175,6 +181,7 @@ type members struct {
 	targets []balance.Target // what the balance policy sees
 	all     []member         // in the order of targets
 	sticky  *sticky          // cookie affinity over this set; nil without
+	tiered  bool             // its endpoints have more than one priority
 }
 
 // member is one endpoint of a member set, with what a request to it uses.
@@ -183,6 +190,7 @@ type member struct {
 	index    int
 	scheme   string
 	addr     string
+	priority int // Endpoint.Priority
 	ep       *health.Endpoint
 	attempts *metrics.CodeCounters
 	// bodyEnd is told when a body the direct transport read ends.
@@ -290,7 +298,8 @@ func (p *Pool) build(eps []Endpoint, old *members) *members {
 			scheme = "http"
 		}
 		mb := &set.all[i]
-		*mb = member{set: set, index: i, scheme: scheme, addr: e.Addr}
+		*mb = member{set: set, index: i, scheme: scheme, addr: e.Addr, priority: e.Priority}
+		set.tiered = set.tiered || e.Priority != eps[0].Priority
 		if was := prev[e.Addr]; was != nil {
 			mb.ep, mb.attempts = was.ep, was.attempts
 		} else {
@@ -384,7 +393,8 @@ func sameWeights(a, b *members) bool {
 		return false
 	}
 	for i := range a.targets {
-		if a.targets[i].Addr != b.targets[i].Addr || a.targets[i].Weight != b.targets[i].Weight || a.all[i].scheme != b.all[i].scheme {
+		if a.targets[i].Addr != b.targets[i].Addr || a.targets[i].Weight != b.targets[i].Weight ||
+			a.all[i].scheme != b.all[i].scheme || a.all[i].priority != b.all[i].priority {
 			return false
 		}
 	}

@@ -140,7 +140,10 @@ func (t *member) stick(h, req http.Header) {
 // the request's first attempt and that endpoint is available and not used
 // by another attempt of the same logical request (scatter's hedges); -1
 // otherwise, and the balance policy picks. A retry after a failure on that
-// endpoint is thus an ordinary pick, and its answer sets a new cookie.
+// endpoint is thus an ordinary pick, and its answer sets a new cookie. In
+// a tiered set the endpoint must also be of the preferred tier: a session
+// that failed over to a backup comes back once a preferred endpoint is
+// available again, as the rest of the traffic does.
 func (pk *picker) stickyPick(r *http.Request, info *router.Info) int {
 	s := pk.set.sticky
 	if s == nil || len(pk.tried) > 0 {
@@ -156,6 +159,12 @@ func (pk *picker) stickyPick(r *http.Request, info *router.Info) int {
 	}
 	if info != nil && info.Tried != nil && info.Tried.Has(t.Addr) {
 		return -1
+	}
+	if pk.set.tiered {
+		pk.rule = availableOnly
+		if tier, _ := pk.preferredTier(); pk.set.all[i].priority != tier {
+			return -1
+		}
 	}
 	return i
 }
