@@ -46,7 +46,7 @@ func (t *Transport) idleKeys() int {
 func TestTransportClosesIdleConnectionsOnTime(t *testing.T) {
 	srv, opened, closed := closeCountingServer(t, ok)
 	tr := newTestTransport(nil)
-	tr.IdleConnTimeout = 100 * time.Millisecond
+	tr.IdleConnTimeout = time.Second
 	defer tr.CloseIdleConnections()
 	_, body, err := doH1(t, tr, http.MethodGet, srv.URL+"/")
 	require.NoError(t, err)
@@ -111,4 +111,27 @@ func TestTransportCloseIdleConnectionsTo(t *testing.T) {
 	_, _, err = doH1(t, tr, http.MethodGet, a.URL+"/")
 	require.NoError(t, err)
 	assert.Equal(t, int64(2), openedA.Load(), "a's next request dialled anew")
+}
+
+// A connection taken from the idle pool and then closed instead of put
+// back (the upstream said Connection: close) leaves no idle-pool entry for
+// its address behind: with no request for it again, nothing else would.
+func TestTransportForgetsAnAddressWhoseLastConnectionClosed(t *testing.T) {
+	var n atomic.Int64
+	srv, _, closed := closeCountingServer(t, func(w http.ResponseWriter, _ *http.Request) {
+		if n.Add(1) == 2 {
+			w.Header().Set("Connection", "close")
+		}
+		w.Write([]byte("ok"))
+	})
+	tr := newTestTransport(nil)
+	tr.IdleConnTimeout = time.Minute // the timer plays no part
+	defer tr.CloseIdleConnections()
+	for range 2 {
+		_, body, err := doH1(t, tr, http.MethodGet, srv.URL+"/")
+		require.NoError(t, err)
+		require.Equal(t, "ok", body)
+	}
+	require.Eventually(t, func() bool { return closed.Load() == 1 }, 5*time.Second, 5*time.Millisecond)
+	assert.Zero(t, tr.idleKeys(), "the address's emptied entry was dropped")
 }

@@ -192,6 +192,7 @@ func (t *Transport) do(ctx context.Context, r *http.Request, scheme, addr string
 			return a, nil
 		}
 		c.close()
+		t.forget(key)
 		if c.reused && ctx.Err() == nil && err == errStaleConn {
 			continue
 		}
@@ -373,11 +374,10 @@ func (t *Transport) expire(c *conn) {
 func (t *Transport) CloseIdleConnectionsTo(addr string) {
 	var closing []*conn
 	t.mu.Lock()
-	for key, list := range t.idle {
-		if key.addr == addr {
-			closing = append(closing, list...)
-			delete(t.idle, key)
-		}
+	for _, scheme := range [...]string{"http", "https"} {
+		key := connKey{scheme, addr}
+		closing = append(closing, t.idle[key]...)
+		delete(t.idle, key)
 	}
 	t.mu.Unlock()
 	for _, c := range closing {
@@ -713,4 +713,17 @@ func (c *conn) release(reuse bool) {
 		return
 	}
 	c.conn.Close()
+	c.t.forget(c.key)
+}
+
+// forget drops key's entry from the idle pool when it holds no connection:
+// get keeps an emptied entry for the put that usually follows, and a
+// connection closed instead (an error, Connection: close) must not leave
+// the entry of an address no request asks for again.
+func (t *Transport) forget(key connKey) {
+	t.mu.Lock()
+	if list, ok := t.idle[key]; ok && len(list) == 0 {
+		delete(t.idle, key)
+	}
+	t.mu.Unlock()
 }
