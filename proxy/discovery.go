@@ -243,7 +243,8 @@ func resultLabel(err error) string {
 
 // endpoints merges the pool's parts, in config order, into its endpoint
 // set, with the origin of each address; an address met twice keeps its
-// first place. It reports whether every Source has resolved.
+// first place and the better of its tiers. It reports whether every Source
+// has resolved.
 //
 // A SRV target's priorities become failover tiers by rank: its most
 // preferred priority is tier 0, beside the static and A/AAAA endpoints,
@@ -254,11 +255,20 @@ func resultLabel(err error) string {
 func (dp *discoveredPool) endpoints() ([]upstream.Endpoint, map[string]endpointOrigin, bool) {
 	var eps []upstream.Endpoint
 	origin := map[string]endpointOrigin{}
+	index := map[string]int{} // into eps
 	resolved := true
 	add := func(e upstream.Endpoint, from string) {
-		if _, dup := origin[e.Addr]; dup {
+		if i, dup := index[e.Addr]; dup {
+			// The first place and source stand; the preferred tier does
+			// too, so that config order cannot make a static endpoint a
+			// backup.
+			if e.Priority < eps[i].Priority {
+				eps[i].Priority = e.Priority
+				origin[e.Addr] = endpointOrigin{source: origin[e.Addr].source, priority: e.Priority}
+			}
 			return
 		}
+		index[e.Addr] = len(eps)
 		origin[e.Addr] = endpointOrigin{source: from, priority: e.Priority}
 		eps = append(eps, e)
 	}

@@ -96,7 +96,8 @@ pools:
 // here). A request that meets it retries within its tier while the tier
 // has an untried endpoint (the backup gets nothing), and on the next tier
 // once it has none. A SRV name with one priority beside a static entry is
-// not a backup of it: both are tier 0.
+// not a backup of it: both are tier 0; nor is a static entry a backup
+// because a name listed before it gives its address as one.
 func TestDiscoverySRVPriorityRetry(t *testing.T) {
 	noLeaks(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -115,6 +116,10 @@ func TestDiscoverySRVPriorityRetry(t *testing.T) {
 	srv.SetSRV("_http._tcp.lone.shop.test.", 0, record("dead.shop.test.", dead, 5),
 		record("backup.shop.test.", backup.addr(), 7))
 	srv.SetSRV("_http._tcp.mixed.shop.test.", 0, record("peer.shop.test.", peer.addr(), 30))
+	// A name that also gives a static entry's address, as a backup, and is
+	// listed first.
+	srv.SetSRV("_http._tcp.order.shop.test.", 0, record("peer.shop.test.", peer.addr(), 1),
+		record("static.shop.test.", static.addr(), 2))
 	td := startDaemon(t, edgePreamble+`    routes:
       - {name: web, match: {path_prefix: /web}, pipeline: [{proxy: web}]}
       - {name: lone, match: {path_prefix: /lone}, pipeline: [{proxy: lone}]}
@@ -129,6 +134,8 @@ pools:
     outlier: {enabled: false}
   mixed:
     endpoints: ["`+static.addr()+`", "dns+srv://_http._tcp.mixed.shop.test."]
+  order:
+    endpoints: ["dns+srv://_http._tcp.order.shop.test.", "`+static.addr()+`"]
 `)
 	waitReady(t, td)
 	byName := burst(t, td, td.url("edge")+"/web", 20, 2)
@@ -144,4 +151,6 @@ pools:
 	byName = burst(t, td, td.url("edge")+"/", 20, 2)
 	assert.Positive(t, byName["static"])
 	assert.Positive(t, byName["peer"], "a SRV name with one priority shares the static entries' tier")
+	assert.Equal(t, map[string]int{peer.addr(): 0, static.addr(): 0}, priorities(t, td, "order"),
+		"the static entry keeps tier 0, though a name listed before it gives its address as a backup")
 }

@@ -91,22 +91,46 @@ func (pk *picker) pick(r *http.Request, info *router.Info) int {
 }
 
 // choose asks the policy; a later attempt of a request (a retry, a hedge)
-// leaves the turns that spread first attempts where they are. In a tiered
-// set the policy sees only the most preferred tier with an endpoint the
-// rule allows; panic mode ignores tiers, as it ignores availability.
+// leaves the turns that spread first attempts where they are.
+//
+// In a tiered set the policy sees only the most preferred tier with an
+// untried endpoint that is available (in panic mode: with an untried
+// endpoint at all). Another attempt of the same logical request on one of
+// the tier's endpoints is no reason to leave it: a hedge that finds only
+// shared endpoints in its tier falls back, in pick, to a shared one, never
+// to a backup. An endpoint may drop out of the tier between the two looks
+// (an ejection under way), so a tier found empty by the policy is looked
+// for again.
 func (pk *picker) choose(r *http.Request, later bool) int {
+	if !pk.set.tiered {
+		return pk.policyPick(r, later)
+	}
+	rule := pk.rule
+	for range 3 {
+		if rule == availableUnshared {
+			pk.rule = availableOnly
+		}
+		tier, ok := pk.preferredTier()
+		pk.rule = rule
+		if !ok {
+			return -1
+		}
+		pk.tier, pk.tiered = tier, true
+		i := pk.policyPick(r, later)
+		pk.tiered = false
+		if i >= 0 || rule == availableUnshared {
+			return i
+		}
+	}
+	return -1
+}
+
+func (pk *picker) policyPick(r *http.Request, later bool) int {
 	p := pk.p
-	if pk.set.tiered && pk.rule != anyUntried {
-		pk.tier, pk.tiered = pk.preferredTier()
-	}
-	var i int
 	if later && p.again != nil {
-		i = p.again.PickAgain(pk.set.targets, r, pk.now, pk.usable)
-	} else {
-		i = p.policy.Pick(pk.set.targets, r, pk.now, pk.usable)
+		return p.again.PickAgain(pk.set.targets, r, pk.now, pk.usable)
 	}
-	pk.tiered = false
-	return i
+	return p.policy.Pick(pk.set.targets, r, pk.now, pk.usable)
 }
 
 // preferredTier returns the lowest priority of the endpoints the pick's

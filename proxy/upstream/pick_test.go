@@ -80,3 +80,92 @@ func TestPickDoesNotAllocate(t *testing.T) {
 		}
 	}
 }
+
+// tieredPool is a pool over a primary (10.0.0.1, tier 0) and a backup
+// (10.0.0.2, tier 1), for picks only.
+func tieredPool(reg *health.Registry, policy balance.Policy) (*Pool, *members) {
+	p := &Pool{name: "web", policy: policy}
+	set := &members{tiered: true}
+	for i, addr := range []string{"10.0.0.1:80", "10.0.0.2:80"} {
+		set.targets = append(set.targets, balance.Target{Addr: addr, Weight: 1, EP: reg.Endpoint("web", addr)})
+		set.all = append(set.all, member{addr: addr, priority: i})
+	}
+	p.set.Store(set)
+	p.again, _ = policy.(balance.Repicker)
+	return p, set
+}
+
+// A hedge (another attempt of the same logical request is under way on
+// the primary) stays in the primary's tier: it shares the primary rather
+// than send the backup traffic while the primary is available.
+func TestPickHedgeStaysInItsTier(t *testing.T) {
+	rr, err := balance.New(balance.RoundRobin, router.Key{}, 0)
+	require.NoError(t, err)
+	p, set := tieredPool(health.NewRegistry(nil), rr)
+	tried := &router.Tried{}
+	tried.Add("10.0.0.1:80")
+	info := &router.Info{Tried: tried}
+	pk := p.picker()
+	defer pk.release()
+	i := pk.pick(router.WithInfo(httptest.NewRequest(http.MethodGet, "http://x/", nil), info), info)
+	require.GreaterOrEqual(t, i, 0)
+	assert.Equal(t, "10.0.0.1:80", set.targets[i].Addr, "the hedge went to the backup tier")
+}
+
+// ejectOnPick stands for a concurrent failure that ejects ep between the
+// picker's look for the preferred tier and the policy's own look.
+type ejectOnPick struct {
+	balance.Policy
+	ep    *health.Endpoint
+	armed bool
+}
+
+func (e *ejectOnPick) Pick(ts []balance.Target, r *http.Request, now time.Time, usable func(int) bool) int {
+	if e.armed {
+		e.armed = false
+		e.ep.ObserveResult(false)
+	}
+	return e.Policy.Pick(ts, r, now, usable)
+}
+
+// The primary is ejected between the two looks: the pick finds the backup
+// instead of answering "no endpoint".
+func TestPickTierEmptiedUnderwayFallsToTheNext(t *testing.T) {
+	reg := health.NewRegistry(nil)
+	reg.Group("web").SetOutlier(health.Outlier{ConsecutiveFailures: 1, Eject: time.Minute, MaxEject: time.Minute, MaxEjectedPercent: 100})
+	rr, err := balance.New(balance.RoundRobin, router.Key{}, 0)
+	require.NoError(t, err)
+	policy := &ejectOnPick{Policy: rr, armed: true}
+	p, set := tieredPool(reg, policy)
+	policy.ep = set.targets[0].EP
+	pk := p.picker()
+	defer pk.release()
+	i := pk.pick(httptest.NewRequest(http.MethodGet, "http://x/", nil), nil)
+	require.GreaterOrEqual(t, i, 0, "no endpoint, though the backup is available")
+	assert.Equal(t, "10.0.0.2:80", set.targets[i].Addr)
+	assert.False(t, set.targets[0].EP.Available(time.Now()), "the primary was ejected under the pick")
+}
+
+// Panic mode (no endpoint available) tries the primary tier first.
+func TestPickPanicModeKeepsTiers(t *testing.T) {
+	reg := health.NewRegistry(nil)
+	reg.Group("web").SetOutlier(health.Outlier{ConsecutiveFailures: 1, Eject: time.Minute, MaxEject: time.Minute, MaxEjectedPercent: 100})
+	rr, err := balance.New(balance.RoundRobin, router.Key{}, 0)
+	require.NoError(t, err)
+	p, set := tieredPool(reg, rr)
+	p.panicMode = true
+	for _, tg := range set.targets {
+		tg.EP.ObserveResult(false)
+	}
+	for range 4 {
+		pk := p.picker()
+		i := pk.pick(httptest.NewRequest(http.MethodGet, "http://x/", nil), nil)
+		require.GreaterOrEqual(t, i, 0)
+		assert.Equal(t, "10.0.0.1:80", set.targets[i].Addr)
+		pk.exclude(i)
+		j := pk.pick(httptest.NewRequest(http.MethodGet, "http://x/", nil), nil)
+		require.GreaterOrEqual(t, j, 0)
+		assert.Equal(t, "10.0.0.2:80", set.targets[j].Addr, "the retry went to the next tier")
+		pk.release()
+	}
+}
