@@ -109,13 +109,19 @@ func sidecarConfig(f sidecarFlags) ([]byte, error) {
 	public := f.adminPublic != "" && f.adminPublic != "off"
 	if public {
 		// The config's validation says more (a bad port, a host name); these
-		// two are told here in terms of the flags.
+		// are told here in terms of the flags.
 		if _, _, err := net.SplitHostPort(f.adminPublic); err != nil {
 			return nil, fmt.Errorf("--admin-public %q is not host:port", f.adminPublic)
 		}
 		if config.ListenClash(f.adminPublic, f.admin) {
 			return nil, fmt.Errorf("--admin-public %q is also --admin %q; the read-only listener needs an address of its own", f.adminPublic, f.admin)
 		}
+		if config.ListenClash(f.listen, f.adminPublic) {
+			return nil, fmt.Errorf("--listen %q is also --admin-public %q; each needs an address of its own", f.listen, f.adminPublic)
+		}
+	}
+	if f.admin != "off" && config.ListenClash(f.listen, f.admin) {
+		return nil, fmt.Errorf("--listen %q is also --admin %q; each needs an address of its own", f.listen, f.admin)
 	}
 	var b strings.Builder
 	q := func(s string) string { return fmt.Sprintf("%q", s) }

@@ -100,6 +100,8 @@ func TestListenersClash(t *testing.T) {
 			err: `4:24: listen: ":9901" clashes with "127.0.0.1:9901" of admin.listen (at 2:17): port 9901 on all addresses includes the other; each listener needs an address of its own`},
 		{name: "ephemeral ports", admin: "{listen: 127.0.0.1:0}", listens: []string{"127.0.0.1:0", "127.0.0.1:0"}},
 		{name: "two IPs", admin: "{listen: 127.0.0.1:9901}", listens: []string{"127.0.0.1:8080", "127.0.0.2:8080"}},
+		{name: "the default admin port", admin: "{}", listens: []string{":9901"},
+			err: `4:24: listen: ":9901" clashes with "127.0.0.1:9901" of admin.listen (the default): port 9901 on all addresses includes the other; each listener needs an address of its own`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var b strings.Builder

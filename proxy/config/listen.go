@@ -87,8 +87,12 @@ func (v *validation) sockets(all []socket) {
 	for j, b := range all {
 		for _, a := range all[:j] {
 			if why := clash(a.addr, b.addr); why != "" {
-				v.at(b.path, "%s: %q clashes with %q of %s (at %s): %s; each listener needs an address of its own",
-					b.field, b.addr, a.addr, a.owner, posString(v.c.at(a.path)), why)
+				where := "the default"
+				if _, written := v.c.pos[a.path]; written {
+					where = "at " + posString(v.c.at(a.path))
+				}
+				v.at(b.path, "%s: %q clashes with %q of %s (%s): %s; each listener needs an address of its own",
+					b.field, b.addr, a.addr, a.owner, where, why)
 				break
 			}
 		}
