@@ -777,6 +777,22 @@ func srvOf(t *testing.T, target, addr string) dnstest.SRV {
 	return dnstest.SRV{Target: target, IP: "127.0.0.1", Port: uint16(p), Weight: 1}
 }
 
+// srvWebDaemon starts a daemon whose one route proxies to pool web, made
+// of the SRV records of name on srv, re-resolved every 20-50ms; extra adds
+// lines to the pool (indented by four spaces). It waits until ready.
+func srvWebDaemon(t *testing.T, srv *dnstest.Server, name, extra string) *testDaemon {
+	t.Helper()
+	td := startPoolDaemon(t, edgePreamble+`    routes:
+      - {name: all, pipeline: [{proxy: web}]}
+pools:
+  web:
+    endpoints: ["dns+srv://`+name+`"]
+    discovery: {resolvers: ["`+srv.Addr()+`"], min_ttl: 20ms, max_ttl: 50ms}
+`+extra)
+	waitReady(t, td)
+	return td
+}
+
 // TestDiscoveryHostileUpstreamPoisonAcrossRemoval: a discovered upstream
 // sends an extra, unsolicited answer after its first one, leaving it on the
 // idle connection; then it leaves the SRV answer and comes back. Whether
@@ -799,14 +815,7 @@ func TestDiscoveryHostileUpstreamPoisonAcrossRemoval(t *testing.T) {
 	const name = "_http._tcp.web.shop.test."
 	both := []dnstest.SRV{srvOf(t, "bad.shop.test.", bad.Addr()), srvOf(t, "good.shop.test.", good.addr())}
 	srv.SetSRV(name, 0, both...)
-	td := startDaemon(t, edgePreamble+`    routes:
-      - {name: all, pipeline: [{proxy: web}]}
-pools:
-  web:
-    endpoints: ["dns+srv://`+name+`"]
-    discovery: {resolvers: ["`+srv.Addr()+`"], min_ttl: 20ms, max_ttl: 50ms}
-`)
-	waitReady(t, td)
+	td := srvWebDaemon(t, srv, name, "")
 	get := func() *http.Response {
 		resp, _ := td.get(td.url("edge") + "/")
 		require.Equal(t, http.StatusOK, resp.StatusCode)
@@ -847,16 +856,9 @@ func TestDiscoveryHostileResettingUpstreamWhileTheSetFlips(t *testing.T) {
 	rs := srvOf(t, "r.shop.test.", reset.Addr())
 	sets := [][]dnstest.SRV{{rs, srvOf(t, "b.shop.test.", b.addr())}, {rs, srvOf(t, "c.shop.test.", c.addr())}}
 	srv.SetSRV(name, 0, sets[0]...)
-	td := startDaemon(t, edgePreamble+`    routes:
-      - {name: all, pipeline: [{proxy: web}]}
-pools:
-  web:
-    endpoints: ["dns+srv://`+name+`"]
-    discovery: {resolvers: ["`+srv.Addr()+`"], min_ttl: 20ms, max_ttl: 50ms}
-    outlier: {enabled: false}
+	td := srvWebDaemon(t, srv, name, `    outlier: {enabled: false}
     retries: {budget: {min_concurrency: 8}}
 `)
-	waitReady(t, td)
 	stats, stop := steadyLoad(td, td.url("edge")+"/", 4, nil, nil)
 	defer stop()
 	for i := 1; i <= 10; i++ {
@@ -887,15 +889,7 @@ func TestDiscoveryRemovalClosesIdleConnections(t *testing.T) {
 	const name = "_http._tcp.web.shop.test."
 	both := []dnstest.SRV{srvOf(t, "gone.shop.test.", gone.addr()), srvOf(t, "stays.shop.test.", stays.addr())}
 	srv.SetSRV(name, 0, both...)
-	td := startDaemon(t, edgePreamble+`    routes:
-      - {name: all, pipeline: [{proxy: web}]}
-pools:
-  web:
-    endpoints: ["dns+srv://`+name+`"]
-    discovery: {resolvers: ["`+srv.Addr()+`"], min_ttl: 20ms, max_ttl: 50ms}
-    timeouts: {idle: 90s}
-`)
-	waitReady(t, td)
+	td := srvWebDaemon(t, srv, name, "    timeouts: {idle: 90s}\n")
 	for range 10 {
 		resp, _ := td.get(td.url("edge") + "/")
 		require.Equal(t, http.StatusOK, resp.StatusCode)

@@ -56,15 +56,7 @@ func TestDiscoverySRVPriorityFailover(t *testing.T) {
 	last := srvOf(t, "backup.shop.test.", backup.addr())
 	last.Priority = 20
 	srv.SetSRV(name, 0, pref("p1.shop.test.", p1), pref("p2.shop.test.", p2), last)
-	td := startPoolDaemon(t, edgePreamble+`    routes:
-      - {name: all, pipeline: [{proxy: web}]}
-pools:
-  web:
-    endpoints: ["dns+srv://`+name+`"]
-    discovery: {resolvers: ["`+srv.Addr()+`"], min_ttl: 50ms, max_ttl: 200ms}
-    {{PROBES}}
-`)
-	waitReady(t, td)
+	td := srvWebDaemon(t, srv, name, "    {{PROBES}}\n")
 	base := td.url("edge") + "/"
 	assert.Equal(t, map[string]int{p1.addr(): 0, p2.addr(): 0, backup.addr(): 1}, priorities(t, td, "web"))
 	require.Eventually(t, func() bool { return available(t, td, "web", true, p1.addr(), p2.addr(), backup.addr()) },
