@@ -298,6 +298,9 @@ pools:
 	web := poolsView(t, td)["web"]
 	assert.Empty(t, web.Discovery[0].LastError)
 	assert.Zero(t, web.Discovery[0].Failures)
+	// Logged once the new set is in force, so possibly after b3's request.
+	require.Eventually(t, func() bool { return td.logs.FilterMessage("discovery resolves again").Len() >= 1 },
+		5*time.Second, 5*time.Millisecond)
 	assert.Equal(t, 1, td.logs.FilterMessage("discovery resolves again").Len())
 	h1 := bs[0].hits.Load()
 	_, _, before := stats.snapshot()
@@ -355,6 +358,11 @@ pools:
 	resp, _ := td.get(td.url("edge") + "/web")
 	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
 	assert.Less(t, time.Since(start), timeout/5)
+	// The log line follows the state /readyz showed (it is written once
+	// the resolution's state is in place).
+	require.Eventually(t, func() bool {
+		return td.logs.FilterMessage("discovery failed; the target has no endpoints yet").Len() >= 1
+	}, 5*time.Second, 5*time.Millisecond)
 	assert.Equal(t, 1, td.logs.FilterMessage("discovery failed; the target has no endpoints yet").Len())
 }
 
