@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -32,6 +33,17 @@ pools:
 	require.NotEqual(t, td.d.AdminAddr().String(), addr.String())
 	public := "http://" + addr.String()
 	_, _ = td.get(td.url("edge") + "/") // a request, so that sekisho_ counters have samples
+	// The request is counted once its handler returns, which may be after
+	// the client has read the answer.
+	require.Eventually(t, func() bool {
+		resp, err := td.client.Get(public + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(b), "sekisho_requests_total")
+	}, 5*time.Second, 5*time.Millisecond)
 
 	send := func(method, path string) (*http.Response, string) {
 		req, err := http.NewRequest(method, public+path, nil)

@@ -198,6 +198,11 @@ pools:
 	assert.Equal(t, map[int]int{http.StatusOK: n}, codes)
 	require.Positive(t, bad.Load())
 	assert.Equal(t, float64(bad.Load()), td.metric("sekisho_upstream_retries_total", "pool", "web", "reason", "503"))
+	// A request is counted once its handler returns, which may be just
+	// after the client has its answer.
+	require.Eventually(t, func() bool {
+		return metricNow(td, "sekisho_requests_total", "listener", "edge", "code", "200") >= float64(n)
+	}, 5*time.Second, 5*time.Millisecond)
 	assert.Equal(t, float64(n), td.metric("sekisho_requests_total", "listener", "edge", "code", "200"))
 	// A discarded 503 whose body came with its head keeps its connection
 	// on the direct path; ReverseProxy's (DELETE) closes it unread. Either
@@ -232,6 +237,10 @@ pools:
 		require.NoError(t, o.err)
 		require.Equal(t, http.StatusServiceUnavailable, o.status)
 	}
+	// Counted once each handler returns, which may follow the answer.
+	require.Eventually(t, func() bool {
+		return metricNow(td, "sekisho_requests_total", "listener", "edge", "code", "503") >= float64(clients*each)
+	}, 5*time.Second, 5*time.Millisecond)
 	attempts := 0.0
 	for _, a := range addrs {
 		attempts += td.metric("sekisho_upstream_requests_total", "pool", "web", "endpoint", a, "code", "503")
