@@ -192,7 +192,6 @@ func (t *Transport) do(ctx context.Context, r *http.Request, scheme, addr string
 			return a, nil
 		}
 		c.close()
-		t.forget(key)
 		if c.reused && ctx.Err() == nil && err == errStaleConn {
 			continue
 		}
@@ -407,12 +406,16 @@ func (t *Transport) CloseIdleConnections() {
 	}
 }
 
+// close ends a connection a request held, instead of returning it to the
+// idle pool: its context watch stops, and its address's idle-pool entry
+// goes if this was the entry's last connection.
 func (c *conn) close() {
 	if c.stopCtx != nil {
 		c.stopCtx()
 		c.stopCtx = nil
 	}
 	c.conn.Close()
+	c.t.forget(c.key)
 }
 
 // send writes r's head (rewritten for the direct path when fwd is not nil)
@@ -712,8 +715,7 @@ func (c *conn) release(reuse bool) {
 		c.t.put(c)
 		return
 	}
-	c.conn.Close()
-	c.t.forget(c.key)
+	c.close()
 }
 
 // forget drops key's entry from the idle pool when it holds no connection:

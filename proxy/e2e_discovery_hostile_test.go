@@ -256,13 +256,7 @@ func TestDiscoveryHostileFailuresKeepTheLastSet(t *testing.T) {
 	port, bs := backendsOnOnePort(t, 3)
 	const name = "web.shop.test."
 	srv.SetA(name, 0, ips(1, 2)...)
-	td := startDaemon(t, edgePreamble+`    routes:
-      - {name: all, pipeline: [{proxy: web}]}
-pools:
-  web:
-    endpoints: ["dns://web.shop.test:`+strconv.Itoa(port)+`"]
-    discovery: {resolvers: ["`+srv.Addr()+`"], min_ttl: 20ms, max_ttl: 80ms}
-`)
+	td := webDaemon(t, srv, "dns://web.shop.test:"+strconv.Itoa(port), "min_ttl: 20ms, max_ttl: 80ms", "")
 	waitReady(t, td)
 	stats, stop := steadyLoad(td, td.url("edge")+"/", 2, nil, nil)
 	defer stop()
@@ -303,11 +297,7 @@ pools:
 		5*time.Second, 5*time.Millisecond)
 	assert.Equal(t, 1, td.logs.FilterMessage("discovery resolves again").Len())
 	h1 := bs[0].hits.Load()
-	_, _, before := stats.snapshot()
-	require.Eventually(t, func() bool {
-		_, _, now := stats.snapshot()
-		return now["b2"] > before["b2"]+20 && now["b3"] > before["b3"]+20
-	}, 5*time.Second, 5*time.Millisecond)
+	stats.waitServed(t, 20, []string{"b2", "b3"})
 	assert.Equal(t, h1, bs[0].hits.Load(), "the record that left takes no new request")
 	byName := requireNoFailures(t, stats, stop)
 	assert.Positive(t, byName["b1"])
@@ -785,18 +775,11 @@ func srvOf(t *testing.T, target, addr string) dnstest.SRV {
 	return dnstest.SRV{Target: target, IP: "127.0.0.1", Port: uint16(p), Weight: 1}
 }
 
-// srvWebDaemon starts a daemon whose one route proxies to pool web, made
-// of the SRV records of name on srv, re-resolved every 20-50ms; extra adds
-// lines to the pool (indented by four spaces). It waits until ready.
+// srvWebDaemon is webDaemon over the SRV records of name, re-resolved
+// every 20-50ms, once ready.
 func srvWebDaemon(t *testing.T, srv *dnstest.Server, name, extra string) *testDaemon {
 	t.Helper()
-	td := startPoolDaemon(t, edgePreamble+`    routes:
-      - {name: all, pipeline: [{proxy: web}]}
-pools:
-  web:
-    endpoints: ["dns+srv://`+name+`"]
-    discovery: {resolvers: ["`+srv.Addr()+`"], min_ttl: 20ms, max_ttl: 50ms}
-`+extra)
+	td := webDaemon(t, srv, "dns+srv://"+name, "min_ttl: 20ms, max_ttl: 50ms", extra)
 	waitReady(t, td)
 	return td
 }

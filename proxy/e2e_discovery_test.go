@@ -128,6 +128,41 @@ type loadStats struct {
 	byName   map[string]int
 }
 
+// webDaemon starts a daemon whose one route proxies to pool web, whose one
+// entry is endpoint (dns:// or dns+srv://), resolved by srv with the
+// discovery settings disc besides the resolver ("" for none); extra adds
+// lines to the pool, each indented by four spaces ({{PROBES}} for the
+// tests' probes).
+func webDaemon(t *testing.T, srv *dnstest.Server, endpoint, disc, extra string) *testDaemon {
+	t.Helper()
+	if disc != "" {
+		disc = ", " + disc
+	}
+	return startPoolDaemon(t, edgePreamble+`    routes:
+      - {name: all, pipeline: [{proxy: web}]}
+pools:
+  web:
+    endpoints: ["`+endpoint+`"]
+    discovery: {resolvers: ["`+srv.Addr()+`"]`+disc+`}
+`+extra)
+}
+
+// waitServed waits until each of names has served more than n requests of
+// the load from now on.
+func (s *loadStats) waitServed(t *testing.T, n int, names []string, msgAndArgs ...any) {
+	t.Helper()
+	_, _, before := s.snapshot()
+	require.Eventually(t, func() bool {
+		_, _, now := s.snapshot()
+		for _, name := range names {
+			if now[name] <= before[name]+n {
+				return false
+			}
+		}
+		return true
+	}, 5*time.Second, 5*time.Millisecond, msgAndArgs...)
+}
+
 func (s *loadStats) snapshot() (ok int, failures []string, byName map[string]int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -301,11 +336,7 @@ pools:
 		return metricNow(td, "sekisho_discovery_endpoints", "pool", "web") == 3
 	}, (ttl+1)*time.Second, 5*time.Millisecond, "the removed record leaves the pool")
 	removedHits := bs[1].hits.Load()
-	_, _, before := stats.snapshot()
-	require.Eventually(t, func() bool {
-		_, _, now := stats.snapshot()
-		return now["b1"] > before["b1"]+30 && now["b4"] > before["b4"]+30
-	}, 5*time.Second, 5*time.Millisecond)
+	stats.waitServed(t, 30, []string{"b1", "b4"})
 	assert.Equal(t, removedHits, bs[1].hits.Load(), "a removed endpoint takes no new request")
 	_, gone := endpointState(td, "web", bs[1].addr)
 	assert.False(t, gone, "/pools no longer lists the removed endpoint")
@@ -324,11 +355,7 @@ pools:
 	require.Eventually(t, func() bool {
 		return metricNow(td, "sekisho_discovery_resolutions_total", "pool", "web", "result", "timeout") > failedBefore
 	}, 5*time.Second, 10*time.Millisecond, "a resolution times out")
-	_, _, before = stats.snapshot()
-	require.Eventually(t, func() bool {
-		_, _, now := stats.snapshot()
-		return now["b1"] > before["b1"]+20 && now["b3"] > before["b3"]+20 && now["b4"] > before["b4"]+20
-	}, 5*time.Second, 5*time.Millisecond, "the last set serves on")
+	stats.waitServed(t, 20, []string{"b1", "b3", "b4"}, "the last set serves on")
 	web = poolsView(t, td)["web"]
 	require.Len(t, web.Discovery, 1)
 	assert.Contains(t, web.Discovery[0].LastError, "did not answer in time")
@@ -348,13 +375,7 @@ func TestDiscoveryNeverResolvedIsNotReady(t *testing.T) {
 	dns := dnstest.Start(t)
 	b := newBackend(t, "b")
 	host, port, _ := net.SplitHostPort(b.addr())
-	td := startDaemon(t, edgePreamble+`    routes:
-      - {name: all, pipeline: [{proxy: web}]}
-pools:
-  web:
-    endpoints: ["dns://web.shop.test:`+port+`"]
-    discovery: {resolvers: ["`+dns.Addr()+`"], min_ttl: 100ms, max_ttl: 200ms}
-`)
+	td := webDaemon(t, dns, "dns://web.shop.test:"+port, "min_ttl: 100ms, max_ttl: 200ms", "")
 	why := waitNotReady(t, td, "NXDOMAIN")
 	assert.Contains(t, why, `pool "web"`)
 	resp, _ := td.get(td.url("edge") + "/")
@@ -410,14 +431,7 @@ func TestDiscoveryNewEndpointSlowStarts(t *testing.T) {
 	dns := dnstest.Start(t)
 	port, bs := backendsOnOnePort(t, 4)
 	dns.SetA("web.shop.test.", 1, "127.0.0.1", "127.0.0.2", "127.0.0.3")
-	td := startDaemon(t, edgePreamble+`    routes:
-      - {name: all, pipeline: [{proxy: web}]}
-pools:
-  web:
-    endpoints: ["dns://web.shop.test:`+strconv.Itoa(port)+`"]
-    discovery: {resolvers: ["`+dns.Addr()+`"]}
-    slow_start: 3s
-`)
+	td := webDaemon(t, dns, "dns://web.shop.test:"+strconv.Itoa(port), "", "    slow_start: 3s\n")
 	waitReady(t, td)
 	base := td.url("edge")
 	// The first three were new at startup too: wait until their ramp is

@@ -2,8 +2,6 @@ package proxy
 
 import (
 	"crypto/tls"
-	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -90,31 +88,9 @@ func TestGitSyncCertificateSwap(t *testing.T) {
 		g.worktree(t, rev, map[string][]byte{"tls.crt": crt, "tls.key": key})
 	}
 	g.publish(t, "v1")
-	up := newBackend(t, "web")
-	td := startDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: git
-    listen: 127.0.0.1:0
-    tls:
-      certificates: [{cert_file: %q, key_file: %q}]
-    routes: [{name: all, pipeline: [{proxy: web}]}]
-pools:
-  web: {endpoints: [%s]}
-`, filepath.Join(g.current(), "tls.crt"), filepath.Join(g.current(), "tls.key"), up.addr()))
-	addr := tlsAddr(td, "git")
+	td, addr := oneTLSListener(t, "git", filepath.Join(g.current(), "tls.crt"), filepath.Join(g.current(), "tls.key"), "")
 	conf := &tls.Config{RootCAs: ca.Pool(), ServerName: "gitsync.test", NextProtos: []string{"http/1.1"}}
-	// served is the serial of the certificate a new handshake gets.
-	served := func() string {
-		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", addr, conf)
-		if err != nil {
-			return err.Error()
-		}
-		defer c.Close()
-		return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
-	}
+	served := func() string { return servedSerial(addr, conf) }
 	serialOf := func(rev string) string { return tlsLeaf(t, pairs[rev]).SerialNumber.String() }
 	require.NotEqual(t, serialOf("v1"), serialOf("v2"))
 	require.Equal(t, serialOf("v1"), served())

@@ -254,22 +254,9 @@ func TestTLSHandshakeFailuresAreCounted(t *testing.T) {
 	dir := t.TempDir()
 	ca := certstest.NewCA(t)
 	server := ca.Issue(t, dir, "mtls.test")
-	up := newBackend(t, "web")
-	td := startDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: mtls
-    listen: 127.0.0.1:0
-    tls:
-      certificates: [{cert_file: %q, key_file: %q}]
-      client_ca_file: %q
-    routes: [{name: all, pipeline: [{proxy: web}]}]
-pools:
-  web: {endpoints: [%s]}
-`, server.CertFile, server.KeyFile, ca.WriteCAFile(t, dir), up.addr()))
-	url := "https://" + tlsAddr(td, "mtls") + "/"
+	td, addr := oneTLSListener(t, "mtls", server.CertFile, server.KeyFile,
+		fmt.Sprintf("      client_ca_file: %q\n", ca.WriteCAFile(t, dir)))
+	url := "https://" + addr + "/"
 	signed := tlsClientCert(t, ca.IssueClient(t, dir, "client-1"))
 
 	cases := []struct {
@@ -401,6 +388,40 @@ pools:
 // the files live in a versioned directory, "..data" links to it, and
 // tls.crt and tls.key link through "..data"; publish swaps "..data" in one
 // rename, as kubelet does on a Secret update.
+// oneTLSListener starts a daemon with one TLS listener, name, serving
+// certFile and keyFile (and the tls keys of extra, each a line indented by
+// six spaces) in front of a backend; it returns the daemon and the
+// listener's address.
+func oneTLSListener(t *testing.T, name, certFile, keyFile, extra string) (*testDaemon, string) {
+	t.Helper()
+	up := newBackend(t, "web")
+	td := startDaemon(t, fmt.Sprintf(`
+version: 1
+admin: {listen: "127.0.0.1:0"}
+log: {access: off}
+listeners:
+  - name: %s
+    listen: 127.0.0.1:0
+    tls:
+      certificates: [{cert_file: %q, key_file: %q}]
+%s    routes: [{name: all, pipeline: [{proxy: web}]}]
+pools:
+  web: {endpoints: [%s]}
+`, name, certFile, keyFile, extra, up.addr()))
+	return td, tlsAddr(td, name)
+}
+
+// servedSerial returns the serial of the certificate a new handshake with
+// addr gets, or the handshake's error.
+func servedSerial(addr string, conf *tls.Config) string {
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, conf)
+	if err != nil {
+		return err.Error()
+	}
+	defer c.Close()
+	return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
+}
+
 type secretVolume struct {
 	dir      string
 	versions int
@@ -441,32 +462,10 @@ func TestTLSCertificateRotation(t *testing.T) {
 	third := ca.Issue(t, src, "www.rotate.test", "rotate.test") // its first name, the metric's label, changes
 	vol := &secretVolume{dir: t.TempDir()}
 	vol.publish(t, first.CertFile, first.KeyFile)
-	up := newBackend(t, "web")
-	td := startDaemon(t, fmt.Sprintf(`
-version: 1
-admin: {listen: "127.0.0.1:0"}
-log: {access: off}
-listeners:
-  - name: rot
-    listen: 127.0.0.1:0
-    tls:
-      certificates: [{cert_file: %q, key_file: %q}]
-    routes: [{name: all, pipeline: [{proxy: web}]}]
-pools:
-  web: {endpoints: [%s]}
-`, vol.cert(), vol.key(), up.addr()))
-	addr := tlsAddr(td, "rot")
+	td, addr := oneTLSListener(t, "rot", vol.cert(), vol.key(), "")
 	conf := &tls.Config{RootCAs: ca.Pool(), ServerName: "rotate.test", NextProtos: []string{"http/1.1"}}
 	serialOf := func(p certs.Pair) string { return tlsLeaf(t, p).SerialNumber.String() }
-	// served returns the serial of the certificate a new handshake gets.
-	served := func() string {
-		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, conf)
-		if err != nil {
-			return err.Error()
-		}
-		defer c.Close()
-		return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
-	}
+	served := func() string { return servedSerial(addr, conf) }
 	expiry := func() float64 {
 		return td.metric("sekisho_tls_certificate_expiry_timestamp_seconds", "listener", "rot", "name", "rotate.test")
 	}

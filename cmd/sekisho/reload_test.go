@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"net/http"
@@ -129,18 +128,7 @@ func (b *liveBinary) metric(name string) float64 {
 // runReload runs `sekisho reload` with args and env.
 func runReload(t *testing.T, env []string, args ...string) (int, string, string) {
 	t.Helper()
-	cmd := exec.Command(binPath, append([]string{"reload"}, args...)...)
-	cmd.Env = append(os.Environ(), env...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else {
-		require.NoError(t, err)
-	}
-	return code, stdout.String(), stderr.String()
+	return runBinary(t, "", env, append([]string{"reload"}, args...)...)
 }
 
 // TestWatchFalseIgnoresWritesAndSIGHUPReloads: with -watch=false a new
