@@ -135,3 +135,38 @@ func TestTransportForgetsAnAddressWhoseLastConnectionClosed(t *testing.T) {
 	require.Eventually(t, func() bool { return closed.Load() == 1 }, 5*time.Second, 5*time.Millisecond)
 	assert.Zero(t, tr.idleKeys(), "the address's emptied entry was dropped")
 }
+
+// An upstream whose own idle timeout equals the Transport's, so that the
+// two sides close an idle connection at about the same moment, and which
+// resets (RST, not FIN) every fifth connection once it has answered:
+// requests paced at the timeout meet connections closing under them, and
+// every one of them still succeeds (a GET whose kept-alive connection died
+// before a byte of the answer goes again on a fresh one). None is answered
+// from a connection the timer had closed.
+func TestTransportIdleTimeoutRacesTheUpstreamsClose(t *testing.T) {
+	const timeout = 30 * time.Millisecond
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok"))
+	}))
+	srv.Config.IdleTimeout = timeout
+	srv.Config.ConnState = func(c net.Conn, st http.ConnState) {
+		if st == http.StateNew && conns.Add(1)%5 == 0 {
+			c.(*net.TCPConn).SetLinger(0) // its close, whenever it comes, is a reset
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	tr := newTestTransport(nil)
+	tr.IdleConnTimeout = timeout
+	defer tr.CloseIdleConnections()
+	tick := time.NewTicker(timeout)
+	defer tick.Stop()
+	for i := range 40 {
+		<-tick.C
+		_, body, err := doH1(t, tr, http.MethodGet, srv.URL+"/")
+		require.NoError(t, err, "request %d", i)
+		require.Equal(t, "ok", body, "request %d", i)
+	}
+	assert.Greater(t, conns.Load(), int64(1), "connections closed between requests")
+}

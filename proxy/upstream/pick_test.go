@@ -169,3 +169,35 @@ func TestPickPanicModeKeepsTiers(t *testing.T) {
 		pk.release()
 	}
 }
+
+// BenchmarkPickTiered measures a pick in a set as a hostile SRV answer can
+// make it: max_endpoints (1024) endpoints, each its own priority, so the
+// picker scans the whole set for the preferred tier at every pick; beside
+// it, the same set in one tier. (A set this large costs the balance policy
+// one scratch allocation either way.)
+func BenchmarkPickTiered(b *testing.B) {
+	for _, tiered := range []bool{false, true} {
+		b.Run(fmt.Sprintf("tiered=%v", tiered), func(b *testing.B) {
+			reg := health.NewRegistry(nil)
+			rr, err := balance.New(balance.RoundRobin, router.Key{}, 0)
+			require.NoError(b, err)
+			p := &Pool{name: "web", policy: rr}
+			set := &members{tiered: tiered}
+			for i := range 1024 {
+				addr := fmt.Sprintf("10.0.%d.%d:80", i/256, i%256)
+				set.targets = append(set.targets, balance.Target{Addr: addr, Weight: 1, EP: reg.Endpoint("web", addr)})
+				set.all = append(set.all, member{addr: addr, priority: 1023 - i}) // the preferred is last
+			}
+			p.set.Store(set)
+			req := httptest.NewRequest(http.MethodGet, "http://x/", nil)
+			b.ReportAllocs()
+			for b.Loop() {
+				pk := p.picker()
+				if i := pk.pick(req, nil); i < 0 || tiered && i != 1023 {
+					b.Fatal("not the preferred tier")
+				}
+				pk.release()
+			}
+		})
+	}
+}
