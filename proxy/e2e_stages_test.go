@@ -106,9 +106,13 @@ pools:
 			}
 		}()
 		// Hold slow requests on the hot shard; past the bound, even these
-		// overflow to the other shards, which answer at once.
-		hotBefore := replicas[hotIdx][0].hits.Load() + replicas[hotIdx][1].hits.Load()
+		// overflow to the other shards, which answer at once. The held
+		// requests have no client timeout of their own: they end when
+		// cancelled, so none ends on its own while the probe runs.
+		holdClient := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8}}
+		defer holdClient.CloseIdleConnections()
 		const holds = 6
+		var finished atomic.Int64
 		ctxs := make([]func(), 0, holds)
 		for range holds {
 			req, _ := http.NewRequest(http.MethodGet, base+"/slow", nil)
@@ -118,24 +122,45 @@ pools:
 			held.Add(1)
 			go func() {
 				defer held.Done()
-				resp, err := td.client.Do(req.WithContext(ctx))
+				resp, err := holdClient.Do(req.WithContext(ctx))
 				if err == nil {
 					io.Copy(io.Discard, resp.Body)
 					resp.Body.Close()
 				}
+				finished.Add(1)
 			}()
 		}
-		// The first held request reaches the idle owner; how many more do
-		// before the owner is over the bound depends on how the six arrive,
-		// so only the first is waited for: one in flight already puts the
-		// owner over the bound (the other shards answer at once).
+		// How many of the six stay on the owner depends on how they
+		// arrive. The bound is against the mean over all shards, so the
+		// probe waits until the six have settled: each either held on the
+		// owner or answered elsewhere, and nothing in flight off the
+		// owner. Then the owner's k >= 1 held requests are over the bound
+		// (ceil(1.5*(k+1)/3) <= k) and the probe must overflow.
 		require.Eventually(t, func() bool {
-			return replicas[hotIdx][0].hits.Load()+replicas[hotIdx][1].hits.Load()-hotBefore >= 1
-		}, 10*time.Second, 10*time.Millisecond)
-		require.Eventually(t, func() bool {
-			resp, _ := td.get(base+"/profile", "X-User-ID", "user-0")
-			return resp.StatusCode == http.StatusOK && resp.Header.Get("X-Sekisho-Shard") != hot
-		}, 5*time.Second, 20*time.Millisecond, "the hot owner is over the bound: overflow")
+			var reports []struct {
+				Route  string `json:"route"`
+				Shards []struct {
+					Name     string `json:"name"`
+					InFlight int64  `json:"in_flight"`
+				} `json:"shards"`
+			}
+			_, body := td.get(td.admin() + "/shards")
+			if json.Unmarshal([]byte(body), &reports) != nil || len(reports) != 1 {
+				return false
+			}
+			var onOwner, elsewhere int64
+			for _, sh := range reports[0].Shards {
+				if sh.Name == hot {
+					onOwner = sh.InFlight
+				} else {
+					elsewhere += sh.InFlight
+				}
+			}
+			return onOwner >= 1 && elsewhere == 0 && onOwner+finished.Load() == holds
+		}, 10*time.Second, 10*time.Millisecond, "the held requests settle")
+		resp, _ := td.get(base+"/profile", "X-User-ID", "user-0")
+		assert.Equal(t, http.StatusOK, resp.StatusCode)
+		assert.NotEqual(t, hot, resp.Header.Get("X-Sekisho-Shard"), "the hot owner is over the bound: overflow")
 		assert.GreaterOrEqual(t, td.metric("sekisho_shard_requests_total", "route", "users", "overflow", "true"), 1.0)
 		for _, cancel := range ctxs {
 			cancel()
