@@ -398,10 +398,18 @@ func (s *server) serveStream(w http.ResponseWriter, r *http.Request) {
 		b = strconv.AppendInt(b, int64(i), 10)
 		b = append(b, "}\n"...)
 		sc.b = b
+		// With no write timeout, a write fails only when the client (or
+		// a proxy) reset the stream or closed the connection before the
+		// stream was done: a cancellation, as a wait cut short shows. A
+		// reset before the first chunk fails the write, not a wait; on
+		// HTTP/1 the write may see the closed connection before the
+		// request's context does, so the error decides.
 		if _, err := w.Write(b); err != nil {
+			s.cancelled.Add(1)
 			return
 		}
 		if err := rc.Flush(); err != nil {
+			s.cancelled.Add(1)
 			return
 		}
 		if aborting {
