@@ -20,6 +20,14 @@ import (
 
 const waitFor = 5 * time.Second
 
+// steadyInterval is the probe interval, and so the timeout (Probe caps
+// Timeout at Interval), of the tests whose assertions name the path a
+// probe result took. A probe cut by its timeout is a failure, and on a
+// loaded machine a 20ms one is: it takes a first probe off the first-pass
+// path, names itself as the cause of a fall, or adds events. 200ms is far
+// more than a loopback probe takes, and keeps each such test near a second.
+const steadyInterval = 200 * time.Millisecond
+
 func TestParseStatusRanges(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -147,7 +155,7 @@ func TestProbeRiseAndFall(t *testing.T) {
 	g.SetProbed(true)
 	e := reg.Endpoint("p", srv.addr())
 	const rise, fall = 3, 2
-	c := NewChecker(g, []*Endpoint{e}, Probe{Path: "/ready", Interval: 20 * time.Millisecond, Timeout: 20 * time.Millisecond, Rise: rise, Fall: fall}, nil, nil)
+	c := NewChecker(g, []*Endpoint{e}, Probe{Path: "/ready", Interval: steadyInterval, Timeout: steadyInterval, Rise: rise, Fall: fall}, nil, nil)
 	t.Cleanup(c.Close)
 	require.False(t, e.Ready(), "a new endpoint of a probed pool starts unready")
 
@@ -397,8 +405,9 @@ func TestReloadKeepsState(t *testing.T) {
 	srvB := newFlipServer(t, http.StatusOK)
 	reg, rec := newTestRegistry(nil)
 	// A Fall no run reaches keeps a slow machine's probe timeout from
-	// passing for a lost state.
-	probe := Probe{Interval: 20 * time.Millisecond, Timeout: 20 * time.Millisecond, Rise: 2, Fall: 1000}
+	// passing for a lost state; the interval keeps A's first probe, whose
+	// reason is checked below, from timing out.
+	probe := Probe{Interval: steadyInterval, Timeout: steadyInterval, Rise: 2, Fall: 1000}
 
 	// The first Runtime: pool p with endpoint A.
 	g := reg.Group("p")
@@ -491,18 +500,22 @@ func TestCheckerSetEndpoints(t *testing.T) {
 	g := reg.Group("p")
 	g.SetProbed(true)
 	a, b, c := reg.Endpoint("p", srvA.addr()), reg.Endpoint("p", srvB.addr()), reg.Endpoint("p", srvC.addr())
-	probe := Probe{Interval: 20 * time.Millisecond, Timeout: time.Second, Rise: 1, Fall: 1000}
+	// Rise 1 and a Fall no run reaches: a probe cut by its timeout (20ms,
+	// capped by the interval) changes no readiness here, so the interval
+	// can be short enough to count many of A's probes below.
+	probe := Probe{Interval: 20 * time.Millisecond, Timeout: 20 * time.Millisecond, Rise: 1, Fall: 1000}
 	ch := NewChecker(g, []*Endpoint{a, b}, probe, nil, nil)
 	t.Cleanup(ch.Close)
 	ch.Start(context.Background())
 	require.Eventually(t, ch.FirstRoundDone, waitFor, time.Millisecond)
 	require.Eventually(t, func() bool { return a.Ready() && b.Ready() }, waitFor, time.Millisecond)
 
-	// C joins with a long interval: only the at-once probe can make it
-	// ready within the deadline.
+	// C joins and is probed ("added at once", below, shows that the probe
+	// comes at once). Its readiness is set a moment before its first probe
+	// is counted off the round.
 	ch.SetEndpoints([]*Endpoint{a, c})
-	require.Eventually(t, c.Ready, waitFor, time.Millisecond, "an added endpoint is probed at once")
-	assert.True(t, ch.FirstRoundDone(), "every endpoint of the set has had its first probe")
+	require.Eventually(t, c.Ready, waitFor, time.Millisecond, "an added endpoint is probed")
+	require.Eventually(t, ch.FirstRoundDone, waitFor, time.Millisecond, "every endpoint of the set has had its first probe")
 	reg.Release("p", []string{srvB.addr()}, "no longer discovered")
 
 	// B's probes have stopped: its count stands still while A's grows.
@@ -529,11 +542,27 @@ func TestCheckerSetEndpoints(t *testing.T) {
 		require.Eventually(t, ok.Ready, waitFor, time.Millisecond)
 		assert.False(t, ch.FirstRoundDone(), "the silent endpoint has not had its first probe")
 		ch.SetEndpoints([]*Endpoint{ok})
-		assert.True(t, ch.FirstRoundDone(), "the first round no longer waits for a removed endpoint")
+		// Eventually: ok is ready a moment before its own first probe is
+		// counted off the round; the silent one's never ends.
+		require.Eventually(t, ch.FirstRoundDone, waitFor, time.Millisecond, "the first round no longer waits for a removed endpoint")
 		// One added later holds the round back until its first probe.
 		late := reg.Endpoint("q", silentListener(t))
 		ch.SetEndpoints([]*Endpoint{ok, late})
 		assert.False(t, ch.FirstRoundDone(), "an added endpoint's first probe is part of the round")
+	})
+
+	t.Run("added at once", func(t *testing.T) {
+		reg := NewRegistry(nil)
+		g := reg.Group("r")
+		g.SetProbed(true)
+		first := reg.Endpoint("r", srvA.addr())
+		ch := NewChecker(g, []*Endpoint{first}, Probe{Interval: time.Hour, Timeout: time.Hour, Rise: 1, Fall: 1}, nil, nil)
+		t.Cleanup(ch.Close)
+		ch.Start(context.Background())
+		require.Eventually(t, first.Ready, waitFor, time.Millisecond)
+		added := reg.Endpoint("r", srvC.addr())
+		ch.SetEndpoints([]*Endpoint{first, added})
+		require.Eventually(t, added.Ready, waitFor, time.Millisecond, "an added endpoint is probed at once: the next probe is an hour away")
 	})
 }
 

@@ -513,23 +513,31 @@ func TestWatchPicksUpEveryWayOfWriting(t *testing.T) {
 			td := startDaemonAt(t, l.setup(t, dir, respondConfig("gen-1")), false)
 			td.watch()
 			base := td.url("edge")
-			// A config is in force a moment before its reload is counted.
+			reloaded := func() int { return td.logs.FilterMessage("config reloaded").Len() }
+			failed := func() int { return td.logs.FilterMessage("reload failed; the previous config stays in force").Len() }
+			// A config is in force a moment before its reload is counted,
+			// sets the gauge, clears the last error and is logged, in that
+			// order: the log is the last of them.
+			goodWrites := 0
 			waitBody := func(want string) {
 				t.Helper()
 				require.Eventually(t, func() bool { return bodyInForce(td.d) == want }, 5*time.Second, 5*time.Millisecond)
 				_, body := td.get(base + "/")
 				assert.Equal(t, want, body)
-				require.Eventually(t, func() bool {
-					return td.metric("sekisho_config_last_reload_successful") == 1
-				}, 5*time.Second, 5*time.Millisecond)
+				goodWrites++
+				require.Eventually(t, func() bool { return reloaded() >= goodWrites }, 5*time.Second, 5*time.Millisecond)
+				assert.Equal(t, float64(1), td.metric("sekisho_config_last_reload_successful"))
 			}
 
 			l.write(t, dir, respondConfig("gen-2"))
 			waitBody("gen-2")
 
+			// A failed reload drops the gauge, then keeps its error for
+			// /config, then is logged: wait for the log, the last of them.
+			failedBefore := failed()
 			l.write(t, dir, halfWritten(respondConfig("gen-3")))
 			require.Eventually(t, func() bool {
-				return td.metric("sekisho_config_last_reload_successful") == 0
+				return failed() > failedBefore && td.metric("sekisho_config_last_reload_successful") == 0
 			}, 5*time.Second, 10*time.Millisecond)
 			_, body := td.get(base + "/")
 			assert.Equal(t, "gen-2", body, "the old config keeps serving")
@@ -601,7 +609,11 @@ func TestReloadStormAppliesTheLastWriteOnce(t *testing.T) {
 		require.NoError(t, os.WriteFile(filepath.Join(dir, "access.log"), []byte{byte(i)}, 0o644))
 	}
 	successes := func() float64 { return td.metric("sekisho_config_reloads_total", "result", "success") }
-	assert.Never(t, func() bool { return successes() != 1 }, debounce+300*time.Millisecond, 20*time.Millisecond,
+	reloaded := func() int { return td.logs.FilterMessage("config reloaded").Len() }
+	// The storm's config is in force a moment before its reload is counted
+	// and logged: wait for both before holding them.
+	require.Eventually(t, func() bool { return successes() >= 1 && reloaded() >= 1 }, 5*time.Second, 5*time.Millisecond)
+	assert.Never(t, func() bool { return successes() != 1 || reloaded() != 1 }, debounce+300*time.Millisecond, 20*time.Millisecond,
 		"the storm is one reload, and the other files none")
 	assert.Equal(t, float64(0), td.metric("sekisho_config_reloads_total", "result", "failure"), "no half-written file was read")
 	assert.Len(t, td.logs.FilterMessage("config reloaded").All(), 1)

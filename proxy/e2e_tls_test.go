@@ -103,17 +103,20 @@ func tlsGet(t *testing.T, rt http.RoundTripper, url string, headers ...string) (
 }
 
 // tlsRefusal connects to addr with conf and returns why the server refused
-// the connection, or nil. It reads without writing: in TLS 1.3 the client's
-// handshake ends before the server has checked the client certificate, and
-// the server's alert is the first thing to read; a write could meet the
-// closed connection first and hide the alert.
+// the connection, or nil when it has not refused it within 5s. It reads
+// without writing: in TLS 1.3 the client's handshake ends before the server
+// has checked the client certificate, and the server's alert is the first
+// thing to read; a write could meet the closed connection first and hide
+// the alert. Callers expect a refusal, which ends the wait when it comes;
+// the wait is long so that an alert a loaded machine sends late is not
+// taken for an accepted handshake.
 func tlsRefusal(addr string, conf *tls.Config) error {
 	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, conf)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	if err := c.SetReadDeadline(time.Now().Add(500 * time.Millisecond)); err != nil {
+	if err := c.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
 		return err
 	}
 	_, err = c.Read(make([]byte, 1))
@@ -282,6 +285,11 @@ func TestTLSHandshakeFailuresAreCounted(t *testing.T) {
 		})
 	}
 	t.Run("logged at debug level", func(t *testing.T) {
+		// A failed handshake is counted, then logged: the count the cases
+		// waited for may come a moment before the last log.
+		require.Eventually(t, func() bool {
+			return td.logs.FilterMessageSnippet("TLS handshake error").Len() >= len(cases)
+		}, 5*time.Second, 20*time.Millisecond)
 		entries := td.logs.FilterMessageSnippet("TLS handshake error").All()
 		require.Len(t, entries, len(cases))
 		for _, e := range entries {
@@ -502,7 +510,10 @@ func TestTLSCertificateRotation(t *testing.T) {
 		vol.publish(t, second.CertFile, second.KeyFile)
 		require.Eventually(t, func() bool { return served() == serialOf(second) }, 5*time.Second, 20*time.Millisecond)
 		require.Eventually(t, func() bool { return td.logs.FilterMessage("certificates reloaded").Len() > 0 }, 5*time.Second, 20*time.Millisecond)
-		assert.Equal(t, float64(tlsLeaf(t, second).NotAfter.Unix()), expiry(), "the expiry metric follows the rotation")
+		// The handshakes take the new pair, then the rotation is logged,
+		// then the metrics follow.
+		require.Eventually(t, func() bool { return expiry() == float64(tlsLeaf(t, second).NotAfter.Unix()) }, 5*time.Second, 20*time.Millisecond,
+			"the expiry metric follows the rotation")
 		assert.LessOrEqual(t, td.metric("sekisho_tls_certificate_reload_errors_total", "listener", "rot"), 0.0,
 			"no reload error (an absent sample is -1)")
 	})
@@ -512,8 +523,10 @@ func TestTLSCertificateRotation(t *testing.T) {
 	})
 	t.Run("a broken pair keeps the current certificate", func(t *testing.T) {
 		vol.publish(t, third.CertFile, first.KeyFile) // the key is not the certificate's
+		// A failed rotation is counted, then logged: wait for both.
 		require.Eventually(t, func() bool {
-			return td.metric("sekisho_tls_certificate_reload_errors_total", "listener", "rot") >= 1
+			return td.metric("sekisho_tls_certificate_reload_errors_total", "listener", "rot") >= 1 &&
+				td.logs.FilterMessageSnippet("certificate rotation failed").Len() > 0
 		}, 5*time.Second, 20*time.Millisecond)
 		assert.Equal(t, serialOf(second), served())
 		assert.Equal(t, float64(tlsLeaf(t, second).NotAfter.Unix()), expiry())
@@ -529,7 +542,9 @@ func TestTLSCertificateRotation(t *testing.T) {
 			return td.metric("sekisho_tls_certificate_expiry_timestamp_seconds", "listener", "rot", "name", "www.rotate.test") ==
 				float64(tlsLeaf(t, third).NotAfter.Unix())
 		}, 5*time.Second, 20*time.Millisecond)
-		assert.Equal(t, -1.0, expiry(), "the series of a name no longer served is gone")
+		// The new name's series is set before the old one's is dropped.
+		require.Eventually(t, func() bool { return expiry() == -1 }, 5*time.Second, 20*time.Millisecond,
+			"the series of a name no longer served is gone")
 	})
 }
 
