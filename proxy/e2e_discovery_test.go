@@ -454,34 +454,48 @@ func TestDiscoveryNewEndpointSlowStarts(t *testing.T) {
 			return ok && !e.ReadySince.IsZero() && time.Since(e.ReadySince) > ramp
 		}, 2*ramp+2*time.Second, 50*time.Millisecond)
 	}
+	// The load runs from before the newcomer appears; each answer is
+	// stamped with when its request was sent and when it came back. Only
+	// those sent after the newcomer was ready and answered within the
+	// first quarter of its ramp count: picked there, the newcomer weighs
+	// at most a quarter of an old endpoint, so it gets less than a third
+	// of an old one's requests however a slow machine spaces them. (A
+	// count of requests would run into the later ramp, where the newcomer
+	// rightly takes more.)
+	type answer struct {
+		sent, back time.Time
+		name       string
+	}
+	var mu sync.Mutex
+	var answers []answer
+	stats, stop := steadyLoad(td, base+"/", 4, func(int64) http.Header {
+		return http.Header{"X-Sent": {time.Now().Format(time.RFC3339Nano)}}
+	}, func(h http.Header, name string) {
+		sent, err := time.Parse(time.RFC3339Nano, h.Get("X-Sent"))
+		if err != nil {
+			return
+		}
+		mu.Lock()
+		answers = append(answers, answer{sent: sent, back: time.Now(), name: name})
+		mu.Unlock()
+	})
+	defer stop()
 	dns.SetA("web.shop.test.", 1, "127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")
-	require.Eventually(t, func() bool {
-		return metricNow(td, "sekisho_discovery_endpoints", "pool", "web") == 4
-	}, 3*time.Second, 5*time.Millisecond)
 	var since time.Time
 	require.Eventually(t, func() bool {
 		e, ok := endpointState(td, "web", bs[3].addr)
 		since = e.ReadySince
 		return ok && !since.IsZero()
 	}, 5*time.Second, 10*time.Millisecond)
-	// Only the answers that come within the first quarter of the ramp
-	// count, where the newcomer weighs at most a quarter of an old one, so
-	// less than a third of its requests whenever the window is sampled: a
-	// count of requests instead would run into the ramp's later part on a
-	// slow machine, where the newcomer rightly takes more.
 	end := since.Add(ramp / 4)
-	var mu sync.Mutex
-	early := map[string]int{}
-	stats, stop := steadyLoad(td, base+"/", 4, nil, func(_ http.Header, name string) {
-		if time.Now().Before(end) {
-			mu.Lock()
-			early[name]++
-			mu.Unlock()
-		}
-	})
-	defer stop()
 	require.Eventually(t, func() bool { return time.Now().After(end) }, ramp, 10*time.Millisecond)
 	stop()
+	early := map[string]int{}
+	for _, a := range answers {
+		if !a.sent.Before(since) && a.back.Before(end) {
+			early[a.name]++
+		}
+	}
 	ok, failures, _ := stats.snapshot()
 	assert.Empty(t, failures, "%d succeeded", ok)
 	n := 0
