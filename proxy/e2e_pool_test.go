@@ -215,8 +215,14 @@ func TestBackendKilledMidStreamLosesNoRequest(t *testing.T) {
 pools:
   web:
     endpoints: [%s, %s, %s]
-    outlier: {consecutive_failures: 3, eject: 5s}
+    outlier: {consecutive_failures: 3, eject: 1m}
+    retries: {budget: {min_concurrency: 8}}
 `, a.addr(), b.addr(), c.addr()))
+	// The ejection outlasts the test however slowly it runs: its length
+	// is not what this test watches, and b must still be held out when
+	// the state is read at the end. The retry budget's floor is above the
+	// six workers, so that the budget (its own test's subject) never
+	// refuses a retry that would keep the client from a failure.
 	base := td.url("edge") + "/stream"
 
 	var served, failed atomic.Int64
@@ -276,6 +282,7 @@ pools:
 	assert.Equal(t, 0.0, td.metric("sekisho_endpoint_ready", "pool", "web", "endpoint", b.addr()))
 	assert.GreaterOrEqual(t, td.metric("sekisho_upstream_requests_total", "pool", "web", "endpoint", b.addr(), "code", "error"), 3.0,
 		"consecutive_failures failed attempts before the ejection")
+	assert.Zero(t, td.metric("sekisho_upstream_retry_budget_exhausted_total", "pool", "web"))
 	for _, be := range []*backend{a, b, c} {
 		st, ok := endpointState(td, "web", be.addr())
 		require.True(t, ok)
@@ -384,19 +391,24 @@ pools:
 	waitServing(t, td, "web", 1, slow)
 
 	// With slow the only ready endpoint, the held requests all land on it.
+	// They have a client without a timeout of their own (td.client gives
+	// up after 10s): they end when released, so none ends on its own, and
+	// frees its place on slow, while a slow run is still bursting.
 	const held = 8
+	holdClient := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: held}}
 	ctx, release := context.WithCancel(context.Background())
 	var holders sync.WaitGroup
 	defer func() {
 		release()
 		holders.Wait()
+		holdClient.CloseIdleConnections()
 	}()
 	for i := 0; i < held; i++ {
 		holders.Add(1)
 		go func() {
 			defer holders.Done()
 			req := mustRequest(http.MethodGet, base, nil).WithContext(ctx)
-			if resp, err := td.client.Do(req); err == nil {
+			if resp, err := holdClient.Do(req); err == nil {
 				io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 			}
@@ -500,8 +512,12 @@ func TestMaxEjectedPercentCapsEjections(t *testing.T) {
 pools:
   web:
     endpoints: [%s, %s, %s, %s]
-    outlier: {consecutive_failures: 2, eject: 5s, count_5xx: true, max_ejected_percent: 50}
+    outlier: {consecutive_failures: 2, eject: 1m, count_5xx: true, max_ejected_percent: 50}
 `, failing[0], failing[1], failing[2], good.addr()))
+	// The ejections outlast the test however slowly it runs, so that the
+	// two ejected while the requests ran are still out when counted: an
+	// ejection that ran out would let the third failing endpoint take a
+	// place, not what this test watches.
 	base := td.url("edge") + "/x"
 	for _, o := range fanOut(120, 4, func(int) outcome { return fetch(td, mustRequest(http.MethodGet, base, nil)) }) {
 		require.NoError(t, o.err)
