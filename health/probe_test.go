@@ -1,6 +1,7 @@
 package health
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"sekisho/internal/rawupstream"
 	"strings"
 	"sync"
 	"testing"
@@ -301,27 +303,11 @@ func TestProbeHangingIsCutAtTimeout(t *testing.T) {
 // are not HTTP.
 func garbageListener(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conn.SetDeadline(time.Now().Add(time.Second))
-			conn.Read(make([]byte, 4096)) // answer the request, not the connection
-			io.WriteString(conn, "SSH-2.0-OpenSSH_9.6\r\n\x00\x01\x02garbage\r\n\r\n")
-			conn.Close()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-	})
-	return ln.Addr().String()
+	return rawupstream.New(t, func(c net.Conn, br *bufio.Reader) {
+		c.SetDeadline(time.Now().Add(time.Second))
+		br.Read(make([]byte, 4096)) // answer the request, not the connection
+		io.WriteString(c, "SSH-2.0-OpenSSH_9.6\r\n\x00\x01\x02garbage\r\n\r\n")
+	}).Addr()
 }
 
 func TestProbeGarbageAnswerFails(t *testing.T) {
@@ -569,26 +555,7 @@ func TestCheckerSetEndpoints(t *testing.T) {
 // silentListener accepts connections and never answers on them.
 func silentListener(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var conns []net.Conn
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns = append(conns, conn)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return ln.Addr().String()
+	return rawupstream.New(t, func(_ net.Conn, br *bufio.Reader) {
+		io.Copy(io.Discard, br) // until the test ends and closes it
+	}).Addr()
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -31,8 +32,14 @@ func benchDaemon(b *testing.B, text string) http.Handler {
 	return &listenerHandler{s: d.Server(), addr: d.cfg.Load().Listeners[0].Listen}
 }
 
-// benchStart compiles text into a running Daemon.
+// benchStart compiles text into a running Daemon that logs nothing.
 func benchStart(b *testing.B, text string) *Daemon {
+	b.Helper()
+	return benchStartLog(b, text, zap.NewNop())
+}
+
+// benchStartLog is benchStart with the daemon logging to log.
+func benchStartLog(b *testing.B, text string, log *zap.Logger) *Daemon {
 	b.Helper()
 	path := filepath.Join(b.TempDir(), "bench.yaml")
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
@@ -42,11 +49,13 @@ func benchStart(b *testing.B, text string) *Daemon {
 	if err != nil {
 		b.Fatal(err)
 	}
-	d, err := Start(cfg, Options{Path: path, Log: zap.NewNop()})
+	d, err := Start(cfg, Options{Path: path, Log: log})
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { d.Shutdown(b.Context()) })
+	// Not b.Context(): it is cancelled before the cleanups run, and the
+	// shutdown would not drain.
+	b.Cleanup(func() { d.Shutdown(context.Background()) })
 	return d
 }
 

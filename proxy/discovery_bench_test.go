@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -25,7 +24,6 @@ import (
 
 	"sekisho/discovery"
 	"sekisho/internal/dnstest"
-	"sekisho/proxy/config"
 )
 
 // Benchmarks of pools whose endpoints come from DNS, the figures of issue
@@ -463,25 +461,6 @@ func heapAfterGC() int64 {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	return int64(m.HeapInuse)
-}
-
-// benchStartLog is benchStart with the daemon logging to log.
-func benchStartLog(b *testing.B, text string, log *zap.Logger) *Daemon {
-	b.Helper()
-	path := filepath.Join(b.TempDir(), "bench.yaml")
-	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
-		b.Fatal(err)
-	}
-	cfg, err := config.Load(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	d, err := Start(cfg, Options{Path: path, Log: log})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { d.Shutdown(context.Background()) })
-	return d
 }
 
 // benchClient wraps d for the helpers of the e2e tests (fetch, steadyLoad,

@@ -587,14 +587,8 @@ pools:
 func changeLogged(td *testDaemon, pool, key, addr string) bool {
 	for _, e := range td.logs.FilterMessage("discovered endpoints changed").All() {
 		m := e.ContextMap()
-		if m["pool"] != pool {
-			continue
-		}
-		list, _ := m[key].([]any)
-		for _, a := range list {
-			if a == addr {
-				return true
-			}
+		if list, _ := m[key].([]any); m["pool"] == pool && slices.Contains(list, any(addr)) {
+			return true
 		}
 	}
 	return false

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"sekisho/sharding"
 	"sort"
 	"strings"
 	"sync"
@@ -137,13 +138,7 @@ pools:
 		// owner. Then the owner's k >= 1 held requests are over the bound
 		// (ceil(1.5*(k+1)/3) <= k) and the probe must overflow.
 		require.Eventually(t, func() bool {
-			var reports []struct {
-				Route  string `json:"route"`
-				Shards []struct {
-					Name     string `json:"name"`
-					InFlight int64  `json:"in_flight"`
-				} `json:"shards"`
-			}
+			var reports []sharding.Report
 			_, body := td.get(td.admin() + "/shards")
 			if json.Unmarshal([]byte(body), &reports) != nil || len(reports) != 1 {
 				return false
